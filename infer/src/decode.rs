@@ -1,0 +1,153 @@
+//! Decoding files to upright 8-bit RGB, the one pixel format the preprocessing takes.
+//!
+//! The format is recognised by content, not by extension. Grayscale, alpha, 16-bit, palette and
+//! CMYK images are converted to RGB (alpha is dropped, as PIL's `convert("RGB")` does), and the
+//! EXIF orientation is applied so that a rotated photo is classified upright. Dimensions are
+//! checked against [`DecodeLimits`] from the header, before any pixel is decoded.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Cursor, Read, Seek};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use thiserror::Error;
+
+/// Default pixel limit: 64 megapixels (8000 × 8000), about 200 MB decoded.
+pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
+
+/// Bounds on what a decoder may allocate, checked before decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted `width × height`.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_pixels: DEFAULT_MAX_PIXELS }
+    }
+}
+
+/// Why a file could not be decoded. Messages are one line and never repeat the path, so callers
+/// can print `path: error`.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("cannot read file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("empty file")]
+    Empty,
+    #[error("not an image (unrecognised format)")]
+    UnknownFormat,
+    #[error("image is {width}x{height} = {pixels} pixels, above the limit of {limit}")]
+    TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
+    #[error("image has no pixels ({width}x{height})")]
+    NoPixels { width: u32, height: u32 },
+    #[error("corrupt or unsupported image: {0}")]
+    Corrupt(String),
+}
+
+/// Decodes the file at `path` into upright 8-bit RGB.
+pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Err(DecodeError::Empty);
+    }
+    decode_reader(BufReader::new(file), limits)
+}
+
+/// Decodes an encoded image held in memory into upright 8-bit RGB.
+pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    decode_reader(Cursor::new(bytes), limits)
+}
+
+fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let reader = ImageReader::new(reader).with_guessed_format()?;
+    if reader.format().is_none() {
+        return Err(DecodeError::UnknownFormat);
+    }
+    let mut decoder = reader.into_decoder().map_err(image_error)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(DecodeError::TooLarge { width, height, pixels, limit: limits.max_pixels });
+    }
+    if pixels == 0 {
+        return Err(DecodeError::NoPixels { width, height });
+    }
+    // A missing or unreadable EXIF block just means "upright".
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+fn image_error(e: image::ImageError) -> DecodeError {
+    match e {
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Corrupt("truncated file".into())
+        }
+        image::ImageError::IoError(io) => DecodeError::Io(io),
+        image::ImageError::Unsupported(u) => DecodeError::Corrupt(one_line(&u.to_string())),
+        other => DecodeError::Corrupt(one_line(&other.to_string())),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Reads at most `n` leading bytes of a file: enough to sniff its format cheaply.
+pub fn sniff(path: &Path, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n);
+    File::open(path)?.take(n as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Luma, LumaA, Rgb, Rgba};
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn converts_modes_to_rgb() {
+        let gray = DynamicImage::ImageLuma8(image::ImageBuffer::from_pixel(4, 3, Luma([77u8])));
+        let rgb = decode_bytes(&encode(&gray, ImageFormat::Png), DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0), &Rgb([77, 77, 77]));
+
+        let la = DynamicImage::ImageLumaA8(image::ImageBuffer::from_pixel(4, 3, LumaA([10u8, 0])));
+        let rgb = decode_bytes(&encode(&la, ImageFormat::Png), DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.get_pixel(1, 1), &Rgb([10, 10, 10]));
+
+        let rgba = DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(4, 3, Rgba([1u8, 2, 3, 0])));
+        let rgb = decode_bytes(&encode(&rgba, ImageFormat::Png), DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.get_pixel(3, 2), &Rgb([1, 2, 3]));
+
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(4, 3, Rgb([65535u16, 0, 32896])));
+        let rgb = decode_bytes(&encode(&deep, ImageFormat::Png), DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0), &Rgb([255, 0, 128]));
+    }
+
+    #[test]
+    fn reports_bad_input() {
+        let limits = DecodeLimits::default();
+        assert!(matches!(decode_bytes(b"", limits), Err(DecodeError::Empty)));
+        assert!(matches!(decode_bytes(b"hello, not an image", limits), Err(DecodeError::UnknownFormat)));
+        let png = encode(&DynamicImage::ImageRgb8(RgbImage::new(64, 64)), ImageFormat::Png);
+        let err = decode_bytes(&png[..png.len() / 2], limits).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
+        let small = DecodeLimits { max_pixels: 100 };
+        assert!(matches!(decode_bytes(&png, small), Err(DecodeError::TooLarge { .. })));
+    }
+}

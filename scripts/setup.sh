@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up for a fresh machine:
+#  - a project-local Python venv (.venv) with pinned wheels: torch (the libtorch that tch links),
+#    torchvision (the reference for tests and benchmarks) and onnxruntime (the shared library
+#    that `ort` loads at run time);
+#  - data/hymenoptera_data, linked from ../shared/data when present, else downloaded and checked.
+# A second run finds everything in place and returns in seconds.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+venv="$root/.venv"
+stamp="$venv/.setup-stamp"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# --- Python wheels -------------------------------------------------------------------------
+ort_pkg="onnxruntime==1.31.1"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    ort_pkg="onnxruntime-gpu==1.31.1"
+fi
+requirements=(
+    "torch==2.11.0"
+    "torchvision==0.26.0"
+    "$ort_pkg"
+    "onnx==1.19.1"
+    "safetensors==0.6.2"
+)
+want="${requirements[*]}"
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; then
+    log "python environment up to date ($venv)"
+else
+    python="${PYTHON:-python3}"
+    command -v "$python" >/dev/null 2>&1 || die "python3 not found; install Python 3.10+ or set PYTHON"
+    "$python" - <<'PY' || die "Python 3.10 or newer is required"
+import sys
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+    if [[ ! -x "$venv/bin/python" ]]; then
+        log "creating $venv"
+        "$python" -m venv "$venv"
+    fi
+    log "installing ${requirements[*]} (first run downloads a few GB)"
+    # The two onnxruntime flavours install the same module; keep only the one wanted.
+    other="onnxruntime-gpu"; [[ "$ort_pkg" == onnxruntime-gpu* ]] && other="onnxruntime"
+    "$venv/bin/python" -m pip uninstall -q -y "$other" >/dev/null 2>&1 || true
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
+        || die "pip install failed (is PyPI reachable?)"
+    printf '%s' "$want" >"$stamp"
+fi
+
+# Stable paths into the venv, independent of its Python version: tch builds against
+# .venv/libtorch (see .cargo/config.toml) and `infer` loads .venv/onnxruntime/libonnxruntime.so.
+"$venv/bin/python" - "$venv" <<'PY' || die "the venv's torch or onnxruntime does not import; delete .venv and rerun"
+import glob, os, sys
+import torch, onnxruntime
+venv = sys.argv[1]
+def link(target, name):
+    path = os.path.join(venv, name)
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    tmp = path + ".tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+link(os.path.dirname(torch.__file__), "libtorch")
+capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
+libs = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so.*")))
+if not libs:
+    sys.exit("no libonnxruntime.so.* in " + capi)
+os.makedirs(os.path.join(venv, "onnxruntime"), exist_ok=True)
+link(libs[-1], os.path.join("onnxruntime", "libonnxruntime.so"))
+PY
+
+# --- Dataset -------------------------------------------------------------------------------
+data="$root/data/hymenoptera_data"
+shared="$root/../shared/data/hymenoptera_data"
+url="https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+# Every file of the archive is checked against this manifest (sha256 per file).
+manifest="$root/data/hymenoptera_data.sha256"
+
+if [[ -e "$data" ]]; then
+    log "dataset present ($data)"
+elif [[ -d "$shared" ]]; then
+    ln -s "$(cd "$shared" && pwd)" "$data"
+    log "dataset linked from $shared"
+else
+    log "downloading $url"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    if curl -fsSL --connect-timeout 15 --max-time 600 -o "$tmp/data.zip" "$url" \
+        && (cd "$tmp" && python3 -m zipfile -e data.zip .) \
+        && (cd "$tmp/hymenoptera_data" && sha256sum -c --quiet --strict "$manifest"); then
+        mv "$tmp/hymenoptera_data" "$data"
+        log "dataset ready ($data)"
+    else
+        log "warning: could not download or verify $url; to get the dataset, unzip it into data/ (see data/README.md)"
+    fi
+fi
