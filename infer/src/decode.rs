@@ -24,7 +24,9 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_pixels: DEFAULT_MAX_PIXELS }
+        DecodeLimits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
     }
 }
 
@@ -39,7 +41,12 @@ pub enum DecodeError {
     #[error("not an image (unrecognised format)")]
     UnknownFormat,
     #[error("image is {width}x{height} = {pixels} pixels, above the limit of {limit}")]
-    TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
+    TooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
     #[error("image has no pixels ({width}x{height})")]
     NoPixels { width: u32, height: u32 },
     #[error("corrupt or unsupported image: {0}")]
@@ -63,7 +70,10 @@ pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Deco
     decode_reader(Cursor::new(bytes), limits)
 }
 
-fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+fn decode_reader<R: BufRead + Seek>(
+    reader: R,
+    limits: DecodeLimits,
+) -> Result<RgbImage, DecodeError> {
     let reader = ImageReader::new(reader).with_guessed_format()?;
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
@@ -72,13 +82,20 @@ fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<R
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(DecodeError::TooLarge { width, height, pixels, limit: limits.max_pixels });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
     }
     if pixels == 0 {
         return Err(DecodeError::NoPixels { width, height });
     }
     // A missing or unreadable EXIF block just means "upright".
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     img.apply_orientation(orientation);
     Ok(match img {
@@ -130,11 +147,16 @@ mod tests {
         let rgb = decode_bytes(&encode(&la, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(1, 1), &Rgb([10, 10, 10]));
 
-        let rgba = DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(4, 3, Rgba([1u8, 2, 3, 0])));
+        let rgba =
+            DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(4, 3, Rgba([1u8, 2, 3, 0])));
         let rgb = decode_bytes(&encode(&rgba, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(3, 2), &Rgb([1, 2, 3]));
 
-        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(4, 3, Rgb([65535u16, 0, 32896])));
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            4,
+            3,
+            Rgb([65535u16, 0, 32896]),
+        ));
         let rgb = decode_bytes(&encode(&deep, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(0, 0), &Rgb([255, 0, 128]));
     }
@@ -143,11 +165,20 @@ mod tests {
     fn reports_bad_input() {
         let limits = DecodeLimits::default();
         assert!(matches!(decode_bytes(b"", limits), Err(DecodeError::Empty)));
-        assert!(matches!(decode_bytes(b"hello, not an image", limits), Err(DecodeError::UnknownFormat)));
-        let png = encode(&DynamicImage::ImageRgb8(RgbImage::new(64, 64)), ImageFormat::Png);
+        assert!(matches!(
+            decode_bytes(b"hello, not an image", limits),
+            Err(DecodeError::UnknownFormat)
+        ));
+        let png = encode(
+            &DynamicImage::ImageRgb8(RgbImage::new(64, 64)),
+            ImageFormat::Png,
+        );
         let err = decode_bytes(&png[..png.len() / 2], limits).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
         let small = DecodeLimits { max_pixels: 100 };
-        assert!(matches!(decode_bytes(&png, small), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_bytes(&png, small),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

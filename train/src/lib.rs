@@ -1,0 +1,24 @@
+//! `train`: fine-tune ResNet image classifiers with libtorch (through tch) on a folder of
+//! labelled images, keeping the best model as a torchvision-compatible `best.pt`.
+//!
+//! The binary is a thin layer over [`trainer::run`]; the modules each do one thing.
+
+pub mod arch;
+pub mod atomic;
+pub mod augment;
+pub mod checkpoint;
+pub mod dataset;
+pub mod device;
+pub mod error;
+pub mod loader;
+pub mod model;
+pub mod optim;
+pub mod pickle;
+pub mod plot;
+pub mod report;
+pub mod torch_file;
+pub mod trainer;
+pub mod weights;
+
+pub use error::TrainError;
+pub use trainer::{run, Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource};

@@ -1,0 +1,157 @@
+//! Typed errors of the training library. Messages are single lines that name the file or
+//! folder at fault and say what to do where there is something to do.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::torch_file::TorchFileError;
+
+/// Problems with the image folder.
+#[derive(Debug, Error)]
+pub enum DatasetError {
+    #[error("{0}: folder not found")]
+    MissingFolder(PathBuf),
+    #[error("{0}: not a folder")]
+    NotAFolder(PathBuf),
+    #[error("{path}: cannot list: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{root}: found {} class folder(s) ({}); at least two are needed, as ROOT/<class>/<images> or ROOT/train/<class>/<images>", found.len(), found.join(", "))]
+    TooFewClasses { root: PathBuf, found: Vec<String> },
+    #[error("{dir}: class '{class}' has no readable image")]
+    EmptyClass { class: String, dir: PathBuf },
+    #[error("{dir}: class '{class}' is not among the training classes ({})", known.join(", "))]
+    UnknownValClass {
+        class: String,
+        dir: PathBuf,
+        known: Vec<String>,
+    },
+    #[error("{path}: class folder name is not valid UTF-8")]
+    BadClassName { path: PathBuf },
+    #[error("--val-fraction must be in (0, 1), got {0}")]
+    BadFraction(f64),
+    #[error("no validation images: the split left the validation set empty (use more images or a larger --val-fraction)")]
+    EmptyValidation,
+}
+
+/// Problems with a weights file or its fit to the model.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: TorchFileError,
+    },
+    #[error("{path}: cannot read safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error(
+        "{path}: not a state dict (a dict of tensors, possibly under 'model' or 'state_dict')"
+    )]
+    NotStateDict { path: PathBuf },
+    #[error(
+        "weights do not fit {arch}: {}",
+        describe_mismatch(missing, unexpected, mis_shaped)
+    )]
+    Mismatch {
+        arch: String,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        mis_shaped: Vec<String>,
+    },
+    #[error("{path}: SHA-256 {got} does not start with {expected}; the file is damaged, delete it and retry")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        got: String,
+    },
+    #[error("pretrained weights {file} are not in {dir} and could not be downloaded from {url} ({reason}); put the file there, pass --weights FILE, or train from scratch with --no-pretrained")]
+    Unavailable {
+        file: String,
+        dir: PathBuf,
+        url: String,
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+fn describe_mismatch(missing: &[String], unexpected: &[String], mis_shaped: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing keys: {}", list(missing)));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected keys: {}", list(unexpected)));
+    }
+    if !mis_shaped.is_empty() {
+        parts.push(format!("mis-shaped keys: {}", list(mis_shaped)));
+    }
+    parts.join("; ")
+}
+
+/// Problems with a training checkpoint (`last.pt`, `best.pt`).
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: TorchFileError,
+    },
+    #[error("{path}: not a checkpoint of this toolkit ({reason})")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Everything that can stop a training run.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("interrupted")]
+    Interrupted,
+}

@@ -1,0 +1,377 @@
+//! `train`: command-line parsing and console output over the `train` library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use train::device::DeviceChoice;
+use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
+use train::report::{EpochRecord, PhaseStats};
+use train::{Hyper, Mode, Observer, StopFlag, TrainConfig, TrainError, WeightsSource};
+
+/// Fine-tune a ResNet image classifier on a folder of labelled images and keep the best model.
+///
+/// DATA is ROOT/{train,val}/<class>/<images> (validation from val/), or ROOT/<class>/<images>
+/// (a seeded, stratified split holds out --val-fraction of each class). Writes best.pt,
+/// last.pt, metrics.csv, summary.json, curves.png and train_batch.png into --out.
+#[derive(Parser, Debug)]
+#[command(name = "train", version, max_term_width = 100)]
+struct Cli {
+    /// Image folder to train on.
+    data: PathBuf,
+
+    /// Output folder.
+    #[arg(long, default_value = "models")]
+    out: PathBuf,
+
+    /// Network architecture.
+    #[arg(long, default_value = "resnet18", value_parser = clap::builder::PossibleValuesParser::new(train::arch::names()))]
+    arch: String,
+
+    /// Initial weights: a torchvision state dict (.pth/.pt from torch.save, or .safetensors).
+    /// Default: torchvision's ImageNet weights from torch's cache, downloaded when missing.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_pretrained")]
+    weights: Option<PathBuf>,
+
+    /// Start from random weights instead of pretrained ones.
+    #[arg(long)]
+    no_pretrained: bool,
+
+    /// Train every layer, or only the new classifier on a frozen backbone.
+    #[arg(long, value_enum, default_value_t = Mode::Finetune)]
+    mode: Mode,
+
+    /// Number of epochs [default: 25; with --resume, the checkpoint's].
+    #[arg(long)]
+    epochs: Option<usize>,
+
+    /// Training batch size.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+
+    /// Validation batch size (results do not depend on it; larger is faster).
+    #[arg(long, default_value_t = 32)]
+    eval_batch_size: usize,
+
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    optimizer: OptimizerKind,
+
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 0.001)]
+    lr: f64,
+
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+
+    /// Weight decay (L2 for SGD, decoupled for AdamW).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+
+    /// Learning-rate schedule, stepped once per epoch.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Step)]
+    scheduler: ScheduleKind,
+
+    /// Epochs between learning-rate decays (step schedule).
+    #[arg(long, default_value_t = 7)]
+    step_size: usize,
+
+    /// Decay factor (step schedule).
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f64,
+
+    /// Fraction of each class held out for validation when DATA has no val/ folder.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
+
+    /// Seed for initialisation, shuffling, augmentation and the validation split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+
+    /// Mixed precision (float16 autocast with loss scaling); CUDA only.
+    #[arg(long)]
+    amp: bool,
+
+    /// Continue an interrupted run from its last.pt, with that run's settings.
+    #[arg(long, value_name = "LAST_PT")]
+    resume: Option<PathBuf>,
+
+    /// Threads decoding and augmenting images [default: number of CPUs].
+    #[arg(long)]
+    workers: Option<usize>,
+
+    /// libtorch compute threads [default: libtorch's choice].
+    #[arg(long)]
+    threads: Option<usize>,
+
+    /// Batches prepared ahead of training.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+}
+
+impl Cli {
+    fn config(&self) -> TrainConfig {
+        let epochs = self.epochs.unwrap_or(25);
+        let weights = match (&self.weights, self.no_pretrained) {
+            (Some(p), _) => WeightsSource::File(p.clone()),
+            (None, true) => WeightsSource::Scratch,
+            (None, false) => WeightsSource::Pretrained,
+        };
+        TrainConfig {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            hyper: Hyper {
+                arch: self.arch.clone(),
+                mode: self.mode,
+                epochs,
+                batch_size: self.batch_size,
+                eval_batch_size: self.eval_batch_size,
+                optim: OptimConfig {
+                    optimizer: self.optimizer,
+                    lr: self.lr,
+                    momentum: self.momentum,
+                    weight_decay: self.weight_decay,
+                    betas: (0.9, 0.999),
+                    eps: 1e-8,
+                    schedule: self.scheduler,
+                    step_size: self.step_size,
+                    gamma: self.gamma,
+                    epochs,
+                },
+                val_fraction: self.val_fraction,
+                seed: self.seed,
+                amp: self.amp,
+            },
+            weights,
+            resume: self.resume.clone(),
+            epochs_override: if self.resume.is_some() {
+                self.epochs
+            } else {
+                None
+            },
+            device: self.device,
+            workers: self
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            threads: self.threads,
+            prefetch: self.prefetch,
+        }
+    }
+}
+
+/// Console output: progress bars on a terminal, plain lines otherwise.
+struct Console {
+    tty: bool,
+    bar: Option<ProgressBar>,
+    label: String,
+    last_line: Instant,
+    phase_images: usize,
+}
+
+impl Console {
+    fn new() -> Console {
+        Console {
+            tty: std::io::stderr().is_terminal(),
+            bar: None,
+            label: String::new(),
+            last_line: Instant::now(),
+            phase_images: 0,
+        }
+    }
+
+    fn print(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+fn stats(s: &PhaseStats) -> String {
+    format!(
+        "loss {:.4} acc {:.4} ({:.1} s, {:.1} img/s)",
+        s.loss,
+        s.acc,
+        s.seconds,
+        s.images_per_sec()
+    )
+}
+
+impl Observer for Console {
+    fn info(&mut self, msg: &str) {
+        self.print(msg);
+    }
+
+    fn warn(&mut self, msg: &str) {
+        self.print(&format!("warning: {msg}"));
+    }
+
+    fn download_progress(&mut self, done: u64, total: Option<u64>) {
+        if !self.tty {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total.unwrap_or(0));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "downloading weights [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_position(done);
+        if total == Some(done) {
+            bar.finish_and_clear();
+            self.bar = None;
+        }
+    }
+
+    fn phase_start(&mut self, epoch: usize, epochs: usize, phase: &'static str, images: usize) {
+        self.label = format!("epoch {epoch}/{epochs} {phase:<5}");
+        self.phase_images = images;
+        self.last_line = Instant::now();
+        if self.tty {
+            let bar = ProgressBar::new(images as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(self.label.clone());
+            self.bar = Some(bar);
+        }
+    }
+
+    fn batch_done(&mut self, images: usize, loss: f64, acc: f64) {
+        let rate = images as f64 / self.last_line.elapsed().as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(images as u64);
+                bar.set_message(format!("loss {loss:.4} acc {acc:.4}"));
+            }
+            // Not a terminal: a line every 30 s at most, for long phases.
+            None if self.last_line.elapsed() > Duration::from_secs(30) => {
+                eprintln!(
+                    "{} {images}/{} loss {loss:.4} acc {acc:.4} {rate:.1} img/s",
+                    self.label, self.phase_images
+                );
+                self.last_line = Instant::now();
+            }
+            None => {}
+        }
+    }
+
+    fn phase_end(&mut self, _stats: &PhaseStats) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn epoch_end(&mut self, r: &EpochRecord, epochs: usize, best: bool) {
+        self.print(&format!(
+            "epoch {}/{epochs}  train {}  val {}  lr {:.1e}{}",
+            r.epoch,
+            stats(&r.train),
+            stats(&r.val),
+            r.lr,
+            if best { "  * best" } else { "" }
+        ));
+    }
+}
+
+/// First line of an error chain: libtorch messages can carry C++ backtraces.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .next()
+        .unwrap_or("unknown error")
+        .to_string()
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!(
+            "error: internal error: {} (at {})",
+            msg.lines().next().unwrap_or(""),
+            info.location().map_or(String::new(), |l| l.to_string())
+        );
+    }));
+    let cli = Cli::parse();
+    let stop = Arc::new(StopFlag::default());
+    let handler_stop = Arc::clone(&stop);
+    let _ = ctrlc::set_handler(move || match handler_stop.request() {
+        1 => eprintln!(
+            "\ninterrupt: finishing this epoch, then saving last.pt (Ctrl-C again to stop now)"
+        ),
+        2 => eprintln!("\ninterrupt: stopping now; the files of the last finished epoch are kept"),
+        _ => std::process::exit(130),
+    });
+    let mut console = Console::new();
+    match run(&cli, &mut console, &stop) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(bar) = console.bar.take() {
+                bar.finish_and_clear();
+            }
+            if matches!(
+                e.downcast_ref::<TrainError>(),
+                Some(TrainError::Interrupted)
+            ) {
+                eprintln!(
+                    "interrupted: resume with --resume {}",
+                    cli.out.join(train::trainer::LAST).display()
+                );
+                return ExitCode::from(130);
+            }
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
+    let cfg = cli.config();
+    let summary = train::run(&cfg, console, stop).context("training failed")?;
+    let secs = summary.total_seconds;
+    eprintln!(
+        "Training complete in {:.0}m {:.0}s",
+        (secs / 60.0).floor(),
+        secs % 60.0
+    );
+    if let Some(best) = summary.best {
+        eprintln!("Best val Acc: {:.4} (epoch {})", best.val_acc, best.epoch);
+    }
+    if !summary.skipped_files.is_empty() {
+        eprintln!(
+            "{} unreadable file(s) skipped (listed in summary.json)",
+            summary.skipped_files.len()
+        );
+    }
+    eprintln!("outputs in {}", cfg.out.display());
+    if summary.interrupted {
+        eprintln!(
+            "stopped early after {} epoch(s): resume with --resume {}",
+            summary.epochs_completed,
+            cfg.out.join(train::trainer::LAST).display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}

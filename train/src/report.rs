@@ -1,0 +1,129 @@
+//! What a run leaves besides weights: `metrics.csv`, `summary.json` and the two pictures.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic;
+use crate::dataset::Skipped;
+use crate::error::TrainError;
+use crate::plot;
+
+/// Loss, accuracy and speed of one phase of one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PhaseStats {
+    pub loss: f64,
+    pub acc: f64,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+impl PhaseStats {
+    pub fn images_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.images as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One epoch: its training and validation phases and the learning rate it trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f64,
+    pub train: PhaseStats,
+    pub val: PhaseStats,
+}
+
+/// Writes `metrics.csv`: a row per epoch and phase.
+pub fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
+    atomic::write_with(path, |w| {
+        writeln!(w, "epoch,phase,loss,acc,lr,seconds,images_per_s")?;
+        for r in history {
+            for (phase, s) in [("train", &r.train), ("val", &r.val)] {
+                writeln!(
+                    w,
+                    "{},{phase},{:.6},{:.6},{:e},{:.3},{:.2}",
+                    r.epoch,
+                    s.loss,
+                    s.acc,
+                    r.lr,
+                    s.seconds,
+                    s.images_per_sec()
+                )?;
+            }
+        }
+        Ok(())
+    })
+    .map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a PNG atomically.
+pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<(), TrainError> {
+    let err = |source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|e| err(std::io::Error::other(e)))?;
+    atomic::write_bytes(path, buf.get_ref()).map_err(err)
+}
+
+/// Writes `curves.png` from the history.
+pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
+    let col = |f: &dyn Fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<_>>();
+    let img = plot::curves(
+        &col(&|r| r.train.loss),
+        &col(&|r| r.val.loss),
+        &col(&|r| r.train.acc),
+        &col(&|r| r.val.acc),
+    );
+    write_png(path, &img)
+}
+
+/// The best epoch so far.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub epoch: usize,
+    pub val_acc: f64,
+    pub val_loss: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub toolkit: String,
+    pub toolkit_version: String,
+    pub data: PathBuf,
+    pub classes: Vec<String>,
+    pub train_counts: Vec<usize>,
+    pub val_counts: Vec<usize>,
+    pub split: crate::dataset::SplitKind,
+    pub skipped_files: Vec<Skipped>,
+    pub ignored_files: usize,
+    pub epochs_completed: usize,
+    pub interrupted: bool,
+    pub best: Option<Best>,
+    pub total_seconds: f64,
+    pub device: String,
+    pub seed: u64,
+    pub weights: String,
+    pub hyperparameters: serde_json::Value,
+    pub outputs: Vec<PathBuf>,
+}
+
+pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {
+    let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
+    atomic::write_bytes(path, &json).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}

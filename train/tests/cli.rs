@@ -1,0 +1,344 @@
+//! End-to-end runs of the `train` binary on small generated datasets (and on the seed's
+//! dataset when it is present): outputs, bad input, resumption and Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn train() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
+    // Never reach the network from tests: a proxy on a closed local port refuses at once.
+    cmd.env("ALL_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9");
+    cmd
+}
+
+/// `root/{train,val}/<class>/<i>.png`, each class with its own colour.
+fn image_folder(root: &Path, classes: &[&str], train: usize, val: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        for (split, n) in [("train", train), ("val", val)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(64 + (i as u32 % 3) * 8, 48, |x, y| {
+                    let mut p = [40u8, 40, 40];
+                    p[c % 3] = 200;
+                    image::Rgb([
+                        p[0].wrapping_add((x + i as u32) as u8),
+                        p[1].wrapping_add(y as u8),
+                        p[2],
+                    ])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A short CPU run from random weights; `extra` may set `--epochs` or `--device` itself.
+fn quick(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = train();
+    cmd.arg(data)
+        .arg("--out")
+        .arg(out)
+        .arg("--no-pretrained")
+        .args(extra);
+    for (flag, default) in [("--epochs", "1"), ("--device", "cpu")] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, default]);
+        }
+    }
+    cmd
+}
+
+fn summary(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+}
+
+fn metrics(out: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(out.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn one_epoch_writes_every_output_and_reports_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["cats", "dogs"], 6, 3);
+    std::fs::write(
+        data.join("train/cats/broken.jpg"),
+        b"\xff\xd8\xff\xe0 not really a jpeg",
+    )
+    .unwrap();
+    std::fs::write(data.join("train/dogs/empty.png"), b"").unwrap();
+    std::fs::write(data.join("train/dogs/notes.txt"), b"hello").unwrap();
+    let out = tmp.path().join("models");
+
+    let run = quick(&data, &out, &[]).output().unwrap();
+    let err = stderr(&run);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("device: cpu"), "{err}");
+    for bad in ["broken.jpg", "empty.png"] {
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains(bad)).collect();
+        assert_eq!(lines.len(), 1, "one warning for {bad}: {err}");
+        assert!(lines[0].starts_with("warning: skipped "), "{}", lines[0]);
+    }
+    assert!(err.contains("Best val Acc:"), "{err}");
+
+    for f in [
+        "best.pt",
+        "last.pt",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+        "train_batch.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0][0].as_str(), rows[0][1].as_str()), ("1", "train"));
+    assert_eq!(rows[1][1], "val");
+    let s = summary(&out);
+    assert_eq!(s["classes"], serde_json::json!(["cats", "dogs"]));
+    assert_eq!(s["train_counts"], serde_json::json!([6, 6]));
+    assert_eq!(s["skipped_files"].as_array().unwrap().len(), 2);
+    assert_eq!(s["ignored_files"], 1);
+    assert_eq!(s["epochs_completed"], 1);
+    assert_eq!(s["best"]["epoch"], 1);
+    assert_eq!(s["hyperparameters"]["optim"]["lr"], 0.001);
+    assert_eq!(s["interrupted"], false);
+
+    let grid = image::open(out.join("train_batch.png")).unwrap();
+    assert!(grid.width() >= 4 * 224);
+    image::open(out.join("curves.png")).unwrap();
+    let info = train::checkpoint::read_info(&out.join("best.pt")).unwrap();
+    assert_eq!(info.classes, ["cats", "dogs"]);
+    assert_eq!(info.arch, "resnet18");
+}
+
+#[test]
+fn resume_continues_exactly_where_the_run_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 4, 2);
+    let straight = tmp.path().join("straight");
+    let split = tmp.path().join("split");
+
+    let two = quick(&data, &straight, &["--epochs", "2"])
+        .output()
+        .unwrap();
+    assert!(two.status.success(), "{}", stderr(&two));
+    let one = quick(&data, &split, &[]).output().unwrap();
+    assert!(one.status.success(), "{}", stderr(&one));
+    let resumed = train()
+        .arg(&data)
+        .arg("--out")
+        .arg(&split)
+        .arg("--resume")
+        .arg(split.join("last.pt"))
+        .args(["--epochs", "2", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = stderr(&resumed);
+    assert!(resumed.status.success(), "{err}");
+    assert!(
+        err.contains("resuming from") && err.contains("after epoch 1 of 2"),
+        "{err}"
+    );
+
+    let (a, b) = (metrics(&straight), metrics(&split));
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        // epoch, phase, loss, acc, lr agree; timings differ.
+        assert_eq!(x[..5], y[..5], "straight {x:?} vs resumed {y:?}");
+    }
+    assert_eq!(summary(&split)["epochs_completed"], 2);
+}
+
+#[test]
+fn first_ctrl_c_finishes_the_epoch_and_saves_last_pt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 8, 2);
+    let out = tmp.path().join("out");
+    let mut child = quick(&data, &out, &["--epochs", "5"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.starts_with("weights:");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let err = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("finishing this epoch"), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let s = summary(&out);
+    assert_eq!(s["interrupted"], true);
+    assert_eq!(s["epochs_completed"], 1);
+    assert!(out.join("last.pt").is_file());
+    assert_eq!(metrics(&out).len(), 2);
+}
+
+/// Runs `train` expecting a fatal error: exit code 1 and one `error:` line, no panic.
+fn fails(cmd: &mut Command, expect: &[&str]) -> String {
+    let out = cmd.output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("stack"),
+        "{err}"
+    );
+    let last = err.lines().last().unwrap_or("").to_string();
+    assert!(last.starts_with("error: "), "{err}");
+    for e in expect {
+        assert!(last.contains(e), "expected '{e}' in: {last}");
+    }
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+    last
+}
+
+#[test]
+fn bad_settings_and_inputs_fail_with_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 2, 1);
+    let out = tmp.path().join("out");
+    let missing = tmp.path().join("nowhere");
+
+    fails(
+        &mut quick(&missing, &out, &[]),
+        &["nowhere", "folder not found"],
+    );
+
+    let one_class = tmp.path().join("one");
+    image_folder(&one_class, &["only"], 2, 1);
+    fails(
+        &mut quick(&one_class, &out, &[]),
+        &["1 class folder(s) (only)", "at least two"],
+    );
+
+    let empty_class = tmp.path().join("emptyclass");
+    image_folder(&empty_class, &["a", "b"], 2, 1);
+    for f in std::fs::read_dir(empty_class.join("train/b")).unwrap() {
+        std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+    }
+    fails(
+        &mut quick(&empty_class, &out, &[]),
+        &["class 'b' has no readable image"],
+    );
+
+    fails(&mut quick(&data, &out, &["--amp"]), &["--amp", "CUDA"]);
+    fails(
+        &mut quick(&data, &out, &["--device", "cuda"]),
+        &["CUDA requested"],
+    );
+
+    let junk = tmp.path().join("junk.pth");
+    std::fs::write(&junk, b"junk").unwrap();
+    let mut cmd = train();
+    cmd.arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--weights")
+        .arg(&junk)
+        .args(["--epochs", "1"]);
+    fails(&mut cmd, &["junk.pth", "not a torch.save file"]);
+
+    // Default weights: not cached (empty TORCH_HOME) and no network.
+    let torch_home = tmp.path().join("torch_home");
+    let mut cmd = train();
+    cmd.arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args(["--epochs", "1"])
+        .env("TORCH_HOME", &torch_home);
+    fails(
+        &mut cmd,
+        &["resnet18-f37072fd.pth", "--no-pretrained", "--weights"],
+    );
+
+    // Resuming from a file that is not a last.pt.
+    let ok = quick(&data, &out, &[]).output().unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let mut cmd = train();
+    cmd.arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--resume")
+        .arg(out.join("best.pt"));
+    fails(&mut cmd, &["best.pt", "resume from last.pt"]);
+
+    // Bad arguments are clap's business: usage error, exit code 2.
+    let out2 = train()
+        .arg(&data)
+        .args(["--epochs", "many"])
+        .output()
+        .unwrap();
+    assert_eq!(out2.status.code(), Some(2));
+}
+
+fn seed_data() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [
+        root.join("data/hymenoptera_data"),
+        root.join("../shared/data/hymenoptera_data"),
+    ]
+    .into_iter()
+    .find(|p| p.join("train").is_dir())
+}
+
+#[test]
+fn one_epoch_on_the_seed_dataset() {
+    let Some(data) = seed_data() else {
+        eprintln!("skipped: seed dataset not found");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = quick(&data, &out, &[]).output().unwrap();
+    let err = stderr(&run);
+    assert!(run.status.success(), "{err}");
+    println!("{err}");
+    let s = summary(&out);
+    assert_eq!(s["classes"], serde_json::json!(["ants", "bees"]));
+    // 245 training files, the GIF among them; 153 for validation.
+    assert_eq!(s["train_counts"], serde_json::json!([124, 121]));
+    assert_eq!(s["val_counts"], serde_json::json!([70, 83]));
+    assert_eq!(s["skipped_files"].as_array().unwrap().len(), 0);
+    assert!(out.join("best.pt").is_file());
+}
