@@ -191,3 +191,70 @@ pub fn load_last(path: &Path) -> Result<Resume, CheckpointError> {
         run_state,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::by_name;
+    use crate::optim::{OptimConfig, OptimizerKind, ScheduleKind};
+    use tch::{Device, Kind};
+
+    #[test]
+    fn last_pt_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
+        let cfg = OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            schedule: ScheduleKind::Step,
+            step_size: 7,
+            gamma: 0.1,
+            epochs: 2,
+        };
+        let mut opt = Optimizer::new(cfg.clone(), model.trainable(true));
+        let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let loss = model.forward(&x, true).sum(Kind::Float);
+        let grads = opt.backward(&loss).unwrap();
+        opt.step(grads, 0.1).unwrap();
+
+        let info = ModelInfo::new(
+            "resnet18",
+            vec!["x".into(), "y".into(), "z".into()],
+            PreprocessConfig::default(),
+            4,
+            Some(0.75),
+        );
+        let path = dir.path().join("last.pt");
+        save_last(&path, &model, &opt, &info, "{\"k\":1}").unwrap();
+        let back = load_last(&path).unwrap();
+        assert_eq!(back.info, info);
+        assert_eq!(back.run_state, "{\"k\":1}");
+        assert_eq!(back.optimizer_steps, 1);
+        for (name, t) in model.state() {
+            assert!(back.model[&name].equal(&t), "{name}");
+        }
+        let (state, _) = opt.state();
+        assert_eq!(state.len(), 2); // fc.weight and fc.bias momentum buffers
+        for (name, t) in &state {
+            assert!(back.optimizer[name].equal(t), "{name}");
+        }
+        let mut restored = Optimizer::new(cfg, model.trainable(true));
+        restored
+            .load_state(&back.optimizer, back.optimizer_steps)
+            .unwrap();
+        assert_eq!(restored.state().1, 1);
+
+        // A best.pt is not a resumable checkpoint, and says so.
+        let best = dir.path().join("best.pt");
+        save_best(&best, &model, &info).unwrap();
+        let err = load_last(&best).err().unwrap().to_string();
+        assert!(err.contains("resume from last.pt"), "{err}");
+        // A file without the record is not ours.
+        std::fs::write(dir.path().join("x.pt"), b"PK\x03\x04").unwrap();
+        assert!(read_info(&dir.path().join("x.pt")).is_err());
+    }
+}

@@ -142,6 +142,36 @@ impl BatchNorm {
     }
 }
 
+/// A residual block with BatchNorm folded into its convolutions.
+pub struct FoldedBlock {
+    /// Main path, ReLU between consecutive convolutions.
+    pub convs: Vec<FoldedConv>,
+    /// Shortcut projection, when the block changes shape.
+    pub downsample: Option<FoldedConv>,
+}
+
+/// A convolution with its BatchNorm folded in (eval-mode statistics): `conv(x, w') + b'`.
+pub struct FoldedConv {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub stride: i64,
+    pub padding: i64,
+}
+
+fn fold(conv: &Conv, bn: &BatchNorm) -> FoldedConv {
+    tch::no_grad(|| {
+        let scale = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
+        let weight = &conv.weight * scale.view([-1, 1, 1, 1]);
+        let bias = &bn.bias - &bn.running_mean * &scale;
+        FoldedConv {
+            weight: weight.detach(),
+            bias: bias.detach(),
+            stride: conv.stride,
+            padding: conv.padding,
+        }
+    })
+}
+
 struct Linear {
     weight: Tensor,
     bias: Tensor,
@@ -176,6 +206,66 @@ impl ResBlock {
         let _ = y.g_add_(&identity);
         let _ = y.relu_();
         y
+    }
+}
+
+/// An inference-only copy of a [`ResNet`] for fast evaluation: BatchNorm folded into the
+/// convolutions and, on the CPU, weights pre-packed for oneDNN with activations kept in its
+/// blocked layout between layers. Same function as [`ResNet::forward`] in eval mode, up to
+/// float rounding; about 1.3× faster on the CPU.
+pub struct FoldedNet {
+    stem: FoldedConv,
+    blocks: Vec<FoldedBlock>,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    mkldnn: bool,
+}
+
+impl FoldedNet {
+    fn conv(&self, x: &Tensor, c: &FoldedConv) -> Tensor {
+        let (s, p) = ([c.stride; 2], [c.padding; 2]);
+        if self.mkldnn {
+            x.mkldnn_convolution(&c.weight, Some(&c.bias), p, s, [1, 1], 1)
+        } else {
+            x.conv2d(&c.weight, Some(&c.bias), s, p, [1, 1], 1)
+        }
+    }
+
+    /// Logits for a dense `[batch, 3, H, W]` input.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let x = if self.mkldnn {
+                x.g_to_mkldnn(None)
+            } else {
+                x.shallow_clone()
+            };
+            let mut y = self.conv(&x, &self.stem);
+            let _ = y.relu_();
+            y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            for block in &self.blocks {
+                let mut z = y.shallow_clone();
+                for (i, c) in block.convs.iter().enumerate() {
+                    z = self.conv(&z, c);
+                    if i + 1 < block.convs.len() {
+                        let _ = z.relu_();
+                    }
+                }
+                let identity = match &block.downsample {
+                    Some(d) => self.conv(&y, d),
+                    None => y,
+                };
+                let _ = z.g_add_(&identity);
+                let _ = z.relu_();
+                y = z;
+            }
+            let mut pooled = y.adaptive_avg_pool2d([1, 1]);
+            if self.mkldnn {
+                pooled = pooled.to_dense(None, false);
+            }
+            pooled
+                .flatten(1, -1)
+                .linear(&self.fc_weight, Some(&self.fc_bias))
+        })
     }
 }
 
@@ -283,6 +373,57 @@ impl ResNet {
     pub fn forward_frozen_backbone(&self, x: &Tensor) -> Tensor {
         let f = tch::no_grad(|| self.features(x, false));
         self.fc.forward(&f)
+    }
+
+    /// Stem, then for every block its convolutions and downsample, each with its BatchNorm
+    /// folded in. The exporter writes these; [`Self::folded`] runs them.
+    pub fn folded_convs(&self) -> (FoldedConv, Vec<FoldedBlock>) {
+        let stem = fold(&self.conv1, &self.bn1);
+        let blocks = self
+            .stages
+            .iter()
+            .flatten()
+            .map(|b| FoldedBlock {
+                convs: b.convs.iter().map(|(c, n)| fold(c, n)).collect(),
+                downsample: b.downsample.as_ref().map(|(c, n)| fold(c, n)),
+            })
+            .collect();
+        (stem, blocks)
+    }
+
+    /// A snapshot for fast evaluation; rebuild it after the weights change.
+    pub fn folded(&self) -> Result<FoldedNet, tch::TchError> {
+        let (mut stem, mut blocks) = self.folded_convs();
+        let mkldnn = self.device == Device::Cpu && tch::utils::has_mkldnn();
+        if mkldnn {
+            let pack = |c: &mut FoldedConv| -> Result<(), tch::TchError> {
+                let (s, p) = ([c.stride; 2], [c.padding; 2]);
+                c.weight = c.weight.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(
+                    p,
+                    s,
+                    [1, 1],
+                    1,
+                    None::<&[i64]>,
+                )?;
+                c.bias = c.bias.f_to_mkldnn(None)?;
+                Ok(())
+            };
+            pack(&mut stem)?;
+            for b in &mut blocks {
+                for c in b.convs.iter_mut().chain(b.downsample.iter_mut()) {
+                    pack(c)?;
+                }
+            }
+        }
+        let fc_weight = self.fc.weight.detach().copy();
+        let fc_bias = self.fc.bias.detach().copy();
+        Ok(FoldedNet {
+            stem,
+            blocks,
+            fc_weight,
+            fc_bias,
+            mkldnn,
+        })
     }
 
     /// Every parameter and buffer in torchvision's state-dict order.
@@ -400,6 +541,30 @@ mod tests {
             false,
         );
         assert_eq!(y.size(), [2, 2]);
+    }
+
+    #[test]
+    fn folded_net_matches_eval_forward() {
+        tch::manual_seed(1);
+        for arch in ["resnet18", "resnet50"] {
+            let m = ResNet::new(by_name(arch).unwrap(), 3, Device::Cpu);
+            // Non-trivial statistics, as after training.
+            tch::no_grad(|| {
+                for e in m.entries() {
+                    let mut t = e.tensor.shallow_clone();
+                    if e.name.ends_with("running_var") {
+                        let _ = t.uniform_(0.5, 2.0);
+                    } else if e.name.ends_with("running_mean") || e.name.ends_with("bn1.bias") {
+                        let _ = t.uniform_(-0.2, 0.2);
+                    }
+                }
+            });
+            let x = Tensor::randn([2, 3, 96, 96], (Kind::Float, Device::Cpu));
+            let plain = tch::no_grad(|| m.forward(&x, false));
+            let fast = m.folded().unwrap().forward(&x);
+            let diff = (plain - fast).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "{arch}: {diff}");
+        }
     }
 
     #[test]

@@ -97,32 +97,26 @@ impl Optimizer {
         }
     }
 
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
+    /// Gradients of `loss` for the optimised parameters, as fresh tensors: nothing to zero
+    /// and nothing accumulated (PyTorch's `zero_grad(set_to_none=True)` behaviour).
+    pub fn backward(&self, loss: &Tensor) -> Result<Vec<Tensor>, tch::TchError> {
+        let params: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
+        Tensor::f_run_backward(&[loss], &params, false, false)
     }
 
-    /// The parameters' gradients, for loss scaling and finiteness checks.
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .collect()
-    }
-
-    /// One update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64) -> Result<(), tch::TchError> {
+    /// One update with learning rate `lr`, from `grads` as [`Self::backward`] returns them
+    /// (which this takes over: the first momentum buffer is the gradient itself).
+    pub fn step(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<(), tch::TchError> {
         self.steps += 1;
         let c = self.config.clone();
         let steps = self.steps;
         tch::no_grad(|| {
-            for (name, p) in &mut self.params {
-                let g = p.grad();
+            for ((name, p), g) in self.params.iter_mut().zip(grads) {
                 if !g.defined() {
                     continue;
                 }
+                // p += d × (−lr) in one pass, with no temporary.
+                let neg_lr = Tensor::f_full([], -lr, (p.kind(), p.device()))?;
                 match c.optimizer {
                     OptimizerKind::Sgd => {
                         let g = if c.weight_decay != 0.0 {
@@ -130,34 +124,27 @@ impl Optimizer {
                         } else {
                             g
                         };
-                        let update = if c.momentum != 0.0 {
-                            match self.state.get_mut(name) {
-                                Some(s) => {
-                                    let buf = &mut s[0];
-                                    let _ = buf.f_mul_scalar_(c.momentum)?.f_add_(&g)?;
-                                    buf.shallow_clone()
-                                }
-                                None => {
-                                    let buf = g.f_detach()?.copy();
-                                    self.state.insert(name.clone(), vec![buf.shallow_clone()]);
-                                    buf
-                                }
-                            }
+                        let d = if c.momentum == 0.0 {
+                            g
+                        } else if let Some(s) = self.state.get_mut(name.as_str()) {
+                            let _ = s[0].f_mul_scalar_(c.momentum)?.f_add_(&g)?;
+                            s[0].shallow_clone()
                         } else {
+                            self.state.insert(name.clone(), vec![g.shallow_clone()]);
                             g
                         };
-                        let _ = p.f_sub_(&(update * lr))?;
+                        let _ = p.f_addcmul_(&d, &neg_lr)?;
                     }
                     OptimizerKind::Adamw => {
                         let (b1, b2) = c.betas;
                         if c.weight_decay != 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
                         }
-                        if !self.state.contains_key(name) {
+                        if !self.state.contains_key(name.as_str()) {
                             let z = p.f_zeros_like()?;
                             self.state.insert(name.clone(), vec![z.copy(), z]);
                         }
-                        let Some(s) = self.state.get_mut(name) else {
+                        let Some(s) = self.state.get_mut(name.as_str()) else {
                             continue;
                         };
                         let _ = s[0].f_mul_scalar_(b1)?.f_add_(&(&g * (1.0 - b1)))?;
@@ -165,7 +152,7 @@ impl Optimizer {
                         let bc1 = 1.0 - b1.powi(steps as i32);
                         let bc2 = 1.0 - b2.powi(steps as i32);
                         let denom = (s[1].f_sqrt()? / bc2.sqrt()).f_add_scalar(c.eps)?;
-                        let _ = p.f_sub_(&(&s[0] / denom * (lr / bc1)))?;
+                        let _ = p.f_addcmul_(&(&s[0] / denom), &(neg_lr / bc1))?;
                     }
                 }
             }
@@ -275,9 +262,8 @@ mod tests {
         let mut expect = 1.0f64;
         let mut buf = 0.0;
         for i in 0..2 {
-            opt.zero_grad();
-            (&p * 2.0).sum(tch::Kind::Double).backward();
-            opt.step(0.1).unwrap();
+            let grads = opt.backward(&(&p * 2.0).sum(tch::Kind::Double)).unwrap();
+            opt.step(grads, 0.1).unwrap();
             let d = 2.0 + 0.01 * expect;
             buf = if i == 0 { d } else { 0.9 * buf + d };
             expect -= 0.1 * buf;
@@ -297,8 +283,8 @@ mod tests {
             ..config(OptimizerKind::Adamw)
         };
         let mut opt = Optimizer::new(cfg, vec![("w".into(), p.shallow_clone())]);
-        (&p * 3.0).sum(tch::Kind::Double).backward();
-        opt.step(0.1).unwrap();
+        let grads = opt.backward(&(&p * 3.0).sum(tch::Kind::Double)).unwrap();
+        opt.step(grads, 0.1).unwrap();
         // m̂ = g, v̂ = g²: the first step is lr × g/|g|.
         assert!((p.double_value(&[0]) - 0.9).abs() < 1e-6);
     }

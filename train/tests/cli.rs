@@ -130,6 +130,19 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
     let info = train::checkpoint::read_info(&out.join("best.pt")).unwrap();
     assert_eq!(info.classes, ["cats", "dogs"]);
     assert_eq!(info.arch, "resnet18");
+
+    // best.pt is a valid starting point for another run.
+    let again = tmp.path().join("again");
+    let mut cmd = train();
+    cmd.arg(&data)
+        .arg("--out")
+        .arg(&again)
+        .arg("--weights")
+        .arg(out.join("best.pt"))
+        .args(["--epochs", "1", "--device", "cpu"]);
+    let second = cmd.output().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(stderr(&second).contains("weights: "), "{}", stderr(&second));
 }
 
 #[test]
@@ -310,6 +323,33 @@ fn bad_settings_and_inputs_fail_with_one_clear_line() {
         .output()
         .unwrap();
     assert_eq!(out2.status.code(), Some(2));
+}
+
+#[test]
+fn binary_keeps_libtorch_cuda_where_libtorch_has_it() {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/libtorch/lib/libtorch_cuda.so");
+    if !lib.exists() {
+        eprintln!("skipped: this libtorch has no CUDA library");
+        return;
+    }
+    let Ok(out) = Command::new("readelf")
+        .arg("-d")
+        .arg(env!("CARGO_BIN_EXE_train"))
+        .output()
+    else {
+        eprintln!("skipped: readelf not installed");
+        return;
+    };
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    // Without it, rustc's --as-needed drops the library and the binary never sees a GPU.
+    assert!(
+        dynamic.contains("[libtorch_cuda.so]"),
+        "libtorch_cuda.so not among NEEDED:\n{dynamic}"
+    );
+    assert!(
+        dynamic.contains("RUNPATH") || dynamic.contains("RPATH"),
+        "no rpath to libtorch:\n{dynamic}"
+    );
 }
 
 fn seed_data() -> Option<PathBuf> {
