@@ -1,10 +1,43 @@
-//! `infer`: classify images with a `model.onnx` exported by `train`.
+//! `infer`: classify images with a `model.onnx` exported by `train`, on CUDA or the CPU.
 //!
-//! This crate also owns the deployment preprocessing ([`preprocess`]) and image decoding
-//! ([`decode`]): training validates with exactly the same code, so the two can never drift apart.
+//! ```no_run
+//! use infer::{Classifier, ExecutionProvider};
+//!
+//! # fn main() -> Result<(), infer::InferError> {
+//! let classifier = Classifier::builder("models/model.onnx")
+//!     .execution_provider(ExecutionProvider::Auto)
+//!     .batch_size(16)
+//!     .build()?;
+//! println!("running on {}", classifier.provider());
+//! for r in classifier.classify_files(vec!["ant.jpg".into(), "bee.jpg".into()]) {
+//!     match r.result {
+//!         Ok(p) => println!("{}: {} ({:.1}%)", r.path.display(), p.label, 100.0 * p.confidence),
+//!         Err(e) => eprintln!("{e}"),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The model file carries its class names and preprocessing ([`metadata`]); the crate also
+//! owns that preprocessing ([`preprocess`]) and image decoding ([`decode`]), which training
+//! validates with, so the two can never drift apart.
 
+pub mod batching;
+pub mod canvas;
+pub mod classifier;
 pub mod decode;
+pub mod error;
+pub mod evaluation;
+pub mod files;
+pub mod metadata;
 pub mod preprocess;
+pub mod runtime;
 
+pub use classifier::{
+    Classifier, ClassifierBuilder, ExecutionProvider, FileResult, Prediction, Scored,
+};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
+pub use error::InferError;
+pub use metadata::ModelMetadata;
 pub use preprocess::{PreprocessConfig, Rect};

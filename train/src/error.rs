@@ -141,6 +141,8 @@ pub enum TrainError {
     Weights(#[from] WeightsError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("export: {0}")]
+    Export(#[from] crate::export::ExportError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error("device: {0}")]

@@ -1,18 +1,16 @@
-//! Parallel batch loading: decoding and augmentation run on a dedicated thread pool, and a
-//! producer thread assembles whole batches ahead of the training thread through a bounded
-//! channel. Every random choice derives from `(seed, epoch, position)`, so a run is reproducible
+//! Parallel batch loading: decoding and augmentation run on a dedicated thread pool, and
+//! batches are assembled ahead of the training thread through a bounded queue
+//! ([`infer::batching`]). Every random choice derives from `(seed, epoch, position)`, so a run is reproducible
 //! whatever the thread count or timing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver};
+use infer::batching::{self, BatchStream};
 use infer::{decode_file, DecodeLimits, PreprocessConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use crate::augment::{random_resized_crop, CropParams};
 use crate::dataset::{Sample, Skipped};
@@ -128,140 +126,72 @@ impl Loader {
         .map_err(|e| e.to_string())
     }
 
-    /// Loads one batch (sample indices `batch`, starting at `position` in the pass) on the pool.
-    fn assemble(
-        &self,
-        samples: &[Sample],
-        batch: &[usize],
-        position: usize,
-        phase: Phase,
-    ) -> Batch {
-        let n = self.preprocess.input_len();
-        let loaded: Vec<Result<Vec<f32>, String>> = batch
-            .par_iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                let mut buf = vec![0f32; n];
-                self.load_one(&samples[s], phase, position + i, &mut buf)
-                    .map(|()| buf)
-            })
-            .collect();
-        let mut out = Batch {
-            images: Vec::with_capacity(batch.len() * n),
-            labels: Vec::new(),
-            failed: Vec::new(),
-        };
-        for (&s, result) in batch.iter().zip(loaded) {
-            match result {
-                Ok(buf) => {
-                    out.images.extend_from_slice(&buf);
-                    out.labels.push(samples[s].label as i64);
-                }
-                Err(reason) => out.failed.push(Skipped {
-                    path: samples[s].path.clone(),
-                    reason,
-                }),
-            }
-        }
-        out
-    }
-
-    /// All batches of one pass, produced in the background while the caller consumes them.
-    ///
-    /// Up to `prefetch` batches are in flight on the pool at once, each loading its images in
-    /// parallel; they are handed over in order, each as soon as it and those before it are done.
+    /// All batches of one pass, produced in the background while the caller consumes them:
+    /// up to `prefetch` batches are in flight on the loader threads at once.
     pub fn batches(
         self: &Arc<Self>,
         samples: Arc<Vec<Sample>>,
         phase: Phase,
         batch_size: usize,
     ) -> Batches {
-        let batch_size = batch_size.max(1);
         let order = self.order(samples.len(), phase);
-        let count = order.len().div_ceil(batch_size);
-        let (tx, rx) = bounded(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (me, stop2) = (Arc::clone(self), Arc::clone(&stop));
-        let handle = std::thread::Builder::new()
-            .name("batch-producer".into())
-            .spawn(move || {
-                let order = Arc::new(order);
-                let mut in_flight = std::collections::VecDeque::new();
-                let mut next = 0;
-                loop {
-                    while next < count
-                        && in_flight.len() < me.prefetch
-                        && !stop2.load(Ordering::Relaxed)
-                    {
-                        let (done_tx, done_rx) = bounded(1);
-                        let (me2, samples, order) =
-                            (Arc::clone(&me), Arc::clone(&samples), Arc::clone(&order));
-                        let start = next * batch_size;
-                        me.pool.spawn(move || {
-                            let end = (start + batch_size).min(order.len());
-                            let _ = done_tx.send(me2.assemble(
-                                &samples,
-                                &order[start..end],
-                                start,
-                                phase,
-                            ));
-                        });
-                        in_flight.push_back(done_rx);
-                        next += 1;
-                    }
-                    let Some(done) = in_flight.pop_front() else {
-                        return;
-                    };
-                    let Ok(batch) = done.recv() else { return };
-                    if stop2.load(Ordering::Relaxed) || tx.send(batch).is_err() {
-                        return;
-                    }
-                }
-            })
-            .expect("spawn the batch producer thread");
-        Batches {
-            rx: Some(rx),
-            handle: Some(handle),
-            stop,
-            len: count,
-        }
+        let me = Arc::clone(self);
+        let n = self.preprocess.input_len();
+        let stream = batching::stream(
+            Arc::clone(&self.pool),
+            samples,
+            order,
+            batch_size,
+            self.prefetch,
+            move |sample: &Sample, position| {
+                let mut buf = vec![0f32; n];
+                let result = me.load_one(sample, phase, position, &mut buf);
+                (sample.label, sample.path.clone(), result.map(|()| buf))
+            },
+        );
+        Batches { stream }
     }
 }
 
 /// Iterator over the batches of one pass. Dropping it early stops the producer.
 pub struct Batches {
-    rx: Option<Receiver<Batch>>,
-    handle: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-    len: usize,
+    stream: BatchStream<(usize, PathBuf, Result<Vec<f32>, String>)>,
 }
 
 impl Batches {
     /// Number of batches in the pass.
     pub fn len(&self) -> usize {
-        self.len
+        self.stream.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.stream.is_empty()
     }
 }
 
 impl Iterator for Batches {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
-        self.rx.as_ref()?.recv().ok()
-    }
-}
-
-impl Drop for Batches {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Closing the channel unblocks a producer waiting to send.
-        self.rx.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        let loaded = self.stream.next()?;
+        let per_image = loaded
+            .iter()
+            .find_map(|(_, _, r)| r.as_ref().ok().map(Vec::len))
+            .unwrap_or(0);
+        let mut batch = Batch {
+            images: Vec::with_capacity(loaded.len() * per_image),
+            labels: Vec::new(),
+            failed: Vec::new(),
+        };
+        for (label, path, result) in loaded {
+            match result {
+                Ok(buf) => {
+                    batch.images.extend_from_slice(&buf);
+                    batch.labels.push(label as i64);
+                }
+                Err(reason) => batch.failed.push(Skipped { path, reason }),
+            }
         }
+        Some(batch)
     }
 }
 

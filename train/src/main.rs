@@ -10,20 +10,72 @@ use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use train::device::DeviceChoice;
+use train::export::{ExportOptions, ExportReport};
 use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use train::report::{EpochRecord, PhaseStats};
 use train::{Hyper, Mode, Observer, StopFlag, TrainConfig, TrainError, WeightsSource};
 
-/// Fine-tune a ResNet image classifier on a folder of labelled images and keep the best model.
+/// Fine-tune a ResNet image classifier on a folder of labelled images, keep the best model and
+/// export it to ONNX.
 ///
 /// DATA is ROOT/{train,val}/<class>/<images> (validation from val/), or ROOT/<class>/<images>
 /// (a seeded, stratified split holds out --val-fraction of each class). Writes best.pt,
-/// last.pt, metrics.csv, summary.json, curves.png and train_batch.png into --out.
+/// last.pt, metrics.csv, summary.json, curves.png, train_batch.png and model.onnx into --out.
 #[derive(Parser, Debug)]
-#[command(name = "train", version, max_term_width = 100)]
+#[command(
+    name = "train",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Export a checkpoint (best.pt) to a self-describing ONNX model, verified with ONNX Runtime.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// Checkpoint to export: best.pt or last.pt written by `train`, or a torchvision state dict
+    /// (then give --arch and --classes).
+    #[arg(long, value_name = "FILE", default_value = "models/best.pt")]
+    weights: PathBuf,
+
+    /// ONNX file to write.
+    #[arg(long, value_name = "FILE", default_value = "models/model.onnx")]
+    out: PathBuf,
+
+    /// Images to verify the export on: a folder (its val/ part when it has one) or files.
+    /// Default: a random batch.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+
+    /// Also output softmax probabilities (`probabilities`) besides `logits`.
+    #[arg(long)]
+    probabilities: bool,
+
+    /// Architecture, for a state dict without this toolkit's record (must agree with it otherwise).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(train::arch::names()))]
+    arch: Option<String>,
+
+    /// Comma-separated class names in index order, for a state dict without this toolkit's record.
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
     /// Image folder to train on.
-    data: PathBuf,
+    #[arg(required = true)]
+    data: Option<PathBuf>,
 
     /// Output folder.
     #[arg(long, default_value = "models")]
@@ -116,9 +168,17 @@ struct Cli {
     /// Batches prepared ahead of training.
     #[arg(long, default_value_t = 4)]
     prefetch: usize,
+
+    /// Do not export best.pt to model.onnx at the end.
+    #[arg(long)]
+    no_export: bool,
+
+    /// Export with a softmax `probabilities` output besides `logits`.
+    #[arg(long)]
+    probabilities: bool,
 }
 
-impl Cli {
+impl TrainArgs {
     fn config(&self) -> TrainConfig {
         let epochs = self.epochs.unwrap_or(25);
         let weights = match (&self.weights, self.no_pretrained) {
@@ -127,7 +187,7 @@ impl Cli {
             (None, false) => WeightsSource::Pretrained,
         };
         TrainConfig {
-            data: self.data.clone(),
+            data: self.data.clone().unwrap_or_default(),
             out: self.out.clone(),
             hyper: Hyper {
                 arch: self.arch.clone(),
@@ -338,7 +398,11 @@ fn main() -> ExitCode {
         _ => std::process::exit(130),
     });
     let mut console = Console::new();
-    match run(&cli, &mut console, &stop) {
+    let result = match &cli.command {
+        Some(Command::Export(args)) => export(args),
+        None => run(&cli.train, &mut console, &stop),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             if let Some(bar) = console.bar.take() {
@@ -350,7 +414,7 @@ fn main() -> ExitCode {
             ) {
                 eprintln!(
                     "interrupted: resume with --resume {}",
-                    cli.out.join(train::trainer::LAST).display()
+                    cli.train.out.join(train::trainer::LAST).display()
                 );
                 return ExitCode::from(130);
             }
@@ -360,7 +424,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
+fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let images = match &args.data {
+        Some(d) if d.join("val").is_dir() => infer::files::collect(&[d.join("val")]).files,
+        Some(d) => infer::files::collect(std::slice::from_ref(d)).files,
+        None => Vec::new(),
+    };
+    let opts = ExportOptions {
+        probabilities: args.probabilities,
+        images,
+        arch: args.arch.clone(),
+        classes: args.classes.clone(),
+    };
+    let report = train::export::export_checkpoint(&args.weights, &args.out, &opts)
+        .context("export failed")?;
+    print_export(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_export(r: &ExportReport) {
+    eprintln!(
+        "exported {} ({:.1} MB, ONNX opset {}); verified with ONNX Runtime ({}) on {} {}: max |logit difference| vs libtorch {:.1e}, same top-1",
+        r.path.display(),
+        r.bytes as f64 / 1e6,
+        train::export::OPSET,
+        r.provider,
+        r.images,
+        if r.real_images { "validation images" } else { "random inputs" },
+        r.max_abs_diff
+    );
+}
+
+fn run(cli: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
     let cfg = cli.config();
     let summary = train::run(&cfg, console, stop).context("training failed")?;
     let secs = summary.total_seconds;
@@ -377,6 +472,19 @@ fn run(cli: &Cli, console: &mut Console, stop: &StopFlag) -> anyhow::Result<Exit
             "{} unreadable file(s) skipped (listed in summary.json)",
             summary.skipped_files.len()
         );
+    }
+    if !cli.no_export && summary.best.is_some() && !summary.interrupted {
+        let best = cfg.out.join(train::trainer::BEST);
+        let images = summary.val_files.clone();
+        let opts = ExportOptions {
+            probabilities: cli.probabilities,
+            images,
+            arch: None,
+            classes: None,
+        };
+        let report = train::export::export_checkpoint(&best, &cfg.out.join("model.onnx"), &opts)
+            .context("export failed")?;
+        print_export(&report);
     }
     eprintln!("outputs in {}", cfg.out.display());
     if summary.interrupted {

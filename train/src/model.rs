@@ -391,6 +391,11 @@ impl ResNet {
         (stem, blocks)
     }
 
+    /// The classifier's weight `[classes, features]` and bias, detached.
+    pub fn classifier_weights(&self) -> (Tensor, Tensor) {
+        (self.fc.weight.detach(), self.fc.bias.detach())
+    }
+
     /// A snapshot for fast evaluation; rebuild it after the weights change.
     pub fn folded(&self) -> Result<FoldedNet, tch::TchError> {
         let (mut stem, mut blocks) = self.folded_convs();

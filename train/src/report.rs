@@ -118,6 +118,9 @@ pub struct Summary {
     pub weights: String,
     pub hyperparameters: serde_json::Value,
     pub outputs: Vec<PathBuf>,
+    /// Validation images, for the export's verification batch (not written).
+    #[serde(skip)]
+    pub val_files: Vec<PathBuf>,
 }
 
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {

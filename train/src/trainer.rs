@@ -663,5 +663,6 @@ fn make_summary(
         weights: weights.to_string(),
         hyperparameters: serde_json::to_value(hyper).expect("hyper-parameters serialise"),
         outputs,
+        val_files: ds.val.iter().map(|s| s.path.clone()).collect(),
     }
 }

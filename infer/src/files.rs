@@ -1,0 +1,136 @@
+//! Turning command-line paths into the list of image files to classify.
+//!
+//! Folders are walked recursively in sorted order; a file found there is taken when its
+//! extension names an image format or its first bytes are an image signature. Files named
+//! explicitly are always taken (a non-image then gets an error record). Unreadable folders and
+//! broken links become error records too; nothing aborts the walk.
+
+use std::path::{Path, PathBuf};
+
+use crate::classifier::FileResult;
+use crate::error::InferError;
+
+/// Extensions taken as images when walking folders (case-insensitive).
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm",
+];
+
+/// What a set of command-line paths expands to.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Files to classify, in order.
+    pub files: Vec<PathBuf>,
+    /// Paths that could not be used, with the reason.
+    pub errors: Vec<FileResult>,
+    /// Files skipped in folders for being neither image-named nor image-like.
+    pub ignored: usize,
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn looks_like_image(path: &Path) -> bool {
+    crate::decode::sniff(path, 32).is_ok_and(|head| image::guess_format(&head).is_ok())
+}
+
+fn error(path: &Path, reason: impl Into<String>) -> FileResult {
+    FileResult {
+        path: path.to_path_buf(),
+        result: Err(InferError::Input {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }),
+    }
+}
+
+fn walk(dir: &Path, out: &mut Inputs) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return out
+                .errors
+                .push(error(dir, format!("cannot read folder: {e}")))
+        }
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) => paths.push(e.path()),
+            Err(e) => out
+                .errors
+                .push(error(dir, format!("cannot list folder: {e}"))),
+        }
+    }
+    paths.sort();
+    for path in paths {
+        match std::fs::metadata(&path) {
+            Err(_) if path.symlink_metadata().is_ok() => {
+                out.errors.push(error(&path, "broken symbolic link"))
+            }
+            Err(e) => out.errors.push(error(&path, format!("cannot read: {e}"))),
+            Ok(m) if m.is_dir() => walk(&path, out),
+            Ok(_) if has_image_extension(&path) || looks_like_image(&path) => out.files.push(path),
+            Ok(_) => out.ignored += 1,
+        }
+    }
+}
+
+/// Expands files and folders into image files.
+pub fn collect(paths: &[PathBuf]) -> Inputs {
+    let mut out = Inputs::default();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => walk(path, &mut out),
+            Ok(_) => out.files.push(path.clone()),
+            Err(_) if path.symlink_metadata().is_ok() => {
+                out.errors.push(error(path, "broken symbolic link"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                out.errors.push(error(path, "no such file or folder"))
+            }
+            Err(e) => out.errors.push(error(path, format!("cannot read: {e}"))),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_sorted_and_reports_problems() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("b/c")).unwrap();
+        std::fs::write(root.join("b/c/z.JPG"), b"x").unwrap();
+        std::fs::write(root.join("a.png"), b"x").unwrap();
+        std::fs::write(root.join("notes.txt"), b"hello").unwrap();
+        // An image without an extension, by its signature.
+        std::fs::write(root.join("noext"), b"\x89PNG\r\n\x1a\n0000000000000000").unwrap();
+        std::os::unix::fs::symlink(root.join("gone.jpg"), root.join("dangling.jpg")).unwrap();
+        let inputs = collect(&[
+            root.to_path_buf(),
+            root.join("missing.jpg"),
+            root.join("notes.txt"),
+        ]);
+        let names: Vec<String> = inputs
+            .files
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a.png", "b/c/z.JPG", "noext", "notes.txt"]);
+        assert_eq!(inputs.ignored, 1);
+        let errors: Vec<String> = inputs
+            .errors
+            .iter()
+            .map(|e| e.result.as_ref().unwrap_err().to_string())
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].ends_with("dangling.jpg: broken symbolic link"));
+        assert!(errors[1].ends_with("missing.jpg: no such file or folder"));
+    }
+}

@@ -1,0 +1,545 @@
+//! ONNX export, with no Python: the network is written as an ONNX graph (BatchNorm folded into
+//! the convolutions) from the same architecture table the tch model is built from, with class
+//! names and preprocessing in `metadata_props`. Every export verifies itself: the written file
+//! is run through ONNX Runtime (the `infer` library) and compared with libtorch's eval-mode
+//! forward pass before it replaces the target.
+
+use std::path::{Path, PathBuf};
+
+use infer::{Classifier, ExecutionProvider, ModelMetadata};
+use prost::Message;
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+
+use crate::arch;
+use crate::checkpoint::ModelInfo;
+use crate::error::{CheckpointError, TrainError, WeightsError};
+use crate::model::{FoldedConv, ResNet};
+use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
+use crate::onnx_proto::*;
+use crate::weights::from_tch;
+
+/// ONNX operator set of the exported graph (ONNX Runtime supports it since 1.14).
+pub const OPSET: i64 = 17;
+/// ONNX IR version of the exported file.
+pub const IR_VERSION: i64 = 8;
+/// Largest accepted difference between ONNX Runtime's and libtorch's logits.
+pub const MAX_LOGIT_DIFF: f32 = 1e-4;
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("verification failed: ONNX Runtime cannot run the exported model: {0}")]
+    Runtime(String),
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// What an export wrote and how it checked.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub bytes: usize,
+    /// Images in the verification batch, and whether they were real images.
+    pub images: usize,
+    pub real_images: bool,
+    pub max_abs_diff: f32,
+    pub provider: String,
+}
+
+struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::FLOAT,
+        f: v,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[Dimension]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto { dim: dims.to_vec() }),
+            })),
+        }),
+    }
+}
+
+fn dim(v: i64) -> Dimension {
+    Dimension {
+        value: Some(dimension::Value::DimValue(v)),
+    }
+}
+
+fn batch_dim() -> Dimension {
+    Dimension {
+        value: Some(dimension::Value::DimParam("batch".into())),
+    }
+}
+
+impl Graph {
+    fn initializer(&mut self, name: &str, t: &Tensor) -> Result<String, ExportError> {
+        let data = from_tch(&t.to_kind(Kind::Float))?;
+        self.initializers.push(TensorProto {
+            dims: data.shape,
+            data_type: FLOAT,
+            name: name.into(),
+            raw_data: data.data,
+        });
+        Ok(name.to_string())
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: Vec<String>,
+        attribute: Vec<AttributeProto>,
+    ) -> String {
+        let output = name.to_string();
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![output.clone()],
+            name: name.into(),
+            op_type: op.into(),
+            attribute,
+            domain: String::new(),
+        });
+        output
+    }
+
+    fn conv(&mut self, x: &str, c: &FoldedConv, name: &str) -> Result<String, ExportError> {
+        let w = self.initializer(&format!("{name}.weight"), &c.weight)?;
+        let b = self.initializer(&format!("{name}.bias"), &c.bias)?;
+        let k = c.weight.size()[2];
+        let attrs = vec![
+            ints("kernel_shape", &[k, k]),
+            ints("strides", &[c.stride, c.stride]),
+            ints("pads", &[c.padding; 4]),
+            ints("dilations", &[1, 1]),
+            int("group", 1),
+        ];
+        Ok(self.node("Conv", name, vec![x.into(), w, b], attrs))
+    }
+
+    fn relu(&mut self, x: &str) -> String {
+        self.node("Relu", &format!("{x}.relu"), vec![x.into()], vec![])
+    }
+}
+
+/// The ONNX model of `model` in eval mode, carrying `meta` in its metadata.
+pub fn onnx_model(
+    model: &ResNet,
+    meta: &ModelMetadata,
+    probabilities: bool,
+) -> Result<ModelProto, ExportError> {
+    let (stem, blocks) = model.folded_convs();
+    let mut g = Graph {
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+    };
+    let mut x = g.conv("input", &stem, "conv1")?;
+    x = g.relu(&x);
+    x = g.node(
+        "MaxPool",
+        "maxpool",
+        vec![x],
+        vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("strides", &[2, 2]),
+            ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    // Blocks come stage by stage; name them as torchvision does (layer<stage>.<index>).
+    let names = model
+        .arch
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &n)| (0..n).map(move |i| format!("layer{}.{i}", s + 1)));
+    for (block, name) in blocks.iter().zip(names) {
+        let mut y = x.clone();
+        for (i, c) in block.convs.iter().enumerate() {
+            y = g.conv(&y, c, &format!("{name}.conv{}", i + 1))?;
+            if i + 1 < block.convs.len() {
+                y = g.relu(&y);
+            }
+        }
+        let shortcut = match &block.downsample {
+            Some(d) => g.conv(&x, d, &format!("{name}.downsample"))?,
+            None => x.clone(),
+        };
+        let sum = g.node("Add", &format!("{name}.add"), vec![y, shortcut], vec![]);
+        x = g.relu(&sum);
+    }
+    x = g.node("GlobalAveragePool", "avgpool", vec![x], vec![]);
+    x = g.node("Flatten", "flatten", vec![x], vec![int("axis", 1)]);
+    let (fc_w, fc_b) = model.classifier_weights();
+    let w = g.initializer("fc.weight", &fc_w)?;
+    let b = g.initializer("fc.bias", &fc_b)?;
+    let logits = g.node(
+        "Gemm",
+        "logits",
+        vec![x, w, b],
+        vec![float("alpha", 1.0), float("beta", 1.0), int("transB", 1)],
+    );
+    let classes = model.num_classes;
+    let mut outputs = vec![value_info(&logits, &[batch_dim(), dim(classes)])];
+    if probabilities {
+        let p = g.node(
+            "Softmax",
+            "probabilities",
+            vec![logits],
+            vec![int("axis", 1)],
+        );
+        outputs.push(value_info(&p, &[batch_dim(), dim(classes)]));
+    }
+    let side = i64::from(meta.preprocess.crop_size);
+    let graph = GraphProto {
+        node: g.nodes,
+        name: format!("{}_classifier", model.arch.name),
+        initializer: g.initializers,
+        doc_string: String::new(),
+        input: vec![value_info(
+            "input",
+            &[batch_dim(), dim(3), dim(side), dim(side)],
+        )],
+        output: outputs,
+    };
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        producer_name: crate::checkpoint::TOOLKIT_NAME.into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: format!(
+            "{} image classifier ({} classes). Input: RGB, NCHW float32, resized and normalised as the metadata says.",
+            model.arch.name, classes
+        ),
+        graph: Some(graph),
+        metadata_props: meta.to_props().into_iter().map(|(key, value)| StringStringEntryProto { key, value }).collect(),
+    })
+}
+
+/// Writes `model` to `out` as ONNX after checking the written file with ONNX Runtime against
+/// libtorch on `inputs` (preprocessed images, `n × 3 × size × size`). On any failure nothing is
+/// left at `out` (an earlier file there stays as it was).
+pub fn export(
+    model: &ResNet,
+    meta: &ModelMetadata,
+    out: &Path,
+    probabilities: bool,
+    inputs: &[f32],
+    real_images: bool,
+) -> Result<ExportReport, ExportError> {
+    let bytes = onnx_model(model, meta, probabilities)?.encode_to_vec();
+    let write_err = |source| ExportError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".model.")
+        .suffix(".onnx.tmp")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    std::io::Write::write_all(tmp.as_file_mut(), &bytes).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+
+    let (max_abs_diff, provider) = verify(model, meta, tmp.path(), inputs)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(write_err)?;
+    tmp.persist(out).map_err(|e| write_err(e.error))?;
+    let side = meta.preprocess.crop_size as usize;
+    Ok(ExportReport {
+        path: out.to_path_buf(),
+        bytes: bytes.len(),
+        images: inputs.len() / (3 * side * side),
+        real_images,
+        max_abs_diff,
+        provider,
+    })
+}
+
+/// How [`export_checkpoint`] finds what it needs.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Also output softmax probabilities (`probabilities`), besides `logits`.
+    pub probabilities: bool,
+    /// Images for the verification batch (the first 32 readable ones are used); random
+    /// input when none.
+    pub images: Vec<PathBuf>,
+    /// For weight files without this toolkit's record (a plain torchvision state dict): the
+    /// architecture and class names. With a record, `arch` must agree with it.
+    pub arch: Option<String>,
+    pub classes: Option<Vec<String>>,
+}
+
+/// Images in the verification batch at most.
+pub const VERIFY_IMAGES: usize = 32;
+
+/// Exports a checkpoint (`best.pt`, `last.pt`, or a torchvision state dict with
+/// [`ExportOptions::arch`] and [`ExportOptions::classes`]) to `out`.
+pub fn export_checkpoint(
+    weights: &Path,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportReport, TrainError> {
+    if !weights.is_file() {
+        return Err(TrainError::Config(format!(
+            "{}: weights file not found",
+            weights.display()
+        )));
+    }
+    let info = match crate::checkpoint::read_info(weights) {
+        Ok(info) => info,
+        Err(CheckpointError::Invalid { .. }) if opts.arch.is_some() && opts.classes.is_some() => {
+            ModelInfo::new(
+                opts.arch.as_deref().unwrap_or_default(),
+                opts.classes.clone().unwrap_or_default(),
+                infer::PreprocessConfig::default(),
+                0,
+                None,
+            )
+        }
+        Err(CheckpointError::Invalid { path, reason }) => {
+            return Err(TrainError::Config(format!(
+                "{}: {reason}; for a plain state dict pass --arch and --classes",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(a) = &opts.arch {
+        if *a != info.arch {
+            return Err(TrainError::Config(format!(
+                "{}: holds a {} model, not {a}",
+                weights.display(),
+                info.arch
+            )));
+        }
+    }
+    let arch = arch::by_name(&info.arch).ok_or_else(|| {
+        TrainError::Config(format!(
+            "{}: unknown architecture '{}' (known: {})",
+            weights.display(),
+            info.arch,
+            arch::names().join(", ")
+        ))
+    })?;
+    if info.classes.len() < 2 {
+        return Err(TrainError::Config(format!(
+            "{}: needs at least two class names",
+            weights.display()
+        )));
+    }
+    let model = ResNet::new(arch, info.classes.len() as i64, Device::Cpu);
+    let state = crate::weights::read_state_dict(weights)?;
+    model.load_state(&state, false).map_err(|e| match e {
+        WeightsError::Mismatch { .. } => TrainError::Config(format!("{}: {e}", weights.display())),
+        other => other.into(),
+    })?;
+    let meta = ModelMetadata {
+        classes: info.classes.clone(),
+        preprocess: info.preprocess.clone(),
+        arch: Some(info.arch.clone()),
+        best_val_acc: info.val_acc,
+        epoch: (info.epoch > 0).then_some(info.epoch as u64),
+        toolkit: Some(crate::checkpoint::TOOLKIT_NAME.into()),
+        toolkit_version: Some(env!("CARGO_PKG_VERSION").into()),
+        classes_from_defaults: false,
+    };
+    let (inputs, real) = verification_inputs(&opts.images, &info.preprocess);
+    Ok(export(
+        &model,
+        &meta,
+        out,
+        opts.probabilities,
+        &inputs,
+        real,
+    )?)
+}
+
+/// Up to [`VERIFY_IMAGES`] preprocessed images, or a seeded random batch when none decode.
+fn verification_inputs(
+    images: &[PathBuf],
+    preprocess: &infer::PreprocessConfig,
+) -> (Vec<f32>, bool) {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for path in images {
+        if n == VERIFY_IMAGES {
+            break;
+        }
+        if let Ok(Ok(t)) = infer::decode_file(path, infer::DecodeLimits::default())
+            .map(|img| preprocess.eval(&img))
+        {
+            out.extend(t);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        return (out, true);
+    }
+    let side = i64::from(preprocess.crop_size);
+    let g = Tensor::randn([4 * 3 * side * side], (Kind::Float, Device::Cpu));
+    (Vec::<f32>::try_from(g).unwrap_or_default(), false)
+}
+
+/// Runs the file through ONNX Runtime and libtorch; returns the largest logit difference.
+fn verify(
+    model: &ResNet,
+    meta: &ModelMetadata,
+    path: &Path,
+    inputs: &[f32],
+) -> Result<(f32, String), ExportError> {
+    let runtime_err = |e: infer::InferError| ExportError::Runtime(e.to_string());
+    let classifier = Classifier::builder(path)
+        .execution_provider(ExecutionProvider::Cpu)
+        .build()
+        .map_err(runtime_err)?;
+    if classifier.metadata().classes != meta.classes {
+        return Err(ExportError::Mismatch(
+            "class names read back differ from those written".into(),
+        ));
+    }
+    let ort = classifier.run(inputs).map_err(runtime_err)?;
+    let side = i64::from(meta.preprocess.crop_size);
+    let n = (inputs.len() as i64) / (3 * side * side);
+    let x = Tensor::from_slice(inputs)
+        .view([n, 3, side, side])
+        .to_device(model.device);
+    let torch = tch::no_grad(|| model.forward(&x, false))
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float);
+    let torch = Vec::<f32>::try_from(torch.flatten(0, -1))?;
+    let classes = meta.classes.len();
+    let max = torch
+        .iter()
+        .zip(&ort)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    let top1_differs = torch
+        .chunks(classes)
+        .zip(ort.chunks(classes))
+        .filter(|(a, b)| argmax(a) != argmax(b))
+        .count();
+    if torch.iter().chain(&ort).any(|v| !v.is_finite()) {
+        return Err(ExportError::Mismatch("non-finite logits".into()));
+    }
+    if max > MAX_LOGIT_DIFF || top1_differs > 0 {
+        return Err(ExportError::Mismatch(format!(
+            "ONNX Runtime and libtorch disagree: max |logit difference| {max:.2e} (bound {MAX_LOGIT_DIFF:.0e}), top-1 differs on {top1_differs} of {n} images"
+        )));
+    }
+    Ok((max, classifier.provider().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::by_name;
+
+    fn meta(classes: usize) -> ModelMetadata {
+        ModelMetadata {
+            classes: (0..classes).map(|i| format!("c{i}")).collect(),
+            preprocess: infer::PreprocessConfig::default(),
+            arch: Some("resnet18".into()),
+            best_val_acc: Some(0.5),
+            epoch: Some(1),
+            toolkit: Some(crate::checkpoint::TOOLKIT_NAME.into()),
+            toolkit_version: Some(env!("CARGO_PKG_VERSION").into()),
+            classes_from_defaults: false,
+        }
+    }
+
+    fn inputs(n: i64) -> Vec<f32> {
+        Vec::<f32>::try_from(Tensor::randn(
+            [n * 3 * 224 * 224],
+            (Kind::Float, Device::Cpu),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn export_verifies_and_writes() {
+        tch::manual_seed(3);
+        let model = ResNet::new(by_name("resnet18").unwrap(), 4, Device::Cpu);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model.onnx");
+        let report = export(&model, &meta(4), &out, true, &inputs(2), false).unwrap();
+        println!(
+            "max |diff| {:e}, {} bytes",
+            report.max_abs_diff, report.bytes
+        );
+        assert!(out.is_file());
+        assert_eq!(report.images, 2);
+        assert!(report.max_abs_diff <= MAX_LOGIT_DIFF);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1);
+    }
+
+    #[test]
+    fn a_file_that_disagrees_is_rejected_and_not_written() {
+        tch::manual_seed(4);
+        let a = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
+        let b = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.onnx");
+        std::fs::write(
+            &file,
+            onnx_model(&a, &meta(3), false).unwrap().encode_to_vec(),
+        )
+        .unwrap();
+        let err = verify(&b, &meta(3), &file, &inputs(2)).unwrap_err();
+        assert!(matches!(err, ExportError::Mismatch(_)), "{err}");
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
+}
