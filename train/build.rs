@@ -9,10 +9,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
-    let lib = match (
-        std::env::var_os("LIBTORCH_LIB"),
-        std::env::var_os("LIBTORCH"),
-    ) {
+    let lib = match (std::env::var_os("LIBTORCH_LIB"), std::env::var_os("LIBTORCH")) {
         (Some(lib), _) => PathBuf::from(lib).join("lib"),
         (None, Some(root)) => PathBuf::from(root).join("lib"),
         // libtorch located some other way (e.g. LIBTORCH_USE_PYTORCH): the user manages paths.

@@ -82,8 +82,7 @@ where
             loop {
                 while next < len && in_flight.len() < prefetch && !stop2.load(Ordering::Relaxed) {
                     let (done_tx, done_rx) = bounded(1);
-                    let (items, order, load) =
-                        (Arc::clone(&items), Arc::clone(&order), Arc::clone(&load));
+                    let (items, order, load) = (Arc::clone(&items), Arc::clone(&order), Arc::clone(&load));
                     let start = next * batch_size;
                     pool.spawn(move || {
                         let end = (start + batch_size).min(order.len());
@@ -107,12 +106,7 @@ where
             }
         })
         .expect("spawn the batch producer thread");
-    BatchStream {
-        rx: Some(rx),
-        handle: Some(handle),
-        stop,
-        len,
-    }
+    BatchStream { rx: Some(rx), handle: Some(handle), stop, len }
 }
 
 #[cfg(test)]
@@ -120,20 +114,14 @@ mod tests {
     use super::*;
 
     fn pool(n: usize) -> Arc<rayon::ThreadPool> {
-        Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap(),
-        )
+        Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap())
     }
 
     #[test]
     fn ordered_batches_with_positions() {
         let items = Arc::new((0..10).map(|i| i * 10).collect::<Vec<_>>());
         let order = vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
-        let out: Vec<Vec<(i32, usize)>> =
-            stream(pool(3), items, order, 4, 2, |v, pos| (*v, pos)).collect();
+        let out: Vec<Vec<(i32, usize)>> = stream(pool(3), items, order, 4, 2, |v, pos| (*v, pos)).collect();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0], [(90, 0), (80, 1), (70, 2), (60, 3)]);
         assert_eq!(out[2], [(10, 8), (0, 9)]);
@@ -144,14 +132,7 @@ mod tests {
         let s = stream(pool(1), Arc::new(Vec::<u8>::new()), vec![], 4, 2, |_, _| ());
         assert!(s.is_empty());
         assert_eq!(s.count(), 0);
-        let mut s = stream(
-            pool(1),
-            Arc::new(vec![1u8; 100]),
-            (0..100).collect(),
-            1,
-            2,
-            |_, _| (),
-        );
+        let mut s = stream(pool(1), Arc::new(vec![1u8; 100]), (0..100).collect(), 1, 2, |_, _| ());
         assert_eq!(s.len(), 100);
         assert!(s.next().is_some());
         drop(s); // must not hang

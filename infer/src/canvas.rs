@@ -18,9 +18,7 @@ pub struct Canvas {
 impl Canvas {
     /// A white canvas.
     pub fn new(w: u32, h: u32) -> Canvas {
-        Canvas {
-            img: RgbImage::from_pixel(w, h, WHITE),
-        }
+        Canvas { img: RgbImage::from_pixel(w, h, WHITE) }
     }
 
     pub fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
@@ -63,20 +61,11 @@ impl Canvas {
     /// Text with the 8×8 font at `scale`; characters outside it print as '?'.
     pub fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb<u8>, scale: i64) {
         for (i, ch) in s.chars().enumerate() {
-            let glyph = font8x8::BASIC_FONTS
-                .get(ch)
-                .or_else(|| font8x8::BASIC_FONTS.get('?'))
-                .unwrap_or([0; 8]);
+            let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or([0; 8]);
             for (row, bits) in glyph.iter().enumerate() {
                 for col in 0..8 {
                     if bits & (1 << col) != 0 {
-                        self.fill(
-                            x + (i as i64 * 8 + col) * scale,
-                            y + row as i64 * scale,
-                            scale,
-                            scale,
-                            c,
-                        );
+                        self.fill(x + (i as i64 * 8 + col) * scale, y + row as i64 * scale, scale, scale, c);
                     }
                 }
             }

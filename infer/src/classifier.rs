@@ -43,9 +43,7 @@ impl FromStr for ExecutionProvider {
                 .and_then(|n| n.parse().ok())
                 .filter(|n| *n >= 0)
                 .map(ExecutionProvider::Cuda)
-                .ok_or_else(|| {
-                    format!("'{s}' is not an execution provider: use auto, cpu, cuda or cuda:N")
-                }),
+                .ok_or_else(|| format!("'{s}' is not an execution provider: use auto, cpu, cuda or cuda:N")),
         }
     }
 }
@@ -178,21 +176,14 @@ impl ClassifierBuilder {
             return Err(InferError::ModelNotFound(path));
         }
         let (session, provider, provider_note) = start_session(&path, self.provider, self.threads)?;
-        let incompatible = |reason: String| InferError::Incompatible {
-            path: path.clone(),
-            reason,
-        };
+        let incompatible = |reason: String| InferError::Incompatible { path: path.clone(), reason };
 
         let [input] = session.inputs() else {
-            return Err(incompatible(format!(
-                "{} inputs; one image tensor is expected",
-                session.inputs().len()
-            )));
+            return Err(incompatible(format!("{} inputs; one image tensor is expected", session.inputs().len())));
         };
         let input_name = input.name().to_string();
-        let in_dims = tensor_dims(input.dtype()).ok_or_else(|| {
-            incompatible(format!("input '{}' is not a float32 tensor", input.name()))
-        })?;
+        let in_dims = tensor_dims(input.dtype())
+            .ok_or_else(|| incompatible(format!("input '{}' is not a float32 tensor", input.name())))?;
         if in_dims.len() != 4 {
             return Err(incompatible(format!(
                 "input '{}' has rank {} ({:?}); [batch, 3, height, width] is expected",
@@ -209,26 +200,16 @@ impl ClassifierBuilder {
             )));
         }
         // Prefer logits (softmax applied here); accept a model that only outputs probabilities.
-        let outputs: Vec<(&str, Vec<i64>)> = session
-            .outputs()
-            .iter()
-            .filter_map(|o| tensor_dims(o.dtype()).map(|d| (o.name(), d)))
-            .collect();
+        let outputs: Vec<(&str, Vec<i64>)> =
+            session.outputs().iter().filter_map(|o| tensor_dims(o.dtype()).map(|d| (o.name(), d))).collect();
         let (output_name, out_dims, probabilities) = outputs
             .iter()
             .find(|(n, _)| *n == "logits")
             .map(|(n, d)| (n.to_string(), d.clone(), false))
             .or_else(|| {
-                outputs
-                    .iter()
-                    .find(|(n, _)| *n == "probabilities")
-                    .map(|(n, d)| (n.to_string(), d.clone(), true))
+                outputs.iter().find(|(n, _)| *n == "probabilities").map(|(n, d)| (n.to_string(), d.clone(), true))
             })
-            .or_else(|| {
-                outputs
-                    .first()
-                    .map(|(n, d)| (n.to_string(), d.clone(), false))
-            })
+            .or_else(|| outputs.first().map(|(n, d)| (n.to_string(), d.clone(), false)))
             .ok_or_else(|| incompatible("no float32 tensor output".into()))?;
         if out_dims.len() != 2 {
             return Err(incompatible(format!(
@@ -238,17 +219,10 @@ impl ClassifierBuilder {
         }
         let num_outputs = usize::try_from(out_dims[1]).ok();
 
-        let md = session.metadata().map_err(|e| InferError::ModelLoad {
-            path: path.clone(),
-            reason: one_line(e),
-        })?;
+        let md = session.metadata().map_err(|e| InferError::ModelLoad { path: path.clone(), reason: one_line(e) })?;
         let get = |k: &str| md.custom(k);
-        let mut meta = ModelMetadata::from_props(&get, num_outputs).map_err(|source| {
-            InferError::Metadata {
-                path: path.clone(),
-                source,
-            }
-        })?;
+        let mut meta = ModelMetadata::from_props(&get, num_outputs)
+            .map_err(|source| InferError::Metadata { path: path.clone(), source })?;
         drop(md);
         if let Some(n) = num_outputs {
             if meta.classes.len() != n {
@@ -258,9 +232,7 @@ impl ClassifierBuilder {
                 )));
             }
         } else if meta.classes_from_defaults {
-            return Err(incompatible(
-                "class count unknown: no 'classes' metadata and a dynamic output size".into(),
-            ));
+            return Err(incompatible("class count unknown: no 'classes' metadata and a dynamic output size".into()));
         }
         for (axis, &d) in in_dims[2..].iter().enumerate() {
             let crop = i64::from(meta.preprocess.crop_size);
@@ -271,15 +243,10 @@ impl ClassifierBuilder {
                 {
                     // No size in the metadata: take the model's, keeping the 256/224 ratio.
                     meta.preprocess.crop_size = d as u32;
-                    meta.preprocess.resize_size = meta
-                        .preprocess
-                        .resize_size
-                        .max((d as u32 * 256).div_ceil(224));
+                    meta.preprocess.resize_size = meta.preprocess.resize_size.max((d as u32 * 256).div_ceil(224));
                 } else {
                     let side = if axis == 0 { "height" } else { "width" };
-                    return Err(incompatible(format!(
-                        "input {side} is {d} but the metadata's input size is {crop}"
-                    )));
+                    return Err(incompatible(format!("input {side} is {d} but the metadata's input size is {crop}")));
                 }
             }
         }
@@ -309,11 +276,7 @@ impl ClassifierBuilder {
 
 fn tensor_dims(t: &ValueType) -> Option<Vec<i64>> {
     match t {
-        ValueType::Tensor {
-            ty: TensorElementType::Float32,
-            shape,
-            ..
-        } => Some(shape.to_vec()),
+        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Some(shape.to_vec()),
         _ => None,
     }
 }
@@ -336,22 +299,13 @@ fn start_session(
 ) -> Result<(Session, String, Option<String>), InferError> {
     // Checked first so that a missing runtime is reported as such, not as a provider problem.
     runtime::environment()?;
-    let load_err = |reason: String| InferError::ModelLoad {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let load_err = |reason: String| InferError::ModelLoad { path: path.to_path_buf(), reason };
     let cpu = || -> Result<Session, InferError> {
-        base_builder(threads)
-            .map_err(load_err)?
-            .commit_from_file(path)
-            .map_err(|e| load_err(one_line(e)))
+        base_builder(threads).map_err(load_err)?.commit_from_file(path).map_err(|e| load_err(one_line(e)))
     };
     let cuda = |id: i32| -> Result<Session, String> {
         let mut b = base_builder(threads)?
-            .with_execution_providers([ep::CUDA::default()
-                .with_device_id(id)
-                .build()
-                .error_on_failure()])
+            .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
             .map_err(one_line)?;
         b.commit_from_file(path).map_err(one_line)
     };
@@ -362,19 +316,12 @@ fn start_session(
             Err(reason) => {
                 // A model that loads nowhere is a model problem, not a provider one.
                 cpu()?;
-                Err(InferError::Provider {
-                    provider: format!("cuda:{id}"),
-                    reason,
-                })
+                Err(InferError::Provider { provider: format!("cuda:{id}"), reason })
             }
         },
         ExecutionProvider::Auto => match cuda(0) {
             Ok(s) => Ok((s, "CUDAExecutionProvider (device 0)".into(), None)),
-            Err(reason) => Ok((
-                cpu()?,
-                "CPUExecutionProvider".into(),
-                Some(format!("CUDA not used: {reason}")),
-            )),
+            Err(reason) => Ok((cpu()?, "CPUExecutionProvider".into(), Some(format!("CUDA not used: {reason}")))),
         },
     }
 }
@@ -435,10 +382,7 @@ impl Classifier {
         let side = self.meta.preprocess.crop_size as usize;
         let per_image = 3 * side * side;
         if input.is_empty() || input.len() % per_image != 0 {
-            return Err(InferError::BatchShape {
-                got: input.len(),
-                per_image,
-            });
+            return Err(InferError::BatchShape { got: input.len(), per_image });
         }
         let n = input.len() / per_image;
         let chunk = self.fixed_batch.unwrap_or(n);
@@ -454,21 +398,16 @@ impl Classifier {
                 part
             };
             let shape = [chunk as i64, 3, side as i64, side as i64];
-            let tensor = TensorRef::from_array_view((shape, data))
-                .map_err(|e| InferError::Run(one_line(e)))?;
-            let mut session = self
-                .session
-                .lock()
-                .map_err(|_| InferError::Run("session poisoned by an earlier panic".into()))?;
+            let tensor = TensorRef::from_array_view((shape, data)).map_err(|e| InferError::Run(one_line(e)))?;
+            let mut session =
+                self.session.lock().map_err(|_| InferError::Run("session poisoned by an earlier panic".into()))?;
             let outputs = session
                 .run(ort::inputs![self.input_name.as_str() => tensor])
                 .map_err(|e| InferError::Run(one_line(e)))?;
             let value = outputs
                 .get(&self.output_name)
                 .ok_or_else(|| InferError::Run(format!("no output '{}'", self.output_name)))?;
-            let (dims, values) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| InferError::Run(one_line(e)))?;
+            let (dims, values) = value.try_extract_tensor::<f32>().map_err(|e| InferError::Run(one_line(e)))?;
             let classes = self.meta.classes.len();
             if dims.len() != 2 || dims[1] as usize != classes || values.len() < count * classes {
                 return Err(InferError::Run(format!(
@@ -487,21 +426,13 @@ impl Classifier {
         outputs
             .chunks(classes)
             .map(|row| {
-                let probs = if self.probabilities {
-                    row.to_vec()
-                } else {
-                    softmax(row)
-                };
+                let probs = if self.probabilities { row.to_vec() } else { softmax(row) };
                 let mut order: Vec<usize> = (0..probs.len()).collect();
                 order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
                 let top_k: Vec<Scored> = order
                     .iter()
                     .take(self.top_k)
-                    .map(|&i| Scored {
-                        class_index: i,
-                        label: self.meta.classes[i].clone(),
-                        probability: probs[i],
-                    })
+                    .map(|&i| Scored { class_index: i, label: self.meta.classes[i].clone(), probability: probs[i] })
                     .collect();
                 Prediction {
                     class_index: top_k[0].class_index,
@@ -514,48 +445,30 @@ impl Classifier {
     }
 
     /// Preprocesses one decoded image into model input.
-    pub fn preprocess(
-        &self,
-        img: &RgbImage,
-    ) -> Result<Vec<f32>, crate::preprocess::PreprocessError> {
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>, crate::preprocess::PreprocessError> {
         self.meta.preprocess.eval(img)
     }
 
     /// Classifies one decoded image.
     pub fn classify(&self, img: &RgbImage) -> Result<Prediction, InferError> {
         let mut out = self.classify_images(std::slice::from_ref(img))?;
-        out.pop()
-            .ok_or_else(|| InferError::Run("no output".into()))?
+        out.pop().ok_or_else(|| InferError::Run("no output".into()))?
     }
 
     /// Classifies decoded images as one batch; each gets its own result.
-    pub fn classify_images(
-        &self,
-        imgs: &[RgbImage],
-    ) -> Result<Vec<Result<Prediction, InferError>>, InferError> {
-        let prepared: Vec<_> = self
-            .pool
-            .install(|| imgs.par_iter().map(|img| self.preprocess(img)).collect());
+    pub fn classify_images(&self, imgs: &[RgbImage]) -> Result<Vec<Result<Prediction, InferError>>, InferError> {
+        let prepared: Vec<_> = self.pool.install(|| imgs.par_iter().map(|img| self.preprocess(img)).collect());
         let mut input = Vec::new();
         for p in prepared.iter().flatten() {
             input.extend_from_slice(p);
         }
-        let mut predictions = if input.is_empty() {
-            Vec::new()
-        } else {
-            self.predictions(&self.run(&input)?)
-        }
-        .into_iter();
+        let mut predictions =
+            if input.is_empty() { Vec::new() } else { self.predictions(&self.run(&input)?) }.into_iter();
         Ok(prepared
             .into_iter()
             .map(|p| match p {
-                Ok(_) => predictions
-                    .next()
-                    .ok_or_else(|| InferError::Run("missing output".into())),
-                Err(source) => Err(InferError::Preprocess {
-                    path: PathBuf::from("<image>"),
-                    source,
-                }),
+                Ok(_) => predictions.next().ok_or_else(|| InferError::Run("missing output".into())),
+                Err(source) => Err(InferError::Preprocess { path: PathBuf::from("<image>"), source }),
             })
             .collect())
     }
@@ -566,51 +479,27 @@ impl Classifier {
         let preprocess = self.meta.preprocess.clone();
         let limits = self.limits;
         let load = move |path: &PathBuf, _| -> Result<Vec<f32>, InferError> {
-            let img = decode_file(path, limits).map_err(|source| InferError::Decode {
-                path: path.clone(),
-                source,
-            })?;
-            preprocess
-                .eval(&img)
-                .map_err(|source| InferError::Preprocess {
-                    path: path.clone(),
-                    source,
-                })
+            let img = decode_file(path, limits).map_err(|source| InferError::Decode { path: path.clone(), source })?;
+            preprocess.eval(&img).map_err(|source| InferError::Preprocess { path: path.clone(), source })
         };
         let paths = Arc::new(paths);
         let order = (0..paths.len()).collect();
-        let stream = batching::stream(
-            Arc::clone(&self.pool),
-            Arc::clone(&paths),
-            order,
-            self.batch_size,
-            2,
-            load,
-        );
+        let stream = batching::stream(Arc::clone(&self.pool), Arc::clone(&paths), order, self.batch_size, 2, load);
         let mut next = 0;
         for batch in stream {
             let mut input = Vec::new();
             for tensor in batch.iter().flatten() {
                 input.extend_from_slice(tensor);
             }
-            let outputs = if input.is_empty() {
-                Ok(Vec::new())
-            } else {
-                self.run(&input)
-            };
+            let outputs = if input.is_empty() { Ok(Vec::new()) } else { self.run(&input) };
             let mut predictions = outputs.as_ref().map(|o| self.predictions(o).into_iter());
             for item in batch {
                 let path = paths[next].clone();
                 next += 1;
                 let result = match (item, &mut predictions) {
                     (Err(e), _) => Err(e),
-                    (Ok(_), Ok(p)) => p
-                        .next()
-                        .ok_or_else(|| InferError::Run("missing output".into())),
-                    (Ok(_), Err(e)) => Err(InferError::Input {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    }),
+                    (Ok(_), Ok(p)) => p.next().ok_or_else(|| InferError::Run("missing output".into())),
+                    (Ok(_), Err(e)) => Err(InferError::Input { path: path.clone(), reason: e.to_string() }),
                 };
                 on_result(FileResult { path, result });
             }
@@ -653,16 +542,9 @@ mod tests {
     #[test]
     fn error_records_drop_the_path() {
         let path = PathBuf::from("/x/y.jpg");
-        let e = InferError::Decode {
-            path: path.clone(),
-            source: crate::DecodeError::Empty,
-        };
+        let e = InferError::Decode { path: path.clone(), source: crate::DecodeError::Empty };
         assert_eq!(error_reason(&path, &e), "empty file");
-        let json = serde_json::to_string(&FileResult {
-            path,
-            result: Err(e),
-        })
-        .unwrap();
+        let json = serde_json::to_string(&FileResult { path, result: Err(e) }).unwrap();
         assert_eq!(json, r#"{"path":"/x/y.jpg","error":"empty file"}"#);
     }
 }

@@ -24,9 +24,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits {
-            max_pixels: DEFAULT_MAX_PIXELS,
-        }
+        DecodeLimits { max_pixels: DEFAULT_MAX_PIXELS }
     }
 }
 
@@ -41,12 +39,7 @@ pub enum DecodeError {
     #[error("not an image (unrecognised format)")]
     UnknownFormat,
     #[error("image is {width}x{height} = {pixels} pixels, above the limit of {limit}")]
-    TooLarge {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
     #[error("image has no pixels ({width}x{height})")]
     NoPixels { width: u32, height: u32 },
     #[error("corrupt or unsupported image: {0}")]
@@ -59,7 +52,14 @@ pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage, Decode
     if file.metadata()?.len() == 0 {
         return Err(DecodeError::Empty);
     }
-    decode_reader(BufReader::new(file), limits)
+    let mut reader = BufReader::new(file);
+    if reader.fill_buf()?.starts_with(JPEG_SOI) {
+        // JPEGs are checked for completeness first, which needs the whole file.
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes)?;
+        return decode_bytes(&bytes, limits);
+    }
+    decode_reader(reader, limits)
 }
 
 /// Decodes an encoded image held in memory into upright 8-bit RGB.
@@ -67,13 +67,43 @@ pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Deco
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
+    if bytes.starts_with(JPEG_SOI) && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::Corrupt("truncated JPEG (no end-of-image marker after the image data)".into()));
+    }
     decode_reader(Cursor::new(bytes), limits)
 }
 
-fn decode_reader<R: BufRead + Seek>(
-    reader: R,
-    limits: DecodeLimits,
-) -> Result<RgbImage, DecodeError> {
+const JPEG_SOI: &[u8] = &[0xFF, 0xD8, 0xFF];
+
+/// Whether a JPEG's image data is followed by its end-of-image marker. The JPEG decoder fills
+/// a cut-off image with grey instead of failing (PIL refuses it), so this is checked apart:
+/// marker segments are skipped up to the first scan; after it, entropy-coded data cannot hold
+/// the bytes FF D9 (an FF there is always followed by 00 or a restart marker).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            0xFF => i += 1, // fill byte
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+                if marker == 0xDA {
+                    let scan = (i + 2 + len).min(bytes.len());
+                    return bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9]);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    false
+}
+
+fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
     let reader = ImageReader::new(reader).with_guessed_format()?;
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
@@ -82,20 +112,13 @@ fn decode_reader<R: BufRead + Seek>(
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(DecodeError::TooLarge {
-            width,
-            height,
-            pixels,
-            limit: limits.max_pixels,
-        });
+        return Err(DecodeError::TooLarge { width, height, pixels, limit: limits.max_pixels });
     }
     if pixels == 0 {
         return Err(DecodeError::NoPixels { width, height });
     }
     // A missing or unreadable EXIF block just means "upright".
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     img.apply_orientation(orientation);
     Ok(match img {
@@ -147,38 +170,40 @@ mod tests {
         let rgb = decode_bytes(&encode(&la, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(1, 1), &Rgb([10, 10, 10]));
 
-        let rgba =
-            DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(4, 3, Rgba([1u8, 2, 3, 0])));
+        let rgba = DynamicImage::ImageRgba8(image::ImageBuffer::from_pixel(4, 3, Rgba([1u8, 2, 3, 0])));
         let rgb = decode_bytes(&encode(&rgba, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(3, 2), &Rgb([1, 2, 3]));
 
-        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
-            4,
-            3,
-            Rgb([65535u16, 0, 32896]),
-        ));
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(4, 3, Rgb([65535u16, 0, 32896])));
         let rgb = decode_bytes(&encode(&deep, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(0, 0), &Rgb([255, 0, 128]));
+    }
+
+    #[test]
+    fn truncated_jpegs_are_rejected() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8 * 3, y as u8 * 5, 7])));
+        let jpg = encode(&img, ImageFormat::Jpeg);
+        assert!(jpeg_is_complete(&jpg));
+        assert!(decode_bytes(&jpg, DecodeLimits::default()).is_ok());
+        for cut in [jpg.len() - 2, jpg.len() / 2, 200] {
+            let err = decode_bytes(&jpg[..cut], DecodeLimits::default()).unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{cut}: {err}");
+        }
+        // Data after the end marker (as some cameras append) is fine.
+        let mut trailing = jpg.clone();
+        trailing.extend_from_slice(b"trailer data");
+        assert!(decode_bytes(&trailing, DecodeLimits::default()).is_ok());
     }
 
     #[test]
     fn reports_bad_input() {
         let limits = DecodeLimits::default();
         assert!(matches!(decode_bytes(b"", limits), Err(DecodeError::Empty)));
-        assert!(matches!(
-            decode_bytes(b"hello, not an image", limits),
-            Err(DecodeError::UnknownFormat)
-        ));
-        let png = encode(
-            &DynamicImage::ImageRgb8(RgbImage::new(64, 64)),
-            ImageFormat::Png,
-        );
+        assert!(matches!(decode_bytes(b"hello, not an image", limits), Err(DecodeError::UnknownFormat)));
+        let png = encode(&DynamicImage::ImageRgb8(RgbImage::new(64, 64)), ImageFormat::Png);
         let err = decode_bytes(&png[..png.len() / 2], limits).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
         let small = DecodeLimits { max_pixels: 100 };
-        assert!(matches!(
-            decode_bytes(&png, small),
-            Err(DecodeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_bytes(&png, small), Err(DecodeError::TooLarge { .. })));
     }
 }

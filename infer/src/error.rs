@@ -21,20 +21,14 @@ pub enum InferError {
     #[error("{path}: incompatible model: {reason}")]
     Incompatible { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
-    Metadata {
-        path: PathBuf,
-        source: MetadataError,
-    },
+    Metadata { path: PathBuf, source: MetadataError },
     /// A strictly requested execution provider could not be used.
     #[error("execution provider {provider}: {reason}")]
     Provider { provider: String, reason: String },
     #[error("{path}: {source}")]
     Decode { path: PathBuf, source: DecodeError },
     #[error("{path}: {source}")]
-    Preprocess {
-        path: PathBuf,
-        source: PreprocessError,
-    },
+    Preprocess { path: PathBuf, source: PreprocessError },
     #[error("{path}: {reason}")]
     Input { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
@@ -45,10 +39,5 @@ pub enum InferError {
 
 /// First line of a message from ONNX Runtime, which can be long.
 pub(crate) fn one_line(s: impl std::fmt::Display) -> String {
-    s.to_string()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    s.to_string().lines().next().unwrap_or("").trim().to_string()
 }

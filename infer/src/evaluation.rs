@@ -20,10 +20,7 @@ pub struct Evaluation {
 impl Evaluation {
     pub fn new(classes: Vec<String>) -> Self {
         let n = classes.len();
-        Evaluation {
-            classes,
-            matrix: vec![vec![0; n]; n],
-        }
+        Evaluation { classes, matrix: vec![vec![0; n]; n] }
     }
 
     pub fn add(&mut self, truth: usize, predicted: usize) {
@@ -44,10 +41,7 @@ impl Evaluation {
 
     /// Of the images predicted as `c`, the fraction that are `c`.
     pub fn precision(&self, c: usize) -> f64 {
-        ratio(
-            self.matrix[c][c],
-            self.matrix.iter().map(|row| row[c]).sum(),
-        )
+        ratio(self.matrix[c][c], self.matrix.iter().map(|row| row[c]).sum())
     }
 
     /// Of the images of class `c`, the fraction predicted as `c`.
@@ -57,19 +51,8 @@ impl Evaluation {
 
     /// A plain-text report: accuracy, a per-class table, and the confusion matrix.
     pub fn report(&self) -> String {
-        let w = self
-            .classes
-            .iter()
-            .map(|c| c.chars().count())
-            .max()
-            .unwrap_or(5)
-            .max(9);
-        let mut s = format!(
-            "accuracy {:.4} ({} of {} images)\n\n",
-            self.accuracy(),
-            self.correct(),
-            self.total()
-        );
+        let w = self.classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(9);
+        let mut s = format!("accuracy {:.4} ({} of {} images)\n\n", self.accuracy(), self.correct(), self.total());
         s.push_str(&format!("{:<w$}  precision  recall  images\n", "class"));
         for (i, c) in self.classes.iter().enumerate() {
             s.push_str(&format!(
@@ -79,17 +62,8 @@ impl Evaluation {
                 self.matrix[i].iter().sum::<usize>()
             ));
         }
-        s.push_str(&format!(
-            "\nconfusion matrix (rows: true class, columns: predicted)\n{:<w$}",
-            ""
-        ));
-        let cw = self
-            .classes
-            .iter()
-            .map(|c| c.chars().count())
-            .max()
-            .unwrap_or(1)
-            .max(6);
+        s.push_str(&format!("\nconfusion matrix (rows: true class, columns: predicted)\n{:<w$}", ""));
+        let cw = self.classes.iter().map(|c| c.chars().count()).max().unwrap_or(1).max(6);
         for c in &self.classes {
             s.push_str(&format!("  {c:>cw$}"));
         }
@@ -107,13 +81,7 @@ impl Evaluation {
     /// The confusion matrix as a heat map with counts and class names.
     pub fn png(&self) -> RgbImage {
         let n = self.classes.len().max(1) as i64;
-        let label_w = 8 * self
-            .classes
-            .iter()
-            .map(|c| c.chars().count().min(20))
-            .max()
-            .unwrap_or(4) as i64
-            + 16;
+        let label_w = 8 * self.classes.iter().map(|c| c.chars().count().min(20)).max().unwrap_or(4) as i64 + 16;
         let cell = (480 / n).clamp(24, 96);
         let (top, left) = (60 + label_w, label_w + 30);
         let title = format!("confusion matrix - accuracy {:.4}", self.accuracy());
@@ -121,45 +89,22 @@ impl Evaluation {
         let mut cv = Canvas::new(width as u32, (top + n * cell + 40) as u32);
         cv.text(10, 10, &title, BLACK, 2);
         cv.text(left, 36, "predicted", BLACK, 1);
-        let max = self
-            .matrix
-            .iter()
-            .flatten()
-            .copied()
-            .max()
-            .unwrap_or(0)
-            .max(1) as f64;
+        let max = self.matrix.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
         for (i, row) in self.matrix.iter().enumerate() {
             let name: String = self.classes[i].chars().take(20).collect();
             cv.text(10, top + i as i64 * cell + cell / 2 - 4, &name, BLACK, 1);
             // Column labels, written vertically (one character per line).
             for (k, ch) in name.chars().enumerate() {
-                cv.text(
-                    left + i as i64 * cell + cell / 2 - 4,
-                    52 + k as i64 * 9,
-                    &ch.to_string(),
-                    BLACK,
-                    1,
-                );
+                cv.text(left + i as i64 * cell + cell / 2 - 4, 52 + k as i64 * 9, &ch.to_string(), BLACK, 1);
             }
             for (j, &v) in row.iter().enumerate() {
                 let t = v as f64 / max;
-                let shade = Rgb([
-                    (245.0 * (1.0 - 0.8 * t)) as u8,
-                    (245.0 * (1.0 - 0.55 * t)) as u8,
-                    250,
-                ]);
+                let shade = Rgb([(245.0 * (1.0 - 0.8 * t)) as u8, (245.0 * (1.0 - 0.55 * t)) as u8, 250]);
                 let (x, y) = (left + j as i64 * cell, top + i as i64 * cell);
                 cv.fill(x, y, cell - 1, cell - 1, shade);
                 let txt = v.to_string();
                 let colour = if t > 0.6 { WHITE } else { BLACK };
-                cv.text(
-                    x + cell / 2 - Canvas::text_width(&txt, 1) / 2,
-                    y + cell / 2 - 4,
-                    &txt,
-                    colour,
-                    1,
-                );
+                cv.text(x + cell / 2 - Canvas::text_width(&txt, 1) / 2, y + cell / 2 - 4, &txt, colour, 1);
             }
         }
         cv.text(10, top + n * cell + 16, "rows: true class", BLACK, 1);
@@ -184,41 +129,22 @@ pub struct Labelled {
 
 /// Reads `root/<class>/...`; every class folder must be one of `classes`.
 pub fn labelled_files(root: &Path, classes: &[String]) -> Result<Labelled, InferError> {
-    let bad = |reason: String| InferError::Input {
-        path: root.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| InferError::Input { path: root.to_path_buf(), reason };
     let entries = std::fs::read_dir(root).map_err(|e| bad(format!("cannot read folder: {e}")))?;
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
+    let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     dirs.sort();
     if dirs.is_empty() {
-        return Err(bad(
-            "no class folders (expected ROOT/<class>/<images>)".into()
-        ));
+        return Err(bad("no class folders (expected ROOT/<class>/<images>)".into()));
     }
-    let mut out = Labelled {
-        files: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut out = Labelled { files: Vec::new(), errors: Vec::new() };
     for dir in dirs {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Some(label) = classes.iter().position(|c| *c == name) else {
-            return Err(bad(format!(
-                "folder '{name}' is not one of the model's classes ({})",
-                classes.join(", ")
-            )));
+            return Err(bad(format!("folder '{name}' is not one of the model's classes ({})", classes.join(", "))));
         };
-        let found = files::collect(&[dir]);
-        out.files
-            .extend(found.files.into_iter().map(|f| (f, label)));
-        out.errors.extend(found.errors);
+        let (found, errors) = files::collect(&[dir]).into_parts();
+        out.files.extend(found.into_iter().map(|f| (f, label)));
+        out.errors.extend(errors);
     }
     Ok(out)
 }
@@ -254,13 +180,7 @@ mod tests {
         let l = labelled_files(d.path(), &classes).unwrap();
         assert_eq!(l.files.iter().map(|f| f.1).collect::<Vec<_>>(), [0, 1, 1]);
         std::fs::create_dir(d.path().join("wasps")).unwrap();
-        let err = labelled_files(d.path(), &classes)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("'wasps' is not one of the model's classes"),
-            "{err}"
-        );
+        let err = labelled_files(d.path(), &classes).err().unwrap().to_string();
+        assert!(err.contains("'wasps' is not one of the model's classes"), "{err}");
     }
 }

@@ -11,19 +11,45 @@ use crate::classifier::FileResult;
 use crate::error::InferError;
 
 /// Extensions taken as images when walking folders (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm",
-];
+pub const IMAGE_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm"];
+
+/// One entry of the expanded input, in order.
+#[derive(Debug)]
+pub enum Input {
+    /// A file to classify.
+    File(PathBuf),
+    /// A path that could not be used, with the reason.
+    Error(FileResult),
+}
 
 /// What a set of command-line paths expands to.
 #[derive(Debug, Default)]
 pub struct Inputs {
-    /// Files to classify, in order.
-    pub files: Vec<PathBuf>,
-    /// Paths that could not be used, with the reason.
-    pub errors: Vec<FileResult>,
+    /// Files and unusable paths, in command-line then sorted-walk order.
+    pub items: Vec<Input>,
     /// Files skipped in folders for being neither image-named nor image-like.
     pub ignored: usize,
+}
+
+impl Inputs {
+    /// The files to classify, in order.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.items.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect()
+    }
+
+    /// Splits into the files and the error records.
+    pub fn into_parts(self) -> (Vec<PathBuf>, Vec<FileResult>) {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for i in self.items {
+            match i {
+                Input::File(p) => files.push(p),
+                Input::Error(e) => errors.push(e),
+            }
+        }
+        (files, errors)
+    }
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -36,43 +62,31 @@ fn looks_like_image(path: &Path) -> bool {
     crate::decode::sniff(path, 32).is_ok_and(|head| image::guess_format(&head).is_ok())
 }
 
-fn error(path: &Path, reason: impl Into<String>) -> FileResult {
-    FileResult {
-        path: path.to_path_buf(),
-        result: Err(InferError::Input {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }),
-    }
+fn error(path: &Path, reason: impl Into<String>) -> Input {
+    let path = path.to_path_buf();
+    let reason = reason.into();
+    Input::Error(FileResult { path: path.clone(), result: Err(InferError::Input { path, reason }) })
 }
 
 fn walk(dir: &Path, out: &mut Inputs) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => {
-            return out
-                .errors
-                .push(error(dir, format!("cannot read folder: {e}")))
-        }
+        Err(e) => return out.items.push(error(dir, format!("cannot read folder: {e}"))),
     };
     let mut paths: Vec<PathBuf> = Vec::new();
     for entry in entries {
         match entry {
             Ok(e) => paths.push(e.path()),
-            Err(e) => out
-                .errors
-                .push(error(dir, format!("cannot list folder: {e}"))),
+            Err(e) => out.items.push(error(dir, format!("cannot list folder: {e}"))),
         }
     }
     paths.sort();
     for path in paths {
         match std::fs::metadata(&path) {
-            Err(_) if path.symlink_metadata().is_ok() => {
-                out.errors.push(error(&path, "broken symbolic link"))
-            }
-            Err(e) => out.errors.push(error(&path, format!("cannot read: {e}"))),
+            Err(_) if path.symlink_metadata().is_ok() => out.items.push(error(&path, "broken symbolic link")),
+            Err(e) => out.items.push(error(&path, format!("cannot read: {e}"))),
             Ok(m) if m.is_dir() => walk(&path, out),
-            Ok(_) if has_image_extension(&path) || looks_like_image(&path) => out.files.push(path),
+            Ok(_) if has_image_extension(&path) || looks_like_image(&path) => out.items.push(Input::File(path)),
             Ok(_) => out.ignored += 1,
         }
     }
@@ -84,14 +98,10 @@ pub fn collect(paths: &[PathBuf]) -> Inputs {
     for path in paths {
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => walk(path, &mut out),
-            Ok(_) => out.files.push(path.clone()),
-            Err(_) if path.symlink_metadata().is_ok() => {
-                out.errors.push(error(path, "broken symbolic link"))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                out.errors.push(error(path, "no such file or folder"))
-            }
-            Err(e) => out.errors.push(error(path, format!("cannot read: {e}"))),
+            Ok(_) => out.items.push(Input::File(path.clone())),
+            Err(_) if path.symlink_metadata().is_ok() => out.items.push(error(path, "broken symbolic link")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.items.push(error(path, "no such file or folder")),
+            Err(e) => out.items.push(error(path, format!("cannot read: {e}"))),
         }
     }
     out
@@ -112,23 +122,21 @@ mod tests {
         // An image without an extension, by its signature.
         std::fs::write(root.join("noext"), b"\x89PNG\r\n\x1a\n0000000000000000").unwrap();
         std::os::unix::fs::symlink(root.join("gone.jpg"), root.join("dangling.jpg")).unwrap();
-        let inputs = collect(&[
-            root.to_path_buf(),
-            root.join("missing.jpg"),
-            root.join("notes.txt"),
-        ]);
-        let names: Vec<String> = inputs
-            .files
-            .iter()
-            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
-            .collect();
-        assert_eq!(names, ["a.png", "b/c/z.JPG", "noext", "notes.txt"]);
+        let inputs = collect(&[root.to_path_buf(), root.join("missing.jpg"), root.join("notes.txt")]);
         assert_eq!(inputs.ignored, 1);
-        let errors: Vec<String> = inputs
-            .errors
+        let order: Vec<String> = inputs
+            .items
             .iter()
-            .map(|e| e.result.as_ref().unwrap_err().to_string())
+            .map(|i| match i {
+                Input::File(p) | Input::Error(FileResult { path: p, .. }) => {
+                    p.strip_prefix(root).unwrap().display().to_string()
+                }
+            })
             .collect();
+        assert_eq!(order, ["a.png", "b/c/z.JPG", "dangling.jpg", "noext", "missing.jpg", "notes.txt"]);
+        let (files, errors) = inputs.into_parts();
+        assert_eq!(files.len(), 4);
+        let errors: Vec<String> = errors.iter().map(|e| e.result.as_ref().unwrap_err().to_string()).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].ends_with("dangling.jpg: broken symbolic link"));
         assert!(errors[1].ends_with("missing.jpg: no such file or folder"));

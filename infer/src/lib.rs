@@ -34,9 +34,7 @@ pub mod metadata;
 pub mod preprocess;
 pub mod runtime;
 
-pub use classifier::{
-    Classifier, ClassifierBuilder, ExecutionProvider, FileResult, Prediction, Scored,
-};
+pub use classifier::{Classifier, ClassifierBuilder, ExecutionProvider, FileResult, Prediction, Scored};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use error::InferError;
 pub use metadata::ModelMetadata;

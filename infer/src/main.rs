@@ -13,6 +13,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use infer::classifier::error_reason;
 use infer::evaluation::{labelled_files, Evaluation};
+use infer::files::Input;
 use infer::{Classifier, ExecutionProvider, FileResult};
 
 /// Classify images with a model.onnx exported by `train`, in batches, on CUDA or the CPU.
@@ -59,9 +60,10 @@ struct Cli {
     #[arg(long)]
     eval: bool,
 
-    /// Where --eval writes the confusion matrix picture.
-    #[arg(long, value_name = "FILE", default_value = "confusion_matrix.png")]
-    confusion_png: PathBuf,
+    /// Where --eval writes the confusion matrix picture [default: confusion_matrix.png beside
+    /// the model].
+    #[arg(long, value_name = "FILE")]
+    confusion_png: Option<PathBuf>,
 
     /// Print only the summary line and errors (no per-image results).
     #[arg(long, short)]
@@ -108,11 +110,7 @@ impl Records {
                 writeln!(self.out)
             }
             (Format::Csv, Ok(p)) => {
-                let top: Vec<String> = p
-                    .top_k
-                    .iter()
-                    .map(|s| format!("{}:{:.6}", s.label, s.probability))
-                    .collect();
+                let top: Vec<String> = p.top_k.iter().map(|s| format!("{}:{:.6}", s.label, s.probability)).collect();
                 writeln!(
                     self.out,
                     "{},{},{},{:.6},{},",
@@ -123,21 +121,15 @@ impl Records {
                     csv_field(&top.join(";"))
                 )
             }
-            (Format::Csv, Err(e)) => writeln!(
-                self.out,
-                "{},,,,,{}",
-                csv_field(&path),
-                csv_field(&error_reason(&r.path, e))
-            ),
+            (Format::Csv, Err(e)) => {
+                writeln!(self.out, "{},,,,,{}", csv_field(&path), csv_field(&error_reason(&r.path, e)))
+            }
             (Format::Table, Ok(p)) => {
                 let w = self.label_width;
                 let mut line = format!("{:<w$}  {:>6.2}%  {path}", p.label, 100.0 * p.confidence);
                 if p.top_k.len() > 1 {
-                    let top: Vec<String> = p
-                        .top_k
-                        .iter()
-                        .map(|s| format!("{} {:.2}%", s.label, 100.0 * s.probability))
-                        .collect();
+                    let top: Vec<String> =
+                        p.top_k.iter().map(|s| format!("{} {:.2}%", s.label, 100.0 * s.probability)).collect();
                     line.push_str(&format!("  [{}]", top.join(", ")));
                 }
                 writeln!(self.out, "{line}")
@@ -159,40 +151,21 @@ impl Records {
 /// Where results go: stdout, or a temporary file renamed over `--output` at the end.
 enum Sink {
     Stdout,
-    File {
-        tmp: tempfile::NamedTempFile,
-        target: PathBuf,
-    },
+    File { tmp: tempfile::NamedTempFile, target: PathBuf },
 }
 
 impl Sink {
     fn open(output: Option<&Path>) -> anyhow::Result<(Sink, Box<dyn Write>)> {
         match output {
-            None => Ok((
-                Sink::Stdout,
-                Box::new(std::io::BufWriter::new(std::io::stdout())),
-            )),
+            None => Ok((Sink::Stdout, Box::new(std::io::BufWriter::new(std::io::stdout())))),
             Some(target) => {
-                let dir = target
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+                let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 let tmp = tempfile::Builder::new()
                     .prefix(".infer-output.")
                     .tempfile_in(dir)
-                    .with_context(|| {
-                        format!("{}: cannot write in {}", target.display(), dir.display())
-                    })?;
-                let file = tmp
-                    .reopen()
-                    .with_context(|| format!("{}: cannot write", target.display()))?;
-                Ok((
-                    Sink::File {
-                        tmp,
-                        target: target.to_path_buf(),
-                    },
-                    Box::new(std::io::BufWriter::new(file)),
-                ))
+                    .with_context(|| format!("{}: cannot write in {}", target.display(), dir.display()))?;
+                let file = tmp.reopen().with_context(|| format!("{}: cannot write", target.display()))?;
+                Ok((Sink::File { tmp, target: target.to_path_buf() }, Box::new(std::io::BufWriter::new(file))))
             }
         }
     }
@@ -200,12 +173,8 @@ impl Sink {
     fn commit(self) -> anyhow::Result<()> {
         if let Sink::File { tmp, target } = self {
             #[cfg(unix)]
-            std::fs::set_permissions(
-                tmp.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o644),
-            )?;
-            tmp.persist(&target)
-                .with_context(|| format!("{}: cannot write", target.display()))?;
+            std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            tmp.persist(&target).with_context(|| format!("{}: cannot write", target.display()))?;
         }
         Ok(())
     }
@@ -226,10 +195,8 @@ fn progress(n: usize) -> Option<ProgressBar> {
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut builder = Classifier::builder(&cli.model)
-        .execution_provider(cli.ep)
-        .batch_size(cli.batch_size)
-        .top_k(cli.top_k);
+    let mut builder =
+        Classifier::builder(&cli.model).execution_provider(cli.ep).batch_size(cli.batch_size).top_k(cli.top_k);
     if let Some(t) = cli.threads {
         builder = builder.intra_threads(t);
     }
@@ -240,45 +207,37 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let classes = classifier.metadata().classes.clone();
 
     // Inputs: plain files and folders, or a labelled folder with --eval.
-    let (files, input_errors, truth) = if cli.eval {
-        let [root] = cli.paths.as_slice() else {
-            bail!("--eval takes one labelled folder")
-        };
+    let (items, truth) = if cli.eval {
+        let [root] = cli.paths.as_slice() else { bail!("--eval takes one labelled folder") };
         let l = labelled_files(root, &classes)?;
         let (files, truth): (Vec<PathBuf>, Vec<usize>) = l.files.into_iter().unzip();
-        (files, l.errors, Some(truth))
+        let mut items: Vec<Input> = l.errors.into_iter().map(Input::Error).collect();
+        items.extend(files.into_iter().map(Input::File));
+        (items, Some(truth))
     } else {
-        let inputs = infer::files::collect(&cli.paths);
-        (inputs.files, inputs.errors, None)
+        (infer::files::collect(&cli.paths).items, None)
     };
+    let files: Vec<PathBuf> =
+        items.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect();
+    // Error records are written where they stand in the input order, between the results.
+    let mut pending_errors = items.into_iter().peekable();
 
     let (sink, out) = Sink::open(cli.output.as_deref())?;
-    let label_width = classes
-        .iter()
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let mut records = Records {
-        format: cli.format,
-        out,
-        label_width,
-    };
+    let label_width = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(5);
+    let mut records = Records { format: cli.format, out, label_width };
     records.header()?;
     let mut failures = 0;
-    for e in &input_errors {
-        failures += 1;
-        records.write(e)?;
-    }
+    let mut input_errors = 0;
     if files.is_empty() {
+        for item in pending_errors {
+            if let Input::Error(e) = item {
+                records.write(&e)?;
+            }
+        }
         records.out.flush()?;
         bail!(
             "no images found in {}",
-            cli.paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            cli.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
 
@@ -288,7 +247,26 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut index = 0;
     let mut write_error = None;
     let inference_started = Instant::now();
+    let mut emit = |r: &FileResult, records: &mut Records| {
+        if (!cli.quiet || r.result.is_err()) && write_error.is_none() {
+            let written = match &bar {
+                Some(b) => b.suspend(|| records.write(r)),
+                None => records.write(r),
+            };
+            if let Err(e) = written {
+                write_error = Some(e);
+            }
+        }
+    };
     classifier.classify_files_with(files, |r| {
+        while let Some(Input::Error(_)) = pending_errors.peek() {
+            if let Some(Input::Error(e)) = pending_errors.next() {
+                failures += 1;
+                input_errors += 1;
+                emit(&e, &mut records);
+            }
+        }
+        pending_errors.next(); // this file
         if let (Some(eval), Some(truth), Ok(p)) = (evaluation.as_mut(), truth.as_ref(), &r.result) {
             eval.add(truth[index], p.class_index);
         }
@@ -296,19 +274,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         if r.result.is_err() {
             failures += 1;
         }
-        if (!cli.quiet || r.result.is_err()) && write_error.is_none() {
-            let written = match &bar {
-                Some(b) => b.suspend(|| records.write(&r)),
-                None => records.write(&r),
-            };
-            if let Err(e) = written {
-                write_error = Some(e);
-            }
-        }
+        emit(&r, &mut records);
         if let Some(b) = &bar {
             b.inc(1);
         }
     });
+    for item in pending_errors {
+        if let Input::Error(e) = item {
+            failures += 1;
+            input_errors += 1;
+            emit(&e, &mut records);
+        }
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -322,11 +299,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let secs = inference_started.elapsed().as_secs_f64();
     if let Some(eval) = &evaluation {
         eprint!("\n{}", eval.report());
-        let png = eval.png();
-        write_png(&cli.confusion_png, &png)?;
-        eprintln!("confusion matrix saved to {}", cli.confusion_png.display());
+        let path = cli
+            .confusion_png
+            .clone()
+            .unwrap_or_else(|| cli.model.parent().unwrap_or(Path::new(".")).join("confusion_matrix.png"));
+        write_png(&path, &eval.png())?;
+        eprintln!("confusion matrix saved to {}", path.display());
     }
-    let ok = n + input_errors.len() - failures;
+    let ok = n + input_errors - failures;
     eprintln!(
         "{} images classified, {failures} failed, {:.1} images/s ({:.2} s in all), {}",
         ok,
@@ -334,32 +314,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         classifier.provider()
     );
-    Ok(if failures > 0 {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 fn write_png(path: &Path, img: &image::RgbImage) -> anyhow::Result<()> {
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, image::ImageFormat::Png)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".confusion.")
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     tmp.write_all(buf.get_ref())?;
     #[cfg(unix)]
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 
@@ -371,19 +340,20 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
-        eprintln!(
-            "error: internal error: {}",
-            msg.lines().next().unwrap_or("")
-        );
+        eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(""));
     }));
-    let cli = Cli::parse();
+    // Usage errors exit with 1 like other fatal errors: 2 means "some inputs failed".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
-                "error: {}",
-                format!("{e:#}").lines().next().unwrap_or("unknown error")
-            );
+            eprintln!("error: {}", format!("{e:#}").lines().next().unwrap_or("unknown error"));
             ExitCode::FAILURE
         }
     }

@@ -89,19 +89,10 @@ impl ModelMetadata {
 
     /// Reads the keys through `get`; absent preprocessing keys take the seed's ImageNet
     /// defaults and absent class names become `class_<i>` for `num_outputs` outputs.
-    pub fn from_props(
-        get: &dyn Fn(&str) -> Option<String>,
-        num_outputs: Option<usize>,
-    ) -> Result<Self, MetadataError> {
-        let err = |key: &str, reason: String| MetadataError {
-            key: key.to_string(),
-            reason,
-        };
+    pub fn from_props(get: &dyn Fn(&str) -> Option<String>, num_outputs: Option<usize>) -> Result<Self, MetadataError> {
+        let err = |key: &str, reason: String| MetadataError { key: key.to_string(), reason };
         fn parse<T: serde::de::DeserializeOwned>(key: &str, v: &str) -> Result<T, MetadataError> {
-            serde_json::from_str(v).map_err(|e| MetadataError {
-                key: key.to_string(),
-                reason: format!("'{v}': {e}"),
-            })
+            serde_json::from_str(v).map_err(|e| MetadataError { key: key.to_string(), reason: format!("'{v}': {e}") })
         }
         if let Some(v) = get(keys::METADATA_VERSION) {
             let version: u32 = parse(keys::METADATA_VERSION, &v)?;
@@ -123,12 +114,7 @@ impl ModelMetadata {
         if let Some(v) = get(keys::INTERPOLATION) {
             p.interpolation = match v.as_str() {
                 "bilinear" => Interpolation::Bilinear,
-                other => {
-                    return Err(err(
-                        keys::INTERPOLATION,
-                        format!("'{other}' is not supported (only bilinear)"),
-                    ))
-                }
+                other => return Err(err(keys::INTERPOLATION, format!("'{other}' is not supported (only bilinear)"))),
             };
         }
         if let Some(v) = get(keys::ANTIALIAS) {
@@ -142,52 +128,33 @@ impl ModelMetadata {
         }
         if let Some(v) = get(keys::CHANNEL_ORDER) {
             if v != "RGB" {
-                return Err(err(
-                    keys::CHANNEL_ORDER,
-                    format!("'{v}' is not supported (only RGB)"),
-                ));
+                return Err(err(keys::CHANNEL_ORDER, format!("'{v}' is not supported (only RGB)")));
             }
         }
         if let Some(v) = get(keys::LAYOUT) {
             if v != "NCHW" {
-                return Err(err(
-                    keys::LAYOUT,
-                    format!("'{v}' is not supported (only NCHW)"),
-                ));
+                return Err(err(keys::LAYOUT, format!("'{v}' is not supported (only NCHW)")));
             }
         }
-        p.validate()
-            .map_err(|e| err("preprocessing", e.to_string()))?;
+        p.validate().map_err(|e| err("preprocessing", e.to_string()))?;
 
         let (classes, classes_from_defaults) = match get(keys::CLASSES) {
             Some(v) => (parse::<Vec<String>>(keys::CLASSES, &v)?, false),
-            None => (
-                (0..num_outputs.unwrap_or(0))
-                    .map(|i| format!("class_{i}"))
-                    .collect(),
-                true,
-            ),
+            None => ((0..num_outputs.unwrap_or(0)).map(|i| format!("class_{i}")).collect(), true),
         };
         if let Some(v) = get(keys::NUM_CLASSES) {
             let n: usize = parse(keys::NUM_CLASSES, &v)?;
             if !classes_from_defaults && n != classes.len() {
-                return Err(err(
-                    keys::NUM_CLASSES,
-                    format!("{n}, but {} class names are listed", classes.len()),
-                ));
+                return Err(err(keys::NUM_CLASSES, format!("{n}, but {} class names are listed", classes.len())));
             }
         }
-        let number = |key: &str| -> Result<Option<f64>, MetadataError> {
-            get(key).map(|v| parse(key, &v)).transpose()
-        };
+        let number = |key: &str| -> Result<Option<f64>, MetadataError> { get(key).map(|v| parse(key, &v)).transpose() };
         Ok(ModelMetadata {
             classes,
             preprocess: p,
             arch: get(keys::ARCH),
             best_val_acc: number(keys::BEST_VAL_ACC)?,
-            epoch: get(keys::EPOCH)
-                .map(|v| parse(keys::EPOCH, &v))
-                .transpose()?,
+            epoch: get(keys::EPOCH).map(|v| parse(keys::EPOCH, &v)).transpose()?,
             toolkit: get(keys::TOOLKIT),
             toolkit_version: get(keys::TOOLKIT_VERSION),
             classes_from_defaults,
@@ -213,10 +180,7 @@ mod tests {
         }
     }
 
-    fn read(
-        props: &HashMap<String, String>,
-        n: Option<usize>,
-    ) -> Result<ModelMetadata, MetadataError> {
+    fn read(props: &HashMap<String, String>, n: Option<usize>) -> Result<ModelMetadata, MetadataError> {
         ModelMetadata::from_props(&|k| props.get(k).cloned(), n)
     }
 

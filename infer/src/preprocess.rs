@@ -55,12 +55,7 @@ pub struct Rect {
 
 impl Rect {
     pub fn new(x: u32, y: u32, width: u32, height: u32) -> Self {
-        Rect {
-            x,
-            y,
-            width,
-            height,
-        }
+        Rect { x, y, width, height }
     }
 
     fn fits_in(&self, width: u32, height: u32) -> bool {
@@ -130,28 +125,16 @@ impl PreprocessConfig {
 
     /// Size of the resized image and the centre-crop window inside it, for a `width × height`
     /// input: torchvision's `Resize(resize_size)` then `CenterCrop(crop_size)`.
-    pub fn eval_geometry(
-        &self,
-        width: u32,
-        height: u32,
-    ) -> Result<(u32, u32, Rect), PreprocessError> {
+    pub fn eval_geometry(&self, width: u32, height: u32) -> Result<(u32, u32, Rect), PreprocessError> {
         if width == 0 || height == 0 {
             return Err(PreprocessError::EmptyImage { width, height });
         }
-        let (short, long) = if width <= height {
-            (width, height)
-        } else {
-            (height, width)
-        };
+        let (short, long) = if width <= height { (width, height) } else { (height, width) };
         let new_short = u64::from(self.resize_size);
         // Python's `int(size * long / short)`: a float division, truncated.
         let new_long = (new_short * u64::from(long)) as f64 / f64::from(short);
         let new_long = new_long.min(f64::from(u32::MAX)) as u32;
-        let (rw, rh) = if width <= height {
-            (self.resize_size, new_long)
-        } else {
-            (new_long, self.resize_size)
-        };
+        let (rw, rh) = if width <= height { (self.resize_size, new_long) } else { (new_long, self.resize_size) };
         let c = self.crop_size;
         // torchvision: int(round((h - c) / 2.0)), Python rounds half to even.
         let top = (f64::from(rh - c) / 2.0).round_ties_even() as u32;
@@ -194,10 +177,7 @@ impl PreprocessConfig {
 
     fn check_out(&self, out: &[f32]) -> Result<(), PreprocessError> {
         if out.len() != self.input_len() {
-            return Err(PreprocessError::BufferSize {
-                expected: self.input_len(),
-                got: out.len(),
-            });
+            return Err(PreprocessError::BufferSize { expected: self.input_len(), got: out.len() });
         }
         Ok(())
     }
@@ -270,10 +250,7 @@ fn taps(in_size: u32, out_size: u32, first: u32, count: u32, antialias: bool) ->
                     }
                 })
                 .collect();
-            Taps {
-                start: xmin as usize,
-                weights,
-            }
+            Taps { start: xmin as usize, weights }
         })
         .collect()
 }
@@ -296,35 +273,20 @@ pub fn resample(
     antialias: bool,
 ) -> Result<RgbImage, PreprocessError> {
     if src.width() == 0 || src.height() == 0 {
-        return Err(PreprocessError::EmptyImage {
-            width: src.width(),
-            height: src.height(),
-        });
+        return Err(PreprocessError::EmptyImage { width: src.width(), height: src.height() });
     }
     if !region.fits_in(src.width(), src.height()) {
-        return Err(PreprocessError::CropOutOfBounds {
-            rect: region,
-            width: src.width(),
-            height: src.height(),
-        });
+        return Err(PreprocessError::CropOutOfBounds { rect: region, width: src.width(), height: src.height() });
     }
     if !window.fits_in(out_w, out_h) {
-        return Err(PreprocessError::CropOutOfBounds {
-            rect: window,
-            width: out_w,
-            height: out_h,
-        });
+        return Err(PreprocessError::CropOutOfBounds { rect: window, width: out_w, height: out_h });
     }
     let htaps = taps(region.width, out_w, window.x, window.width, antialias);
     let vtaps = taps(region.height, out_h, window.y, window.height, antialias);
 
     // Input rows (relative to the region) that the vertical pass reads.
     let row_first = vtaps.iter().map(|t| t.start).min().unwrap_or(0);
-    let row_last = vtaps
-        .iter()
-        .map(|t| t.start + t.weights.len())
-        .max()
-        .unwrap_or(0);
+    let row_last = vtaps.iter().map(|t| t.start + t.weights.len()).max().unwrap_or(0);
     let rows = row_last.saturating_sub(row_first);
 
     let stride = src.width() as usize * 3;
@@ -377,13 +339,7 @@ mod tests {
     use super::*;
 
     fn gradient(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([
-                (x * 7 % 256) as u8,
-                (y * 5 % 256) as u8,
-                ((x + y) % 256) as u8,
-            ])
-        })
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x + y) % 256) as u8]))
     }
 
     #[test]
@@ -406,39 +362,15 @@ mod tests {
     #[test]
     fn identity_resize_is_exact() {
         let img = gradient(40, 30);
-        let out = resample(
-            &img,
-            Rect::new(0, 0, 40, 30),
-            40,
-            30,
-            Rect::new(0, 0, 40, 30),
-            true,
-        )
-        .unwrap();
+        let out = resample(&img, Rect::new(0, 0, 40, 30), 40, 30, Rect::new(0, 0, 40, 30), true).unwrap();
         assert_eq!(out, img);
     }
 
     #[test]
     fn window_equals_crop_of_full_resize() {
         let img = gradient(97, 61);
-        let full = resample(
-            &img,
-            Rect::new(0, 0, 97, 61),
-            53,
-            40,
-            Rect::new(0, 0, 53, 40),
-            true,
-        )
-        .unwrap();
-        let win = resample(
-            &img,
-            Rect::new(0, 0, 97, 61),
-            53,
-            40,
-            Rect::new(7, 5, 30, 20),
-            true,
-        )
-        .unwrap();
+        let full = resample(&img, Rect::new(0, 0, 97, 61), 53, 40, Rect::new(0, 0, 53, 40), true).unwrap();
+        let win = resample(&img, Rect::new(0, 0, 97, 61), 53, 40, Rect::new(7, 5, 30, 20), true).unwrap();
         for y in 0..20 {
             for x in 0..30 {
                 assert_eq!(win.get_pixel(x, y), full.get_pixel(x + 7, y + 5));
@@ -461,11 +393,7 @@ mod tests {
     #[test]
     fn flip_mirrors_columns() {
         let img = gradient(64, 48);
-        let cfg = PreprocessConfig {
-            resize_size: 32,
-            crop_size: 32,
-            ..Default::default()
-        };
+        let cfg = PreprocessConfig { resize_size: 32, crop_size: 32, ..Default::default() };
         let mut a = vec![0.0; cfg.input_len()];
         let mut b = vec![0.0; cfg.input_len()];
         let crop = Rect::new(3, 4, 40, 30);
@@ -485,22 +413,11 @@ mod tests {
         let cfg = PreprocessConfig::default();
         let img = gradient(10, 10);
         assert!(matches!(
-            cfg.resized_crop_into(
-                &img,
-                Rect::new(5, 5, 10, 10),
-                false,
-                &mut vec![0.0; cfg.input_len()]
-            ),
+            cfg.resized_crop_into(&img, Rect::new(5, 5, 10, 10), false, &mut vec![0.0; cfg.input_len()]),
             Err(PreprocessError::CropOutOfBounds { .. })
         ));
-        assert!(matches!(
-            cfg.eval_into(&img, &mut [0.0; 3]),
-            Err(PreprocessError::BufferSize { .. })
-        ));
-        let bad = PreprocessConfig {
-            resize_size: 100,
-            ..Default::default()
-        };
+        assert!(matches!(cfg.eval_into(&img, &mut [0.0; 3]), Err(PreprocessError::BufferSize { .. })));
+        let bad = PreprocessConfig { resize_size: 100, ..Default::default() };
         assert!(bad.validate().is_err());
         assert!(PreprocessConfig::default().validate().is_ok());
     }

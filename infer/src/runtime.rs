@@ -19,17 +19,10 @@ pub fn candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         out.push(PathBuf::from(p));
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_path_buf())) {
         out.push(dir.join(LIB_NAME));
     }
-    out.push(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../.venv/onnxruntime")
-            .join(LIB_NAME),
-    );
+    out.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/onnxruntime").join(LIB_NAME));
     out
 }
 
@@ -42,24 +35,15 @@ fn load() -> Result<ort::environment::Environment, String> {
         }
         match ort::init_from(&path) {
             Ok(builder) => {
-                return builder
-                    .with_name("infer")
-                    .build()
-                    .map_err(|e| format!("{}: {}", path.display(), one_line(e)));
+                return builder.with_name("infer").build().map_err(|e| format!("{}: {}", path.display(), one_line(e)));
             }
             Err(e) => tried.push(format!("{} ({})", path.display(), one_line(e))),
         }
     }
-    Err(format!(
-        "tried {}; set ORT_DYLIB_PATH to libonnxruntime.so, or run scripts/setup.sh",
-        tried.join(", ")
-    ))
+    Err(format!("tried {}; set ORT_DYLIB_PATH to libonnxruntime.so, or run scripts/setup.sh", tried.join(", ")))
 }
 
 /// The process-wide ONNX Runtime environment.
 pub fn environment() -> Result<&'static ort::environment::Environment, InferError> {
-    ENVIRONMENT
-        .get_or_init(load)
-        .as_ref()
-        .map_err(|e| InferError::Runtime(e.clone()))
+    ENVIRONMENT.get_or_init(load).as_ref().map_err(|e| InferError::Runtime(e.clone()))
 }

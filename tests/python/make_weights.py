@@ -19,14 +19,18 @@ args = ap.parse_args()
 
 torch.manual_seed(args.seed)
 model = getattr(torchvision.models, args.arch)(num_classes=args.classes)
-# Non-trivial BatchNorm statistics, as trained weights have.
+# BatchNorm as after training: varied affine parameters, and running statistics measured on
+# data (a few random batches), so that eval-mode activations keep a trained network's scale.
 with torch.no_grad():
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
             m.weight.uniform_(0.5, 1.5)
             m.bias.uniform_(-0.1, 0.1)
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, 3, 224, 224))
+    model.eval()
 sd = model.state_dict()
 if args.breakage == "missing":
     del sd["layer2.0.conv1.weight"]

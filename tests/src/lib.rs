@@ -5,20 +5,13 @@ use std::process::Command;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The project's venv Python (made by `scripts/setup.sh`), with unbuffered output.
 pub fn python() -> Command {
     let exe = repo_root().join(".venv/bin/python");
-    assert!(
-        exe.exists(),
-        "{} missing: run scripts/setup.sh first",
-        exe.display()
-    );
+    assert!(exe.exists(), "{} missing: run scripts/setup.sh first", exe.display());
     let mut cmd = Command::new(exe);
     cmd.env("PYTHONUNBUFFERED", "1");
     cmd
@@ -26,11 +19,7 @@ pub fn python() -> Command {
 
 /// Runs a script from `tests/python/` with the venv's Python and panics with its output on failure.
 pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
-    let out = python()
-        .arg(repo_root().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .expect("start python");
+    let out = python().arg(repo_root().join("tests/python").join(script)).args(args).output().expect("start python");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{script} failed: {stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -39,12 +28,9 @@ pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
 /// The seed's dataset, when present (`data/hymenoptera_data`, else `../shared/data/...`).
 pub fn seed_data() -> Option<PathBuf> {
     let root = repo_root();
-    [
-        root.join("data/hymenoptera_data"),
-        root.join("../shared/data/hymenoptera_data"),
-    ]
-    .into_iter()
-    .find(|p| p.join("val").is_dir())
+    [root.join("data/hymenoptera_data"), root.join("../shared/data/hymenoptera_data")]
+        .into_iter()
+        .find(|p| p.join("val").is_dir())
 }
 
 /// Sorted image files under `dir` (recursively).
@@ -94,20 +80,12 @@ pub fn make_weights(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
 pub fn model_inputs(n: usize) -> Vec<f32> {
     let cfg = infer::PreprocessConfig::default();
     let mut out = Vec::with_capacity(n * cfg.input_len());
-    let files = seed_data()
-        .map(|d| files_under(&d.join("val")))
-        .unwrap_or_default();
+    let files = seed_data().map(|d| files_under(&d.join("val"))).unwrap_or_default();
     for i in 0..n {
         let img = match files.get(i * 7) {
-            Some(path) => {
-                infer::decode_file(path, infer::DecodeLimits::default()).expect("decode seed image")
-            }
+            Some(path) => infer::decode_file(path, infer::DecodeLimits::default()).expect("decode seed image"),
             None => image::RgbImage::from_fn(300 + i as u32 * 10, 260, |x, y| {
-                image::Rgb([
-                    (x * 3 + y) as u8,
-                    (y * 5 + i as u32 * 40) as u8,
-                    ((x ^ y) * 2) as u8,
-                ])
+                image::Rgb([(x * 3 + y) as u8, (y * 5 + i as u32 * 40) as u8, ((x ^ y) * 2) as u8])
             }),
         };
         out.extend(cfg.eval(&img).expect("preprocess"));
@@ -118,8 +96,5 @@ pub fn model_inputs(n: usize) -> Vec<f32> {
 /// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -18,10 +18,7 @@ fn eval_transform_matches_torchvision_on_seed_val_images() {
     args.extend(images.iter().map(|p| p.as_os_str()));
     run_python("eval_transform.py", &args);
     let bytes = std::fs::read(&reference).unwrap();
-    let expected: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let expected: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
 
     let cfg = PreprocessConfig::default();
     let n = cfg.input_len();
@@ -31,11 +28,7 @@ fn eval_transform_matches_torchvision_on_seed_val_images() {
     for (i, path) in images.iter().enumerate() {
         let img = decode_file(path, DecodeLimits::default()).unwrap();
         cfg.eval_into(&img, &mut ours).unwrap();
-        diffs.extend(
-            ours.iter()
-                .zip(&expected[i * n..(i + 1) * n])
-                .map(|(a, b)| (a - b).abs()),
-        );
+        diffs.extend(ours.iter().zip(&expected[i * n..(i + 1) * n]).map(|(a, b)| (a - b).abs()));
     }
     let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
     diffs.sort_by(f32::total_cmp);

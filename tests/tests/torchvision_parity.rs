@@ -13,9 +13,7 @@ use train::weights::read_state_dict;
 
 fn load(arch: &str, classes: i64, path: &std::path::Path) -> ResNet {
     let model = ResNet::new(by_name(arch).unwrap(), classes, Device::Cpu);
-    model
-        .load_state(&read_state_dict(path).unwrap(), false)
-        .unwrap();
+    model.load_state(&read_state_dict(path).unwrap(), false).unwrap();
     model
 }
 
@@ -54,14 +52,7 @@ fn eval_forward_matches_torchvision() {
         let w = make_weights(
             dir.path(),
             &format!("{arch}.pth"),
-            &[
-                "--arch",
-                arch,
-                "--classes",
-                &classes.to_string(),
-                "--seed",
-                "3",
-            ],
+            &["--arch", arch, "--classes", &classes.to_string(), "--seed", "3"],
         );
         let ours = logits(&load(arch, classes as i64, &w), &input, 3);
         let theirs = torchvision(&w, &input, 3, arch, classes, &[]);
@@ -108,27 +99,12 @@ fn sgd_training_steps_match_torchvision() {
     }
     let state: HashMap<String, Tensor> = model.state().into_iter().collect();
     let mut ours = losses.clone();
-    for k in [
-        "fc.weight",
-        "conv1.weight",
-        "bn1.running_mean",
-        "layer4.1.bn2.bias",
-    ] {
+    for k in ["fc.weight", "conv1.weight", "bn1.running_mean", "layer4.1.bn2.bias"] {
         ours.extend(Vec::<f32>::try_from(state[k].to_kind(Kind::Float).flatten(0, -1)).unwrap());
     }
-    let theirs = torchvision(
-        &w,
-        &input,
-        4,
-        "resnet18",
-        2,
-        &["--train-steps", "3", "--labels", "0,1,1,0", "--lr", "0.001"],
-    );
-    println!(
-        "losses ours {:?} torchvision {:?}",
-        &ours[..steps],
-        &theirs[..steps]
-    );
+    let theirs =
+        torchvision(&w, &input, 4, "resnet18", 2, &["--train-steps", "3", "--labels", "0,1,1,0", "--lr", "0.001"]);
+    println!("losses ours {:?} torchvision {:?}", &ours[..steps], &theirs[..steps]);
     let diff = max_abs_diff(&ours, &theirs);
     println!("max |diff| over losses and updated tensors: {diff:e}");
     assert!(diff <= 1e-4, "training diverges from torchvision by {diff}");

@@ -11,25 +11,13 @@ use train::loader::{Loader, Phase};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let root = args.get(1).ok_or_else(|| {
-        anyhow::anyhow!("usage: loader_throughput ROOT [epochs] [workers] [batch]")
-    })?;
+    let root =
+        args.get(1).ok_or_else(|| anyhow::anyhow!("usage: loader_throughput ROOT [epochs] [workers] [batch]"))?;
     let epochs: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
-    let workers: usize = args
-        .get(3)
-        .map_or(Ok(std::thread::available_parallelism()?.get()), |s| {
-            s.parse()
-        })?;
+    let workers: usize = args.get(3).map_or(Ok(std::thread::available_parallelism()?.get()), |s| s.parse())?;
     let batch: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
     let ok = |_: &std::path::Path| Ok(());
-    let ds = scan(
-        std::path::Path::new(root),
-        &ScanOptions {
-            val_fraction: 0.2,
-            seed: 0,
-            check: &ok,
-        },
-    )?;
+    let ds = scan(std::path::Path::new(root), &ScanOptions { val_fraction: 0.2, seed: 0, check: &ok })?;
     // Every image of the folder, as one training pass.
     let mut samples = ds.train;
     samples.extend(ds.val);

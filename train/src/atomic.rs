@@ -9,10 +9,7 @@ pub fn write_with<F>(path: &Path, fill: F) -> std::io::Result<()>
 where
     F: FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let prefix = format!(".{name}.");
     let mut builder = tempfile::Builder::new();

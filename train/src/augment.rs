@@ -14,10 +14,7 @@ pub struct CropParams {
 
 impl Default for CropParams {
     fn default() -> Self {
-        CropParams {
-            scale: (0.08, 1.0),
-            ratio: (3.0 / 4.0, 4.0 / 3.0),
-        }
+        CropParams { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
     }
 }
 
@@ -52,12 +49,7 @@ pub fn random_resized_crop<R: Rng>(width: u32, height: u32, p: &CropParams, rng:
         (w0, h0)
     };
     let (w, h) = (w.clamp(1, w0), h.clamp(1, h0));
-    Rect::new(
-        ((w0 - w) / 2) as u32,
-        ((h0 - h) / 2) as u32,
-        w as u32,
-        h as u32,
-    )
+    Rect::new(((w0 - w) / 2) as u32, ((h0 - h) / 2) as u32, w as u32, h as u32)
 }
 
 #[cfg(test)]

@@ -63,14 +63,9 @@ impl ModelInfo {
 }
 
 fn tensors_obj(named: &[(String, Tensor)]) -> Result<Obj, tch::TchError> {
-    let entries = named
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), Obj::Tensor(from_tch(t)?))))
-        .collect::<Result<_, tch::TchError>>()?;
-    Ok(Obj::Dict {
-        entries,
-        ordered: true,
-    })
+    let entries =
+        named.iter().map(|(k, t)| Ok((k.clone(), Obj::Tensor(from_tch(t)?)))).collect::<Result<_, tch::TchError>>()?;
+    Ok(Obj::Dict { entries, ordered: true })
 }
 
 fn write(path: &Path, obj: &Obj, info: &ModelInfo) -> Result<(), CheckpointError> {
@@ -81,10 +76,7 @@ fn write(path: &Path, obj: &Obj, info: &ModelInfo) -> Result<(), CheckpointError
         torch_file::write(&mut buf, obj, &[(INFO_RECORD, &json)]).map_err(std::io::Error::other)?;
         std::io::Write::write_all(w, buf.get_ref())
     })
-    .map_err(|source| CheckpointError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    .map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
 }
 
 /// Writes `best.pt`: the model's state dict plus its [`ModelInfo`].
@@ -115,18 +107,11 @@ pub fn save_last(
 
 /// Reads the [`ModelInfo`] record of a checkpoint written by this toolkit.
 pub fn read_info(path: &Path) -> Result<ModelInfo, CheckpointError> {
-    let invalid = |reason: String| CheckpointError::Invalid {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let invalid = |reason: String| CheckpointError::Invalid { path: path.to_path_buf(), reason };
     let bytes = torch_file::read_extra(path, INFO_RECORD)
-        .map_err(|source| CheckpointError::File {
-            path: path.to_path_buf(),
-            source,
-        })?
+        .map_err(|source| CheckpointError::File { path: path.to_path_buf(), source })?
         .ok_or_else(|| invalid(format!("no {INFO_RECORD} record")))?;
-    let info: ModelInfo =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{INFO_RECORD}: {e}")))?;
+    let info: ModelInfo = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{INFO_RECORD}: {e}")))?;
     if info.format_version > FORMAT_VERSION {
         return Err(invalid(format!(
             "format version {} is newer than this toolkit's {FORMAT_VERSION}",
@@ -147,15 +132,9 @@ pub struct Resume {
 
 /// Reads `last.pt`.
 pub fn load_last(path: &Path) -> Result<Resume, CheckpointError> {
-    let invalid = |reason: &str| CheckpointError::Invalid {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
+    let invalid = |reason: &str| CheckpointError::Invalid { path: path.to_path_buf(), reason: reason.to_string() };
     let info = read_info(path)?;
-    let obj = torch_file::load(path).map_err(|source| CheckpointError::File {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let obj = torch_file::load(path).map_err(|source| CheckpointError::File { path: path.to_path_buf(), source })?;
     let to_map = |o: &Obj| -> Result<HashMap<String, Tensor>, CheckpointError> {
         match o {
             Obj::Dict { entries, .. } if entries.is_empty() => Ok(HashMap::new()),
@@ -166,30 +145,12 @@ pub fn load_last(path: &Path) -> Result<Resume, CheckpointError> {
                 .collect(),
         }
     };
-    let model = to_map(
-        obj.get("model")
-            .ok_or_else(|| invalid("no 'model' entry; resume from last.pt, not best.pt"))?,
-    )?;
-    let optimizer = to_map(
-        obj.get("optimizer")
-            .ok_or_else(|| invalid("no 'optimizer' entry"))?,
-    )?;
-    let optimizer_steps = obj
-        .get("optimizer_steps")
-        .and_then(Obj::as_int)
-        .ok_or_else(|| invalid("no optimizer step count"))?;
-    let run_state = obj
-        .get("run_state")
-        .and_then(Obj::as_str)
-        .ok_or_else(|| invalid("no run state"))?
-        .to_string();
-    Ok(Resume {
-        info,
-        model,
-        optimizer,
-        optimizer_steps,
-        run_state,
-    })
+    let model = to_map(obj.get("model").ok_or_else(|| invalid("no 'model' entry; resume from last.pt, not best.pt"))?)?;
+    let optimizer = to_map(obj.get("optimizer").ok_or_else(|| invalid("no 'optimizer' entry"))?)?;
+    let optimizer_steps =
+        obj.get("optimizer_steps").and_then(Obj::as_int).ok_or_else(|| invalid("no optimizer step count"))?;
+    let run_state = obj.get("run_state").and_then(Obj::as_str).ok_or_else(|| invalid("no run state"))?.to_string();
+    Ok(Resume { info, model, optimizer, optimizer_steps, run_state })
 }
 
 #[cfg(test)]
@@ -243,9 +204,7 @@ mod tests {
             assert!(back.optimizer[name].equal(t), "{name}");
         }
         let mut restored = Optimizer::new(cfg, model.trainable(true));
-        restored
-            .load_state(&back.optimizer, back.optimizer_steps)
-            .unwrap();
+        restored.load_state(&back.optimizer, back.optimizer_steps).unwrap();
         assert_eq!(restored.state().1, 1);
 
         // A best.pt is not a resumable checkpoint, and says so.

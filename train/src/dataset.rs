@@ -15,9 +15,7 @@ use crate::error::DatasetError;
 
 /// Extensions considered images (case-insensitive): torchvision's list plus GIF, which the
 /// decoder reads as well.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp", "gif",
-];
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp", "gif"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sample {
@@ -82,16 +80,11 @@ fn is_image_name(path: &Path) -> bool {
 }
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
-    let io = |source| DatasetError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| DatasetError::Io { path: dir.to_path_buf(), source };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
@@ -174,10 +167,7 @@ fn collect(
 
 /// Decodes every candidate in parallel; returns the readable samples and the skipped files.
 fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> (Vec<Sample>, Vec<Skipped>) {
-    let checked: Vec<_> = candidates
-        .into_par_iter()
-        .map(|(label, path)| ((opts.check)(&path), label, path))
-        .collect();
+    let checked: Vec<_> = candidates.into_par_iter().map(|(label, path)| ((opts.check)(&path), label, path)).collect();
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     for (result, label, path) in checked {
@@ -191,12 +181,7 @@ fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> (Vec<Sample>
 
 /// Stratified split: per class, a seeded shuffle sends `round(n × fraction)` images (at least
 /// one, and never the last one) to validation. Deterministic for a given seed and file list.
-pub fn stratified_split(
-    samples: Vec<Sample>,
-    classes: usize,
-    fraction: f64,
-    seed: u64,
-) -> (Vec<Sample>, Vec<Sample>) {
+pub fn stratified_split(samples: Vec<Sample>, classes: usize, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
     let mut per_class: Vec<Vec<Sample>> = vec![Vec::new(); classes];
     for s in samples {
         per_class[s.label].push(s);
@@ -204,15 +189,10 @@ pub fn stratified_split(
     let mut train = Vec::new();
     let mut val = Vec::new();
     for (label, mut items) in per_class.into_iter().enumerate() {
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(seed ^ (label as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (label as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         items.shuffle(&mut rng);
         let n = items.len();
-        let n_val = if n < 2 {
-            0
-        } else {
-            ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
-        };
+        let n_val = if n < 2 { 0 } else { ((n as f64 * fraction).round() as usize).clamp(1, n - 1) };
         let rest = items.split_off(n_val);
         val.extend(items);
         train.extend(rest);
@@ -231,37 +211,21 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
     let train_dir = root.join("train");
     let val_dir = root.join("val");
     let has_train = train_dir.is_dir();
-    let class_root = if has_train {
-        train_dir.clone()
-    } else {
-        root.to_path_buf()
-    };
+    let class_root = if has_train { train_dir.clone() } else { root.to_path_buf() };
 
-    let classes: Vec<String> = class_dirs(&class_root)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let classes: Vec<String> = class_dirs(&class_root)?.into_iter().map(|(n, _)| n).collect();
     if classes.len() < 2 {
-        return Err(DatasetError::TooFewClasses {
-            root: class_root,
-            found: classes,
-        });
+        return Err(DatasetError::TooFewClasses { root: class_root, found: classes });
     }
     let mut ignored = 0;
     let train_candidates = collect(&class_root, &classes, true, &mut ignored)?;
-    let val_candidates = if has_train && val_dir.is_dir() {
-        Some(collect(&val_dir, &classes, true, &mut ignored)?)
-    } else {
-        None
-    };
+    let val_candidates =
+        if has_train && val_dir.is_dir() { Some(collect(&val_dir, &classes, true, &mut ignored)?) } else { None };
 
     let (train_ok, mut skipped) = verify(train_candidates, opts);
     let counts = Dataset::counts(&train_ok, classes.len());
     if let Some(i) = counts.iter().position(|&c| c == 0) {
-        return Err(DatasetError::EmptyClass {
-            class: classes[i].clone(),
-            dir: class_root.join(&classes[i]),
-        });
+        return Err(DatasetError::EmptyClass { class: classes[i].clone(), dir: class_root.join(&classes[i]) });
     }
     let (train, val, split) = match val_candidates {
         Some(candidates) => {
@@ -271,28 +235,13 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
         }
         None => {
             let (t, v) = stratified_split(train_ok, classes.len(), opts.val_fraction, opts.seed);
-            (
-                t,
-                v,
-                SplitKind::Random {
-                    fraction: opts.val_fraction,
-                    seed: opts.seed,
-                },
-            )
+            (t, v, SplitKind::Random { fraction: opts.val_fraction, seed: opts.seed })
         }
     };
     if val.is_empty() {
         return Err(DatasetError::EmptyValidation);
     }
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        classes,
-        train,
-        val,
-        split,
-        skipped,
-        ignored,
-    })
+    Ok(Dataset { root: root.to_path_buf(), classes, train, val, split, skipped, ignored })
 }
 
 #[cfg(test)]
@@ -314,11 +263,7 @@ mod tests {
     }
 
     fn opts() -> ScanOptions<'static> {
-        ScanOptions {
-            val_fraction: 0.2,
-            seed: 7,
-            check: &ok_unless_bad,
-        }
+        ScanOptions { val_fraction: 0.2, seed: 7, check: &ok_unless_bad }
     }
 
     #[test]
@@ -377,39 +322,21 @@ mod tests {
     fn errors() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
-        assert!(matches!(
-            scan(&missing, &opts()),
-            Err(DatasetError::MissingFolder(_))
-        ));
+        assert!(matches!(scan(&missing, &opts()), Err(DatasetError::MissingFolder(_))));
         touch(d.path(), "only/1.jpg");
-        assert!(matches!(
-            scan(d.path(), &opts()),
-            Err(DatasetError::TooFewClasses { .. })
-        ));
+        assert!(matches!(scan(d.path(), &opts()), Err(DatasetError::TooFewClasses { .. })));
         touch(d.path(), "empty/bad.jpg");
         let err = scan(d.path(), &opts()).unwrap_err();
-        assert!(
-            matches!(err, DatasetError::EmptyClass { ref class, .. } if class == "empty"),
-            "{err}"
-        );
+        assert!(matches!(err, DatasetError::EmptyClass { ref class, .. } if class == "empty"), "{err}");
         assert!(err.to_string().contains("no readable image"));
         assert!(matches!(
-            scan(
-                d.path(),
-                &ScanOptions {
-                    val_fraction: 1.5,
-                    ..opts()
-                }
-            ),
+            scan(d.path(), &ScanOptions { val_fraction: 1.5, ..opts() }),
             Err(DatasetError::BadFraction(_))
         ));
         let v = tempfile::tempdir().unwrap();
         for f in ["train/a/1.jpg", "train/b/1.jpg", "val/c/1.jpg"] {
             touch(v.path(), f);
         }
-        assert!(matches!(
-            scan(v.path(), &opts()),
-            Err(DatasetError::UnknownValClass { .. })
-        ));
+        assert!(matches!(scan(v.path(), &opts()), Err(DatasetError::UnknownValClass { .. })));
     }
 }

@@ -44,17 +44,12 @@ impl fmt::Display for DeviceChoice {
 
 /// The device to train on, and a line describing it.
 pub fn resolve(choice: DeviceChoice) -> Result<(Device, String), TrainError> {
-    let gpus = if Cuda::is_available() {
-        Cuda::device_count().max(0) as usize
-    } else {
-        0
-    };
+    let gpus = if Cuda::is_available() { Cuda::device_count().max(0) as usize } else { 0 };
     match choice {
         DeviceChoice::Cpu => Ok((Device::Cpu, format!("cpu ({} threads)", tch::get_num_threads()))),
-        DeviceChoice::Auto if gpus == 0 => Ok((
-            Device::Cpu,
-            format!("cpu ({} threads; libtorch sees no CUDA GPU)", tch::get_num_threads()),
-        )),
+        DeviceChoice::Auto if gpus == 0 => {
+            Ok((Device::Cpu, format!("cpu ({} threads; libtorch sees no CUDA GPU)", tch::get_num_threads())))
+        }
         DeviceChoice::Auto => Ok((Device::Cuda(0), format!("cuda:0 (1 of {gpus} GPUs)"))),
         DeviceChoice::Cuda(_) if gpus == 0 => Err(TrainError::Device(
             "CUDA requested but libtorch sees no GPU (no driver, no device, or a CPU-only libtorch)".into(),

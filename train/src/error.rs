@@ -15,25 +15,20 @@ pub enum DatasetError {
     #[error("{0}: not a folder")]
     NotAFolder(PathBuf),
     #[error("{path}: cannot list: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{root}: found {} class folder(s) ({}); at least two are needed, as ROOT/<class>/<images> or ROOT/train/<class>/<images>", found.len(), found.join(", "))]
     TooFewClasses { root: PathBuf, found: Vec<String> },
     #[error("{dir}: class '{class}' has no readable image")]
     EmptyClass { class: String, dir: PathBuf },
     #[error("{dir}: class '{class}' is not among the training classes ({})", known.join(", "))]
-    UnknownValClass {
-        class: String,
-        dir: PathBuf,
-        known: Vec<String>,
-    },
+    UnknownValClass { class: String, dir: PathBuf, known: Vec<String> },
     #[error("{path}: class folder name is not valid UTF-8")]
     BadClassName { path: PathBuf },
     #[error("--val-fraction must be in (0, 1), got {0}")]
     BadFraction(f64),
-    #[error("no validation images: the split left the validation set empty (use more images or a larger --val-fraction)")]
+    #[error(
+        "no validation images: the split left the validation set empty (use more images or a larger --val-fraction)"
+    )]
     EmptyValidation,
 }
 
@@ -41,56 +36,26 @@ pub enum DatasetError {
 #[derive(Debug, Error)]
 pub enum WeightsError {
     #[error("{path}: {source}")]
-    File {
-        path: PathBuf,
-        source: TorchFileError,
-    },
+    File { path: PathBuf, source: TorchFileError },
     #[error("{path}: cannot read safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
-    #[error(
-        "{path}: not a state dict (a dict of tensors, possibly under 'model' or 'state_dict')"
-    )]
+    #[error("{path}: not a state dict (a dict of tensors, possibly under 'model' or 'state_dict')")]
     NotStateDict { path: PathBuf },
-    #[error(
-        "weights do not fit {arch}: {}",
-        describe_mismatch(missing, unexpected, mis_shaped)
-    )]
-    Mismatch {
-        arch: String,
-        missing: Vec<String>,
-        unexpected: Vec<String>,
-        mis_shaped: Vec<String>,
-    },
+    #[error("weights do not fit {arch}: {}", describe_mismatch(missing, unexpected, mis_shaped))]
+    Mismatch { arch: String, missing: Vec<String>, unexpected: Vec<String>, mis_shaped: Vec<String> },
     #[error("{path}: SHA-256 {got} does not start with {expected}; the file is damaged, delete it and retry")]
-    HashMismatch {
-        path: PathBuf,
-        expected: String,
-        got: String,
-    },
+    HashMismatch { path: PathBuf, expected: String, got: String },
     #[error("pretrained weights {file} are not in {dir} and could not be downloaded from {url} ({reason}); put the file there, pass --weights FILE, or train from scratch with --no-pretrained")]
-    Unavailable {
-        file: String,
-        dir: PathBuf,
-        url: String,
-        reason: String,
-    },
+    Unavailable { file: String, dir: PathBuf, url: String, reason: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
 
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 5;
-    let mut s = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
@@ -115,17 +80,11 @@ fn describe_mismatch(missing: &[String], unexpected: &[String], mis_shaped: &[St
 #[derive(Debug, Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
-    File {
-        path: PathBuf,
-        source: TorchFileError,
-    },
+    File { path: PathBuf, source: TorchFileError },
     #[error("{path}: not a checkpoint of this toolkit ({reason})")]
     Invalid { path: PathBuf, reason: String },
     #[error("{path}: cannot write: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error("libtorch: {0}")]
@@ -148,10 +107,7 @@ pub enum TrainError {
     #[error("device: {0}")]
     Device(String),
     #[error("{path}: cannot write: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("interrupted")]

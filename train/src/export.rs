@@ -29,10 +29,7 @@ pub const MAX_LOGIT_DIFF: f32 = 1e-4;
 #[derive(Debug, Error)]
 pub enum ExportError {
     #[error("{path}: cannot write: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("verification failed: ONNX Runtime cannot run the exported model: {0}")]
     Runtime(String),
     #[error("verification failed: {0}")]
@@ -59,30 +56,15 @@ struct Graph {
 }
 
 fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: attribute_type::INTS, ints: v.to_vec(), ..Default::default() }
 }
 
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::INT,
-        i: v,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: attribute_type::INT, i: v, ..Default::default() }
 }
 
 fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::FLOAT,
-        f: v,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: attribute_type::FLOAT, f: v, ..Default::default() }
 }
 
 fn value_info(name: &str, dims: &[Dimension]) -> ValueInfoProto {
@@ -98,15 +80,11 @@ fn value_info(name: &str, dims: &[Dimension]) -> ValueInfoProto {
 }
 
 fn dim(v: i64) -> Dimension {
-    Dimension {
-        value: Some(dimension::Value::DimValue(v)),
-    }
+    Dimension { value: Some(dimension::Value::DimValue(v)) }
 }
 
 fn batch_dim() -> Dimension {
-    Dimension {
-        value: Some(dimension::Value::DimParam("batch".into())),
-    }
+    Dimension { value: Some(dimension::Value::DimParam("batch".into())) }
 }
 
 impl Graph {
@@ -121,13 +99,7 @@ impl Graph {
         Ok(name.to_string())
     }
 
-    fn node(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: Vec<String>,
-        attribute: Vec<AttributeProto>,
-    ) -> String {
+    fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, attribute: Vec<AttributeProto>) -> String {
         let output = name.to_string();
         self.nodes.push(NodeProto {
             input: inputs,
@@ -160,35 +132,20 @@ impl Graph {
 }
 
 /// The ONNX model of `model` in eval mode, carrying `meta` in its metadata.
-pub fn onnx_model(
-    model: &ResNet,
-    meta: &ModelMetadata,
-    probabilities: bool,
-) -> Result<ModelProto, ExportError> {
+pub fn onnx_model(model: &ResNet, meta: &ModelMetadata, probabilities: bool) -> Result<ModelProto, ExportError> {
     let (stem, blocks) = model.folded_convs();
-    let mut g = Graph {
-        nodes: Vec::new(),
-        initializers: Vec::new(),
-    };
+    let mut g = Graph { nodes: Vec::new(), initializers: Vec::new() };
     let mut x = g.conv("input", &stem, "conv1")?;
     x = g.relu(&x);
     x = g.node(
         "MaxPool",
         "maxpool",
         vec![x],
-        vec![
-            ints("kernel_shape", &[3, 3]),
-            ints("strides", &[2, 2]),
-            ints("pads", &[1, 1, 1, 1]),
-        ],
+        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
     );
     // Blocks come stage by stage; name them as torchvision does (layer<stage>.<index>).
-    let names = model
-        .arch
-        .layers
-        .iter()
-        .enumerate()
-        .flat_map(|(s, &n)| (0..n).map(move |i| format!("layer{}.{i}", s + 1)));
+    let names =
+        model.arch.layers.iter().enumerate().flat_map(|(s, &n)| (0..n).map(move |i| format!("layer{}.{i}", s + 1)));
     for (block, name) in blocks.iter().zip(names) {
         let mut y = x.clone();
         for (i, c) in block.convs.iter().enumerate() {
@@ -209,21 +166,12 @@ pub fn onnx_model(
     let (fc_w, fc_b) = model.classifier_weights();
     let w = g.initializer("fc.weight", &fc_w)?;
     let b = g.initializer("fc.bias", &fc_b)?;
-    let logits = g.node(
-        "Gemm",
-        "logits",
-        vec![x, w, b],
-        vec![float("alpha", 1.0), float("beta", 1.0), int("transB", 1)],
-    );
+    let logits =
+        g.node("Gemm", "logits", vec![x, w, b], vec![float("alpha", 1.0), float("beta", 1.0), int("transB", 1)]);
     let classes = model.num_classes;
     let mut outputs = vec![value_info(&logits, &[batch_dim(), dim(classes)])];
     if probabilities {
-        let p = g.node(
-            "Softmax",
-            "probabilities",
-            vec![logits],
-            vec![int("axis", 1)],
-        );
+        let p = g.node("Softmax", "probabilities", vec![logits], vec![int("axis", 1)]);
         outputs.push(value_info(&p, &[batch_dim(), dim(classes)]));
     }
     let side = i64::from(meta.preprocess.crop_size);
@@ -232,10 +180,7 @@ pub fn onnx_model(
         name: format!("{}_classifier", model.arch.name),
         initializer: g.initializers,
         doc_string: String::new(),
-        input: vec![value_info(
-            "input",
-            &[batch_dim(), dim(3), dim(side), dim(side)],
-        )],
+        input: vec![value_info("input", &[batch_dim(), dim(3), dim(side), dim(side)])],
         output: outputs,
     };
     Ok(ModelProto {
@@ -266,30 +211,16 @@ pub fn export(
     real_images: bool,
 ) -> Result<ExportReport, ExportError> {
     let bytes = onnx_model(model, meta, probabilities)?.encode_to_vec();
-    let write_err = |source| ExportError::Write {
-        path: out.to_path_buf(),
-        source,
-    };
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let write_err = |source| ExportError::Write { path: out.to_path_buf(), source };
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(write_err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".model.")
-        .suffix(".onnx.tmp")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
+    let mut tmp = tempfile::Builder::new().prefix(".model.").suffix(".onnx.tmp").tempfile_in(dir).map_err(write_err)?;
     std::io::Write::write_all(tmp.as_file_mut(), &bytes).map_err(write_err)?;
     tmp.as_file().sync_all().map_err(write_err)?;
 
     let (max_abs_diff, provider) = verify(model, meta, tmp.path(), inputs)?;
     #[cfg(unix)]
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .map_err(write_err)?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(write_err)?;
     tmp.persist(out).map_err(|e| write_err(e.error))?;
     let side = meta.preprocess.crop_size as usize;
     Ok(ExportReport {
@@ -321,28 +252,19 @@ pub const VERIFY_IMAGES: usize = 32;
 
 /// Exports a checkpoint (`best.pt`, `last.pt`, or a torchvision state dict with
 /// [`ExportOptions::arch`] and [`ExportOptions::classes`]) to `out`.
-pub fn export_checkpoint(
-    weights: &Path,
-    out: &Path,
-    opts: &ExportOptions,
-) -> Result<ExportReport, TrainError> {
+pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportReport, TrainError> {
     if !weights.is_file() {
-        return Err(TrainError::Config(format!(
-            "{}: weights file not found",
-            weights.display()
-        )));
+        return Err(TrainError::Config(format!("{}: weights file not found", weights.display())));
     }
     let info = match crate::checkpoint::read_info(weights) {
         Ok(info) => info,
-        Err(CheckpointError::Invalid { .. }) if opts.arch.is_some() && opts.classes.is_some() => {
-            ModelInfo::new(
-                opts.arch.as_deref().unwrap_or_default(),
-                opts.classes.clone().unwrap_or_default(),
-                infer::PreprocessConfig::default(),
-                0,
-                None,
-            )
-        }
+        Err(CheckpointError::Invalid { .. }) if opts.arch.is_some() && opts.classes.is_some() => ModelInfo::new(
+            opts.arch.as_deref().unwrap_or_default(),
+            opts.classes.clone().unwrap_or_default(),
+            infer::PreprocessConfig::default(),
+            0,
+            None,
+        ),
         Err(CheckpointError::Invalid { path, reason }) => {
             return Err(TrainError::Config(format!(
                 "{}: {reason}; for a plain state dict pass --arch and --classes",
@@ -353,11 +275,7 @@ pub fn export_checkpoint(
     };
     if let Some(a) = &opts.arch {
         if *a != info.arch {
-            return Err(TrainError::Config(format!(
-                "{}: holds a {} model, not {a}",
-                weights.display(),
-                info.arch
-            )));
+            return Err(TrainError::Config(format!("{}: holds a {} model, not {a}", weights.display(), info.arch)));
         }
     }
     let arch = arch::by_name(&info.arch).ok_or_else(|| {
@@ -369,10 +287,7 @@ pub fn export_checkpoint(
         ))
     })?;
     if info.classes.len() < 2 {
-        return Err(TrainError::Config(format!(
-            "{}: needs at least two class names",
-            weights.display()
-        )));
+        return Err(TrainError::Config(format!("{}: needs at least two class names", weights.display())));
     }
     let model = ResNet::new(arch, info.classes.len() as i64, Device::Cpu);
     let state = crate::weights::read_state_dict(weights)?;
@@ -391,30 +306,18 @@ pub fn export_checkpoint(
         classes_from_defaults: false,
     };
     let (inputs, real) = verification_inputs(&opts.images, &info.preprocess);
-    Ok(export(
-        &model,
-        &meta,
-        out,
-        opts.probabilities,
-        &inputs,
-        real,
-    )?)
+    Ok(export(&model, &meta, out, opts.probabilities, &inputs, real)?)
 }
 
 /// Up to [`VERIFY_IMAGES`] preprocessed images, or a seeded random batch when none decode.
-fn verification_inputs(
-    images: &[PathBuf],
-    preprocess: &infer::PreprocessConfig,
-) -> (Vec<f32>, bool) {
+fn verification_inputs(images: &[PathBuf], preprocess: &infer::PreprocessConfig) -> (Vec<f32>, bool) {
     let mut out = Vec::new();
     let mut n = 0;
     for path in images {
         if n == VERIFY_IMAGES {
             break;
         }
-        if let Ok(Ok(t)) = infer::decode_file(path, infer::DecodeLimits::default())
-            .map(|img| preprocess.eval(&img))
-        {
+        if let Ok(Ok(t)) = infer::decode_file(path, infer::DecodeLimits::default()).map(|img| preprocess.eval(&img)) {
             out.extend(t);
             n += 1;
         }
@@ -428,49 +331,23 @@ fn verification_inputs(
 }
 
 /// Runs the file through ONNX Runtime and libtorch; returns the largest logit difference.
-fn verify(
-    model: &ResNet,
-    meta: &ModelMetadata,
-    path: &Path,
-    inputs: &[f32],
-) -> Result<(f32, String), ExportError> {
+fn verify(model: &ResNet, meta: &ModelMetadata, path: &Path, inputs: &[f32]) -> Result<(f32, String), ExportError> {
     let runtime_err = |e: infer::InferError| ExportError::Runtime(e.to_string());
-    let classifier = Classifier::builder(path)
-        .execution_provider(ExecutionProvider::Cpu)
-        .build()
-        .map_err(runtime_err)?;
+    let classifier =
+        Classifier::builder(path).execution_provider(ExecutionProvider::Cpu).build().map_err(runtime_err)?;
     if classifier.metadata().classes != meta.classes {
-        return Err(ExportError::Mismatch(
-            "class names read back differ from those written".into(),
-        ));
+        return Err(ExportError::Mismatch("class names read back differ from those written".into()));
     }
     let ort = classifier.run(inputs).map_err(runtime_err)?;
     let side = i64::from(meta.preprocess.crop_size);
     let n = (inputs.len() as i64) / (3 * side * side);
-    let x = Tensor::from_slice(inputs)
-        .view([n, 3, side, side])
-        .to_device(model.device);
-    let torch = tch::no_grad(|| model.forward(&x, false))
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float);
+    let x = Tensor::from_slice(inputs).view([n, 3, side, side]).to_device(model.device);
+    let torch = tch::no_grad(|| model.forward(&x, false)).to_device(Device::Cpu).to_kind(Kind::Float);
     let torch = Vec::<f32>::try_from(torch.flatten(0, -1))?;
     let classes = meta.classes.len();
-    let max = torch
-        .iter()
-        .zip(&ort)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-    };
-    let top1_differs = torch
-        .chunks(classes)
-        .zip(ort.chunks(classes))
-        .filter(|(a, b)| argmax(a) != argmax(b))
-        .count();
+    let max = torch.iter().zip(&ort).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+    let top1_differs = torch.chunks(classes).zip(ort.chunks(classes)).filter(|(a, b)| argmax(a) != argmax(b)).count();
     if torch.iter().chain(&ort).any(|v| !v.is_finite()) {
         return Err(ExportError::Mismatch("non-finite logits".into()));
     }
@@ -501,11 +378,7 @@ mod tests {
     }
 
     fn inputs(n: i64) -> Vec<f32> {
-        Vec::<f32>::try_from(Tensor::randn(
-            [n * 3 * 224 * 224],
-            (Kind::Float, Device::Cpu),
-        ))
-        .unwrap()
+        Vec::<f32>::try_from(Tensor::randn([n * 3 * 224 * 224], (Kind::Float, Device::Cpu))).unwrap()
     }
 
     #[test]
@@ -515,10 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("model.onnx");
         let report = export(&model, &meta(4), &out, true, &inputs(2), false).unwrap();
-        println!(
-            "max |diff| {:e}, {} bytes",
-            report.max_abs_diff, report.bytes
-        );
+        println!("max |diff| {:e}, {} bytes", report.max_abs_diff, report.bytes);
         assert!(out.is_file());
         assert_eq!(report.images, 2);
         assert!(report.max_abs_diff <= MAX_LOGIT_DIFF);
@@ -533,11 +403,7 @@ mod tests {
         let b = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.onnx");
-        std::fs::write(
-            &file,
-            onnx_model(&a, &meta(3), false).unwrap().encode_to_vec(),
-        )
-        .unwrap();
+        std::fs::write(&file, onnx_model(&a, &meta(3), false).unwrap().encode_to_vec()).unwrap();
         let err = verify(&b, &meta(3), &file, &inputs(2)).unwrap_err();
         assert!(matches!(err, ExportError::Mismatch(_)), "{err}");
         assert!(err.to_string().contains("disagree"), "{err}");

@@ -65,15 +65,8 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(
-        preprocess: PreprocessConfig,
-        workers: usize,
-        prefetch: usize,
-        seed: u64,
-    ) -> Result<Loader, TrainError> {
-        preprocess
-            .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+    pub fn new(preprocess: PreprocessConfig, workers: usize, prefetch: usize, seed: u64) -> Result<Loader, TrainError> {
+        preprocess.validate().map_err(|e| TrainError::Config(e.to_string()))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers.max(1))
             .thread_name(|i| format!("loader-{i}"))
@@ -105,13 +98,7 @@ impl Loader {
     }
 
     /// Loads one sample into `out` (decode, then augment or the eval transform).
-    fn load_one(
-        &self,
-        sample: &Sample,
-        phase: Phase,
-        position: usize,
-        out: &mut [f32],
-    ) -> Result<(), String> {
+    fn load_one(&self, sample: &Sample, phase: Phase, position: usize, out: &mut [f32]) -> Result<(), String> {
         let img = decode_file(&sample.path, self.limits).map_err(|e| e.to_string())?;
         match phase {
             Phase::Train { epoch } => {
@@ -128,12 +115,7 @@ impl Loader {
 
     /// All batches of one pass, produced in the background while the caller consumes them:
     /// up to `prefetch` batches are in flight on the loader threads at once.
-    pub fn batches(
-        self: &Arc<Self>,
-        samples: Arc<Vec<Sample>>,
-        phase: Phase,
-        batch_size: usize,
-    ) -> Batches {
+    pub fn batches(self: &Arc<Self>, samples: Arc<Vec<Sample>>, phase: Phase, batch_size: usize) -> Batches {
         let order = self.order(samples.len(), phase);
         let me = Arc::clone(self);
         let n = self.preprocess.input_len();
@@ -173,15 +155,9 @@ impl Iterator for Batches {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
         let loaded = self.stream.next()?;
-        let per_image = loaded
-            .iter()
-            .find_map(|(_, _, r)| r.as_ref().ok().map(Vec::len))
-            .unwrap_or(0);
-        let mut batch = Batch {
-            images: Vec::with_capacity(loaded.len() * per_image),
-            labels: Vec::new(),
-            failed: Vec::new(),
-        };
+        let per_image = loaded.iter().find_map(|(_, _, r)| r.as_ref().ok().map(Vec::len)).unwrap_or(0);
+        let mut batch =
+            Batch { images: Vec::with_capacity(loaded.len() * per_image), labels: Vec::new(), failed: Vec::new() };
         for (label, path, result) in loaded {
             match result {
                 Ok(buf) => {
@@ -213,11 +189,7 @@ mod tests {
     }
 
     fn small() -> PreprocessConfig {
-        PreprocessConfig {
-            resize_size: 24,
-            crop_size: 16,
-            ..Default::default()
-        }
+        PreprocessConfig { resize_size: 24, crop_size: 16, ..Default::default() }
     }
 
     #[test]
@@ -226,16 +198,11 @@ mod tests {
         let mut samples = write_images(d.path(), 9);
         let bad = d.path().join("bad.png");
         std::fs::write(&bad, b"not a png").unwrap();
-        samples.push(Sample {
-            path: bad.clone(),
-            label: 1,
-        });
+        samples.push(Sample { path: bad.clone(), label: 1 });
         let samples = Arc::new(samples);
         let run = |workers| {
             let loader = Arc::new(Loader::new(small(), workers, 2, 5).unwrap());
-            loader
-                .batches(Arc::clone(&samples), Phase::Train { epoch: 3 }, 4)
-                .collect::<Vec<_>>()
+            loader.batches(Arc::clone(&samples), Phase::Train { epoch: 3 }, 4).collect::<Vec<_>>()
         };
         let a = run(1);
         let b = run(3);
@@ -250,9 +217,7 @@ mod tests {
         assert_eq!(a.iter().map(|b| b.labels.len()).sum::<usize>(), 9);
         // Another epoch shuffles and augments differently.
         let loader = Arc::new(Loader::new(small(), 2, 2, 5).unwrap());
-        let c: Vec<_> = loader
-            .batches(Arc::clone(&samples), Phase::Train { epoch: 4 }, 4)
-            .collect();
+        let c: Vec<_> = loader.batches(Arc::clone(&samples), Phase::Train { epoch: 4 }, 4).collect();
         assert_ne!(a[0].images, c[0].images);
     }
 
@@ -261,13 +226,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let samples = Arc::new(write_images(d.path(), 5));
         let loader = Arc::new(Loader::new(small(), 2, 1, 0).unwrap());
-        let batches: Vec<_> = loader
-            .batches(Arc::clone(&samples), Phase::Eval, 2)
-            .collect();
-        assert_eq!(
-            batches.iter().map(|b| b.labels.len()).collect::<Vec<_>>(),
-            [2, 2, 1]
-        );
+        let batches: Vec<_> = loader.batches(Arc::clone(&samples), Phase::Eval, 2).collect();
+        assert_eq!(batches.iter().map(|b| b.labels.len()).collect::<Vec<_>>(), [2, 2, 1]);
         let img = decode_file(&samples[2].path, DecodeLimits::default()).unwrap();
         let expected = small().eval(&img).unwrap();
         assert_eq!(&batches[1].images[..expected.len()], &expected[..]);

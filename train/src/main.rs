@@ -213,15 +213,9 @@ impl TrainArgs {
             },
             weights,
             resume: self.resume.clone(),
-            epochs_override: if self.resume.is_some() {
-                self.epochs
-            } else {
-                None
-            },
+            epochs_override: if self.resume.is_some() { self.epochs } else { None },
             device: self.device,
-            workers: self
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             threads: self.threads,
             prefetch: self.prefetch,
         }
@@ -257,13 +251,7 @@ impl Console {
 }
 
 fn stats(s: &PhaseStats) -> String {
-    format!(
-        "loss {:.4} acc {:.4} ({:.1} s, {:.1} img/s)",
-        s.loss,
-        s.acc,
-        s.seconds,
-        s.images_per_sec()
-    )
+    format!("loss {:.4} acc {:.4} ({:.1} s, {:.1} img/s)", s.loss, s.acc, s.seconds, s.images_per_sec())
 }
 
 impl Observer for Console {
@@ -282,11 +270,9 @@ impl Observer for Console {
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new(total.unwrap_or(0));
             bar.set_style(
-                ProgressStyle::with_template(
-                    "downloading weights [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("downloading weights [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             bar
         });
@@ -322,10 +308,7 @@ impl Observer for Console {
             }
             // Not a terminal: a line every 30 s at most, for long phases.
             None if self.last_line.elapsed() > Duration::from_secs(30) => {
-                eprintln!(
-                    "{} {images}/{} loss {loss:.4} acc {acc:.4} {rate:.1} img/s",
-                    self.label, self.phase_images
-                );
+                eprintln!("{} {images}/{} loss {loss:.4} acc {acc:.4} {rate:.1} img/s", self.label, self.phase_images);
                 self.last_line = Instant::now();
             }
             None => {}
@@ -352,11 +335,7 @@ impl Observer for Console {
 
 /// First line of an error chain: libtorch messages can carry C++ backtraces.
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}")
-        .lines()
-        .next()
-        .unwrap_or("unknown error")
-        .to_string()
+    format!("{e:#}").lines().next().unwrap_or("unknown error").to_string()
 }
 
 /// Keeps freed memory for reuse instead of returning it to the system: libtorch allocates and
@@ -391,9 +370,7 @@ fn main() -> ExitCode {
     let stop = Arc::new(StopFlag::default());
     let handler_stop = Arc::clone(&stop);
     let _ = ctrlc::set_handler(move || match handler_stop.request() {
-        1 => eprintln!(
-            "\ninterrupt: finishing this epoch, then saving last.pt (Ctrl-C again to stop now)"
-        ),
+        1 => eprintln!("\ninterrupt: finishing this epoch, then saving last.pt (Ctrl-C again to stop now)"),
         2 => eprintln!("\ninterrupt: stopping now; the files of the last finished epoch are kept"),
         _ => std::process::exit(130),
     });
@@ -408,14 +385,8 @@ fn main() -> ExitCode {
             if let Some(bar) = console.bar.take() {
                 bar.finish_and_clear();
             }
-            if matches!(
-                e.downcast_ref::<TrainError>(),
-                Some(TrainError::Interrupted)
-            ) {
-                eprintln!(
-                    "interrupted: resume with --resume {}",
-                    cli.train.out.join(train::trainer::LAST).display()
-                );
+            if matches!(e.downcast_ref::<TrainError>(), Some(TrainError::Interrupted)) {
+                eprintln!("interrupted: resume with --resume {}", cli.train.out.join(train::trainer::LAST).display());
                 return ExitCode::from(130);
             }
             eprintln!("error: {}", one_line(&e));
@@ -426,8 +397,8 @@ fn main() -> ExitCode {
 
 fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let images = match &args.data {
-        Some(d) if d.join("val").is_dir() => infer::files::collect(&[d.join("val")]).files,
-        Some(d) => infer::files::collect(std::slice::from_ref(d)).files,
+        Some(d) if d.join("val").is_dir() => infer::files::collect(&[d.join("val")]).files(),
+        Some(d) => infer::files::collect(std::slice::from_ref(d)).files(),
         None => Vec::new(),
     };
     let opts = ExportOptions {
@@ -436,8 +407,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         arch: args.arch.clone(),
         classes: args.classes.clone(),
     };
-    let report = train::export::export_checkpoint(&args.weights, &args.out, &opts)
-        .context("export failed")?;
+    let report = train::export::export_checkpoint(&args.weights, &args.out, &opts).context("export failed")?;
     print_export(&report);
     Ok(ExitCode::SUCCESS)
 }
@@ -459,31 +429,19 @@ fn run(cli: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Resul
     let cfg = cli.config();
     let summary = train::run(&cfg, console, stop).context("training failed")?;
     let secs = summary.total_seconds;
-    eprintln!(
-        "Training complete in {:.0}m {:.0}s",
-        (secs / 60.0).floor(),
-        secs % 60.0
-    );
+    eprintln!("Training complete in {:.0}m {:.0}s", (secs / 60.0).floor(), secs % 60.0);
     if let Some(best) = summary.best {
         eprintln!("Best val Acc: {:.4} (epoch {})", best.val_acc, best.epoch);
     }
     if !summary.skipped_files.is_empty() {
-        eprintln!(
-            "{} unreadable file(s) skipped (listed in summary.json)",
-            summary.skipped_files.len()
-        );
+        eprintln!("{} unreadable file(s) skipped (listed in summary.json)", summary.skipped_files.len());
     }
     if !cli.no_export && summary.best.is_some() && !summary.interrupted {
         let best = cfg.out.join(train::trainer::BEST);
         let images = summary.val_files.clone();
-        let opts = ExportOptions {
-            probabilities: cli.probabilities,
-            images,
-            arch: None,
-            classes: None,
-        };
-        let report = train::export::export_checkpoint(&best, &cfg.out.join("model.onnx"), &opts)
-            .context("export failed")?;
+        let opts = ExportOptions { probabilities: cli.probabilities, images, arch: None, classes: None };
+        let report =
+            train::export::export_checkpoint(&best, &cfg.out.join("model.onnx"), &opts).context("export failed")?;
         print_export(&report);
     }
     eprintln!("outputs in {}", cfg.out.display());

@@ -25,16 +25,8 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, name: String, tensor: Tensor, trainable: bool) -> Tensor {
-        let tensor = if trainable {
-            tensor.set_requires_grad(true)
-        } else {
-            tensor
-        };
-        self.entries.push(Entry {
-            name,
-            tensor: tensor.shallow_clone(),
-            trainable,
-        });
+        let tensor = if trainable { tensor.set_requires_grad(true) } else { tensor };
+        self.entries.push(Entry { name, tensor: tensor.shallow_clone(), trainable });
         tensor
     }
 
@@ -42,36 +34,16 @@ impl Builder {
         // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu")
         let std = (2.0 / (cout * k * k) as f64).sqrt();
         let w = Tensor::randn([cout, cin, k, k], (Kind::Float, self.device)) * std;
-        Conv {
-            weight: self.add(format!("{prefix}.weight"), w, true),
-            stride,
-            padding: k / 2,
-        }
+        Conv { weight: self.add(format!("{prefix}.weight"), w, true), stride, padding: k / 2 }
     }
 
     fn bn(&mut self, prefix: &str, c: i64) -> BatchNorm {
         let d = self.device;
         BatchNorm {
-            weight: self.add(
-                format!("{prefix}.weight"),
-                Tensor::ones([c], (Kind::Float, d)),
-                true,
-            ),
-            bias: self.add(
-                format!("{prefix}.bias"),
-                Tensor::zeros([c], (Kind::Float, d)),
-                true,
-            ),
-            running_mean: self.add(
-                format!("{prefix}.running_mean"),
-                Tensor::zeros([c], (Kind::Float, d)),
-                false,
-            ),
-            running_var: self.add(
-                format!("{prefix}.running_var"),
-                Tensor::ones([c], (Kind::Float, d)),
-                false,
-            ),
+            weight: self.add(format!("{prefix}.weight"), Tensor::ones([c], (Kind::Float, d)), true),
+            bias: self.add(format!("{prefix}.bias"), Tensor::zeros([c], (Kind::Float, d)), true),
+            running_mean: self.add(format!("{prefix}.running_mean"), Tensor::zeros([c], (Kind::Float, d)), false),
+            running_var: self.add(format!("{prefix}.running_var"), Tensor::ones([c], (Kind::Float, d)), false),
             num_batches_tracked: self.add(
                 format!("{prefix}.num_batches_tracked"),
                 Tensor::zeros([], (Kind::Int64, d)),
@@ -83,8 +55,7 @@ impl Builder {
     fn linear(&mut self, prefix: &str, fin: i64, fout: i64) -> Linear {
         // torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
         let bound = 1.0 / (fin as f64).sqrt();
-        let uniform =
-            |shape: &[i64]| Tensor::rand(shape, (Kind::Float, self.device)) * (2.0 * bound) - bound;
+        let uniform = |shape: &[i64]| Tensor::rand(shape, (Kind::Float, self.device)) * (2.0 * bound) - bound;
         let w = uniform(&[fout, fin]);
         let b = uniform(&[fout]);
         Linear {
@@ -102,14 +73,7 @@ struct Conv {
 
 impl Conv {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(
-            &self.weight,
-            None::<Tensor>,
-            [self.stride; 2],
-            [self.padding; 2],
-            [1, 1],
-            1,
-        )
+        x.conv2d(&self.weight, None::<Tensor>, [self.stride; 2], [self.padding; 2], [1, 1], 1)
     }
 }
 
@@ -160,15 +124,12 @@ pub struct FoldedConv {
 
 fn fold(conv: &Conv, bn: &BatchNorm) -> FoldedConv {
     tch::no_grad(|| {
-        let scale = &bn.weight / (&bn.running_var + BN_EPS).sqrt();
-        let weight = &conv.weight * scale.view([-1, 1, 1, 1]);
-        let bias = &bn.bias - &bn.running_mean * &scale;
-        FoldedConv {
-            weight: weight.detach(),
-            bias: bias.detach(),
-            stride: conv.stride,
-            padding: conv.padding,
-        }
+        // In double precision, so that folding adds no rounding of its own.
+        let d = |t: &Tensor| t.to_kind(Kind::Double);
+        let scale = d(&bn.weight) / (d(&bn.running_var) + BN_EPS).sqrt();
+        let weight = (d(&conv.weight) * scale.view([-1, 1, 1, 1])).to_kind(Kind::Float);
+        let bias = (d(&bn.bias) - d(&bn.running_mean) * &scale).to_kind(Kind::Float);
+        FoldedConv { weight: weight.detach(), bias: bias.detach(), stride: conv.stride, padding: conv.padding }
     })
 }
 
@@ -234,11 +195,7 @@ impl FoldedNet {
     /// Logits for a dense `[batch, 3, H, W]` input.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         tch::no_grad(|| {
-            let x = if self.mkldnn {
-                x.g_to_mkldnn(None)
-            } else {
-                x.shallow_clone()
-            };
+            let x = if self.mkldnn { x.g_to_mkldnn(None) } else { x.shallow_clone() };
             let mut y = self.conv(&x, &self.stem);
             let _ = y.relu_();
             y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
@@ -262,9 +219,7 @@ impl FoldedNet {
             if self.mkldnn {
                 pooled = pooled.to_dense(None, false);
             }
-            pooled
-                .flatten(1, -1)
-                .linear(&self.fc_weight, Some(&self.fc_bias))
+            pooled.flatten(1, -1).linear(&self.fc_weight, Some(&self.fc_bias))
         })
     }
 }
@@ -284,10 +239,7 @@ pub struct ResNet {
 impl ResNet {
     /// A freshly initialised network (torchvision's initialisation) on `device`.
     pub fn new(arch: &'static Arch, num_classes: i64, device: Device) -> ResNet {
-        let mut b = Builder {
-            device,
-            entries: Vec::new(),
-        };
+        let mut b = Builder { device, entries: Vec::new() };
         let conv1 = b.conv("conv1", 3, 64, 7, 2);
         let bn1 = b.bn("bn1", 64);
         let exp = arch.block.expansion();
@@ -302,24 +254,12 @@ impl ResNet {
                 let st = if i == 0 { stride } else { 1 };
                 let convs = match arch.block {
                     Block::Basic => vec![
-                        (
-                            b.conv(&format!("{p}.conv1"), cin, planes, 3, st),
-                            b.bn(&format!("{p}.bn1"), planes),
-                        ),
-                        (
-                            b.conv(&format!("{p}.conv2"), planes, planes, 3, 1),
-                            b.bn(&format!("{p}.bn2"), planes),
-                        ),
+                        (b.conv(&format!("{p}.conv1"), cin, planes, 3, st), b.bn(&format!("{p}.bn1"), planes)),
+                        (b.conv(&format!("{p}.conv2"), planes, planes, 3, 1), b.bn(&format!("{p}.bn2"), planes)),
                     ],
                     Block::Bottleneck => vec![
-                        (
-                            b.conv(&format!("{p}.conv1"), cin, planes, 1, 1),
-                            b.bn(&format!("{p}.bn1"), planes),
-                        ),
-                        (
-                            b.conv(&format!("{p}.conv2"), planes, planes, 3, st),
-                            b.bn(&format!("{p}.bn2"), planes),
-                        ),
+                        (b.conv(&format!("{p}.conv1"), cin, planes, 1, 1), b.bn(&format!("{p}.bn1"), planes)),
+                        (b.conv(&format!("{p}.conv2"), planes, planes, 3, st), b.bn(&format!("{p}.bn2"), planes)),
                         (
                             b.conv(&format!("{p}.conv3"), planes, planes * exp, 1, 1),
                             b.bn(&format!("{p}.bn3"), planes * exp),
@@ -338,16 +278,7 @@ impl ResNet {
             stages.push(stage);
         }
         let fc = b.linear("fc", arch.feature_dim(), num_classes);
-        ResNet {
-            arch,
-            num_classes,
-            device,
-            conv1,
-            bn1,
-            stages,
-            fc,
-            entries: b.entries,
-        }
+        ResNet { arch, num_classes, device, conv1, bn1, stages, fc, entries: b.entries }
     }
 
     /// Pooled features, `[batch, feature_dim]`. `train` selects BatchNorm's batch statistics.
@@ -403,13 +334,8 @@ impl ResNet {
         if mkldnn {
             let pack = |c: &mut FoldedConv| -> Result<(), tch::TchError> {
                 let (s, p) = ([c.stride; 2], [c.padding; 2]);
-                c.weight = c.weight.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(
-                    p,
-                    s,
-                    [1, 1],
-                    1,
-                    None::<&[i64]>,
-                )?;
+                c.weight =
+                    c.weight.f_to_mkldnn(None)?.f_mkldnn_reorder_conv2d_weight(p, s, [1, 1], 1, None::<&[i64]>)?;
                 c.bias = c.bias.f_to_mkldnn(None)?;
                 Ok(())
             };
@@ -422,13 +348,7 @@ impl ResNet {
         }
         let fc_weight = self.fc.weight.detach().copy();
         let fc_bias = self.fc.bias.detach().copy();
-        Ok(FoldedNet {
-            stem,
-            blocks,
-            fc_weight,
-            fc_bias,
-            mkldnn,
-        })
+        Ok(FoldedNet { stem, blocks, fc_weight, fc_bias, mkldnn })
     }
 
     /// Every parameter and buffer in torchvision's state-dict order.
@@ -447,11 +367,7 @@ impl ResNet {
 
     /// Copies `state` into the model. Returns the names that were skipped because they are
     /// classifier weights of another class count (`replace_head`), else fails on any mismatch.
-    pub fn load_state(
-        &self,
-        state: &HashMap<String, Tensor>,
-        replace_head: bool,
-    ) -> Result<Vec<String>, WeightsError> {
+    pub fn load_state(&self, state: &HashMap<String, Tensor>, replace_head: bool) -> Result<Vec<String>, WeightsError> {
         let mut missing = Vec::new();
         let mut mis_shaped = Vec::new();
         let mut replaced = Vec::new();
@@ -464,32 +380,17 @@ impl ResNet {
                     if replace_head && e.name.starts_with("fc.") {
                         replaced.push(e.name.clone());
                     } else {
-                        mis_shaped.push(format!(
-                            "{} (file {:?}, model {:?})",
-                            e.name,
-                            t.size(),
-                            e.tensor.size()
-                        ));
+                        mis_shaped.push(format!("{} (file {:?}, model {:?})", e.name, t.size(), e.tensor.size()));
                     }
                 }
                 Some(_) => {}
             }
         }
-        let known: std::collections::HashSet<&str> =
-            self.entries.iter().map(|e| e.name.as_str()).collect();
-        let mut unexpected: Vec<String> = state
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
-            .cloned()
-            .collect();
+        let known: std::collections::HashSet<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+        let mut unexpected: Vec<String> = state.keys().filter(|k| !known.contains(k.as_str())).cloned().collect();
         unexpected.sort();
         if !missing.is_empty() || !unexpected.is_empty() || !mis_shaped.is_empty() {
-            return Err(WeightsError::Mismatch {
-                arch: self.arch.name.to_string(),
-                missing,
-                unexpected,
-                mis_shaped,
-            });
+            return Err(WeightsError::Mismatch { arch: self.arch.name.to_string(), missing, unexpected, mis_shaped });
         }
         tch::no_grad(|| -> Result<(), WeightsError> {
             for e in &self.entries {
@@ -508,15 +409,7 @@ impl ResNet {
 
     /// A CPU copy of every entry, in state-dict order.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.entries
-            .iter()
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    e.tensor.detach().to_device(Device::Cpu).copy(),
-                )
-            })
-            .collect()
+        self.entries.iter().map(|e| (e.name.clone(), e.tensor.detach().to_device(Device::Cpu).copy())).collect()
     }
 }
 
@@ -534,17 +427,10 @@ mod tests {
         assert!(names.contains(&"layer2.0.downsample.1.running_var"));
         assert!(!names.contains(&"layer1.0.downsample.0.weight"));
         assert_eq!(names[names.len() - 2..], ["fc.weight", "fc.bias"]);
-        let params: i64 = m
-            .trainable(false)
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
-            .sum();
+        let params: i64 = m.trainable(false).iter().map(|(_, t)| t.numel() as i64).sum();
         // 11.69 M for 1000 classes; with 2 classes: 11_689_512 - 512*998 - 998
         assert_eq!(params, 11_689_512 - 512 * 998 - 998);
-        let y = m.forward(
-            &Tensor::zeros([2, 3, 64, 64], (Kind::Float, Device::Cpu)),
-            false,
-        );
+        let y = m.forward(&Tensor::zeros([2, 3, 64, 64], (Kind::Float, Device::Cpu)), false);
         assert_eq!(y.size(), [2, 2]);
     }
 
@@ -575,15 +461,8 @@ mod tests {
     #[test]
     fn resnet50_shapes() {
         let m = ResNet::new(by_name("resnet50").unwrap(), 5, Device::Cpu);
-        let params: i64 = m
-            .trainable(false)
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
-            .sum();
+        let params: i64 = m.trainable(false).iter().map(|(_, t)| t.numel() as i64).sum();
         assert_eq!(params, 25_557_032 - 2048 * 995 - 995);
-        assert!(m
-            .entries()
-            .iter()
-            .any(|e| e.name == "layer1.0.downsample.0.weight"));
+        assert!(m.entries().iter().any(|e| e.name == "layer1.0.downsample.0.weight"));
     }
 }

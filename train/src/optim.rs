@@ -63,10 +63,7 @@ impl OptimConfig {
             return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!(
-                "weight decay must be >= 0, got {}",
-                self.weight_decay
-            ));
+            return Err(format!("weight decay must be >= 0, got {}", self.weight_decay));
         }
         if self.step_size == 0 {
             return Err("step size must be at least 1 epoch".into());
@@ -89,12 +86,7 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(config: OptimConfig, params: Vec<(String, Tensor)>) -> Optimizer {
-        Optimizer {
-            config,
-            params,
-            state: HashMap::new(),
-            steps: 0,
-        }
+        Optimizer { config, params, state: HashMap::new(), steps: 0 }
     }
 
     /// Gradients of `loss` for the optimised parameters, as fresh tensors: nothing to zero
@@ -119,11 +111,7 @@ impl Optimizer {
                 let neg_lr = Tensor::f_full([], -lr, (p.kind(), p.device()))?;
                 match c.optimizer {
                     OptimizerKind::Sgd => {
-                        let g = if c.weight_decay != 0.0 {
-                            g.f_add(&(p.shallow_clone() * c.weight_decay))?
-                        } else {
-                            g
-                        };
+                        let g = if c.weight_decay != 0.0 { g.f_add(&(p.shallow_clone() * c.weight_decay))? } else { g };
                         let d = if c.momentum == 0.0 {
                             g
                         } else if let Some(s) = self.state.get_mut(name.as_str()) {
@@ -178,21 +166,14 @@ impl Optimizer {
     }
 
     /// Restores what [`Self::state`] saved; tensors are copied to each parameter's device.
-    pub fn load_state(
-        &mut self,
-        saved: &HashMap<String, Tensor>,
-        steps: i64,
-    ) -> Result<(), String> {
+    pub fn load_state(&mut self, saved: &HashMap<String, Tensor>, steps: i64) -> Result<(), String> {
         let buffers = match self.config.optimizer {
             OptimizerKind::Sgd => &["momentum_buffer"][..],
             OptimizerKind::Adamw => &["exp_avg", "exp_avg_sq"][..],
         };
         self.state.clear();
         for (name, p) in &self.params {
-            let found: Vec<Option<&Tensor>> = buffers
-                .iter()
-                .map(|b| saved.get(&format!("{name}.{b}")))
-                .collect();
+            let found: Vec<Option<&Tensor>> = buffers.iter().map(|b| saved.get(&format!("{name}.{b}"))).collect();
             if found.iter().all(Option::is_none) {
                 continue;
             }
@@ -241,11 +222,7 @@ mod tests {
         assert_eq!(c.lr_at(6), 0.1);
         assert!((c.lr_at(7) - 0.01).abs() < 1e-12);
         assert!((c.lr_at(14) - 0.001).abs() < 1e-12);
-        let cos = OptimConfig {
-            schedule: ScheduleKind::Cosine,
-            epochs: 10,
-            ..c
-        };
+        let cos = OptimConfig { schedule: ScheduleKind::Cosine, epochs: 10, ..c };
         assert_eq!(cos.lr_at(0), 0.1);
         assert!((cos.lr_at(5) - 0.05).abs() < 1e-12);
     }
@@ -255,10 +232,7 @@ mod tests {
         // p=1, grad=2 (loss 2p), wd 0.01: d = 2.01; step1 buf=d, p=1-0.1*2.01;
         // step2 d=2+0.01*p1, buf=0.9*2.01+d, p2=p1-0.1*buf
         let p = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
-        let mut opt = Optimizer::new(
-            config(OptimizerKind::Sgd),
-            vec![("w".into(), p.shallow_clone())],
-        );
+        let mut opt = Optimizer::new(config(OptimizerKind::Sgd), vec![("w".into(), p.shallow_clone())]);
         let mut expect = 1.0f64;
         let mut buf = 0.0;
         for i in 0..2 {
@@ -278,10 +252,7 @@ mod tests {
     #[test]
     fn adamw_first_step_moves_by_lr() {
         let p = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
-        let cfg = OptimConfig {
-            weight_decay: 0.0,
-            ..config(OptimizerKind::Adamw)
-        };
+        let cfg = OptimConfig { weight_decay: 0.0, ..config(OptimizerKind::Adamw) };
         let mut opt = Optimizer::new(cfg, vec![("w".into(), p.shallow_clone())]);
         let grads = opt.backward(&(&p * 3.0).sum(tch::Kind::Double)).unwrap();
         opt.step(grads, 0.1).unwrap();

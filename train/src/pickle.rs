@@ -74,10 +74,7 @@ impl Value {
 
     /// Looks up a string key in a dict.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.as_dict()?
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v)
+        self.as_dict()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
     }
 }
 
@@ -102,38 +99,25 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, PickleError> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self) -> Result<u32, PickleError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn i32(&mut self) -> Result<i32, PickleError> {
-        Ok(i32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, PickleError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn line(&mut self) -> Result<&'a str, PickleError> {
         let rest = &self.data[self.pos..];
-        let nl = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or(PickleError::Truncated)?;
+        let nl = rest.iter().position(|&b| b == b'\n').ok_or(PickleError::Truncated)?;
         self.pos += nl + 1;
-        std::str::from_utf8(&rest[..nl])
-            .map_err(|_| PickleError::Malformed("non-UTF-8 text".into()))
+        std::str::from_utf8(&rest[..nl]).map_err(|_| PickleError::Malformed("non-UTF-8 text".into()))
     }
     fn string(&mut self, n: usize) -> Result<String, PickleError> {
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| PickleError::Malformed("invalid UTF-8 string".into()))
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| PickleError::Malformed("invalid UTF-8 string".into()))
     }
 }
 
@@ -165,9 +149,7 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
     fn top(stack: &mut [Item]) -> Result<&mut Value, PickleError> {
         match stack.last_mut() {
             Some(Item::Val(v)) => Ok(v),
-            _ => Err(PickleError::Malformed(
-                "expected a value on the stack".into(),
-            )),
+            _ => Err(PickleError::Malformed("expected a value on the stack".into())),
         }
     }
     fn set_items(target: &mut Value, items: Vec<Value>) -> Result<(), PickleError> {
@@ -177,8 +159,7 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
         let entries = match target {
             Value::Dict(d) => d,
             // `OrderedDict()` arrives as a call; it becomes a plain ordered dict.
-            Value::Call(f, _) if matches!(&**f, Value::Global(m, n) if m == "collections" && n == "OrderedDict") =>
-            {
+            Value::Call(f, _) if matches!(&**f, Value::Global(m, n) if m == "collections" && n == "OrderedDict") => {
                 *target = Value::Dict(Vec::new());
                 match target {
                     Value::Dict(d) => d,
@@ -232,9 +213,7 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
                 }
                 stack.push(Item::Val(Value::Int(v)));
             }
-            b'G' => stack.push(Item::Val(Value::Float(f64::from_be_bytes(
-                r.take(8)?.try_into().expect("8"),
-            )))),
+            b'G' => stack.push(Item::Val(Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8"))))),
             b'X' => {
                 let n = r.u32()? as usize;
                 stack.push(Item::Val(Value::Str(r.string(n)?)));
@@ -267,9 +246,7 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
             }
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
-                let mut items = (0..n)
-                    .map(|_| pop(&mut stack))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut items = (0..n).map(|_| pop(&mut stack)).collect::<Result<Vec<_>, _>>()?;
                 items.reverse();
                 stack.push(Item::Val(Value::Tuple(items)));
             }
@@ -318,11 +295,7 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
                 let module = pop(&mut stack)?;
                 match (module, name) {
                     (Value::Str(m), Value::Str(n)) => stack.push(Item::Val(Value::Global(m, n))),
-                    _ => {
-                        return Err(PickleError::Malformed(
-                            "STACK_GLOBAL needs two strings".into(),
-                        ))
-                    }
+                    _ => return Err(PickleError::Malformed("STACK_GLOBAL needs two strings".into())),
                 }
             }
             b'R' | 0x81 => {
@@ -357,14 +330,8 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
                 memo.insert(i, top(&mut stack)?.clone());
             }
             b'h' | b'j' => {
-                let i = if op == b'h' {
-                    u32::from(r.u8()?)
-                } else {
-                    r.u32()?
-                };
-                let v = memo
-                    .get(&i)
-                    .ok_or_else(|| PickleError::Malformed(format!("memo {i} unset")))?;
+                let i = if op == b'h' { u32::from(r.u8()?) } else { r.u32()? };
+                let v = memo.get(&i).ok_or_else(|| PickleError::Malformed(format!("memo {i} unset")))?;
                 stack.push(Item::Val(v.clone()));
             }
             b'0' => {
@@ -503,10 +470,7 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!(unpickle(&[0x80, 2, b'K']), Err(PickleError::Truncated));
-        assert!(matches!(
-            unpickle(&[0x80, 2, 0xff]),
-            Err(PickleError::Opcode(0xff, 2))
-        ));
+        assert!(matches!(unpickle(&[0x80, 2, 0xff]), Err(PickleError::Opcode(0xff, 2))));
         assert!(unpickle(b".").is_err());
     }
 

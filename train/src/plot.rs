@@ -6,73 +6,33 @@ use image::{Rgb, RgbImage};
 use infer::canvas::{Canvas, BLACK, BLUE as TRAIN, GRID, ORANGE as VAL, WHITE};
 
 /// One panel of the curves figure.
-fn panel(
-    cv: &mut Canvas,
-    x0: i64,
-    title: &str,
-    train: &[f64],
-    val: &[f64],
-    fixed_max: Option<f64>,
-) {
+fn panel(cv: &mut Canvas, x0: i64, title: &str, train: &[f64], val: &[f64], fixed_max: Option<f64>) {
     let (w, h, top, left, bottom) = (440i64, 400i64, 40i64, 60i64, 40i64);
     let (px, py, pw, ph) = (x0 + left, top, w - left - 20, h - top - bottom);
     let n = train.len().max(val.len()).max(1);
-    let data_max = train
-        .iter()
-        .chain(val)
-        .cloned()
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
+    let data_max = train.iter().chain(val).cloned().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
     let ymax = fixed_max.unwrap_or(if data_max > 0.0 { data_max * 1.1 } else { 1.0 });
-    cv.text(
-        x0 + w / 2 - Canvas::text_width(title, 2) / 2,
-        8,
-        title,
-        BLACK,
-        2,
-    );
+    cv.text(x0 + w / 2 - Canvas::text_width(title, 2) / 2, 8, title, BLACK, 2);
     for i in 0..=4 {
         let v = ymax * f64::from(i) / 4.0;
         let y = py + ph - (f64::from(i) / 4.0 * ph as f64) as i64;
         cv.line((px, y), (px + pw, y), GRID, 1);
         let label = format!("{v:.2}");
-        cv.text(
-            px - Canvas::text_width(&label, 1) - 6,
-            y - 4,
-            &label,
-            BLACK,
-            1,
-        );
+        cv.text(px - Canvas::text_width(&label, 1) - 6, y - 4, &label, BLACK, 1);
     }
-    let xs = |i: usize| {
-        px + if n == 1 {
-            pw / 2
-        } else {
-            (i as f64 / (n - 1) as f64 * pw as f64) as i64
-        }
-    };
+    let xs = |i: usize| px + if n == 1 { pw / 2 } else { (i as f64 / (n - 1) as f64 * pw as f64) as i64 };
     let ticks = if n <= 10 { 1 } else { n.div_ceil(10) };
     for i in (0..n).step_by(ticks) {
         let label = (i + 1).to_string();
-        cv.text(
-            xs(i) - Canvas::text_width(&label, 1) / 2,
-            py + ph + 8,
-            &label,
-            BLACK,
-            1,
-        );
+        cv.text(xs(i) - Canvas::text_width(&label, 1) / 2, py + ph + 8, &label, BLACK, 1);
     }
     cv.text(px + pw / 2 - 20, py + ph + 24, "epoch", BLACK, 1);
     cv.line((px, py), (px, py + ph), BLACK, 1);
     cv.line((px, py + ph), (px + pw, py + ph), BLACK, 1);
     let ys = |v: f64| py + ph - ((v / ymax).clamp(0.0, 1.0) * ph as f64) as i64;
     for (series, color) in [(train, TRAIN), (val, VAL)] {
-        let pts: Vec<(i64, i64)> = series
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.is_finite())
-            .map(|(i, &v)| (xs(i), ys(v)))
-            .collect();
+        let pts: Vec<(i64, i64)> =
+            series.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (xs(i), ys(v))).collect();
         for pair in pts.windows(2) {
             cv.line(pair[0], pair[1], color, 2);
         }
@@ -89,12 +49,7 @@ fn panel(
 }
 
 /// Loss and accuracy per epoch, train and val, side by side.
-pub fn curves(
-    train_loss: &[f64],
-    val_loss: &[f64],
-    train_acc: &[f64],
-    val_acc: &[f64],
-) -> RgbImage {
+pub fn curves(train_loss: &[f64], val_loss: &[f64], train_acc: &[f64], val_acc: &[f64]) -> RgbImage {
     let mut cv = Canvas::new(880, 400);
     panel(&mut cv, 0, "loss", train_loss, val_loss, None);
     panel(&mut cv, 440, "accuracy", train_acc, val_acc, Some(1.0));
@@ -117,13 +72,7 @@ pub fn batch_grid(
     let cell_w = size + pad;
     let cell_h = size + pad + label_h;
     let mut cv = Canvas::new(cols * cell_w + pad, rows * cell_h + pad);
-    cv.fill(
-        0,
-        0,
-        i64::from(cv.img.width()),
-        i64::from(cv.img.height()),
-        BLACK,
-    );
+    cv.fill(0, 0, i64::from(cv.img.width()), i64::from(cv.img.height()), BLACK);
     let plane = (size * size) as usize;
     for (k, &label) in labels.iter().enumerate() {
         let (c, r) = (k as u32 % cols, k as u32 / cols);
@@ -152,12 +101,7 @@ mod tests {
 
     #[test]
     fn curves_have_content() {
-        let img = curves(
-            &[0.7, 0.5, 0.4],
-            &[0.6, 0.55, 0.5],
-            &[0.6, 0.7, 0.8],
-            &[0.65, 0.7, 0.75],
-        );
+        let img = curves(&[0.7, 0.5, 0.4], &[0.6, 0.55, 0.5], &[0.6, 0.7, 0.8], &[0.65, 0.7, 0.75]);
         assert_eq!(img.dimensions(), (880, 400));
         let coloured = img.pixels().filter(|p| **p == TRAIN || **p == VAL).count();
         assert!(coloured > 200, "{coloured}");

@@ -59,33 +59,22 @@ pub fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<(), TrainEr
         }
         Ok(())
     })
-    .map_err(|source| TrainError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    .map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
 }
 
 /// Writes a PNG atomically.
 pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<(), TrainError> {
-    let err = |source| TrainError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| TrainError::Write { path: path.to_path_buf(), source };
     let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png)
-        .map_err(|e| err(std::io::Error::other(e)))?;
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| err(std::io::Error::other(e)))?;
     atomic::write_bytes(path, buf.get_ref()).map_err(err)
 }
 
 /// Writes `curves.png` from the history.
 pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
     let col = |f: &dyn Fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<_>>();
-    let img = plot::curves(
-        &col(&|r| r.train.loss),
-        &col(&|r| r.val.loss),
-        &col(&|r| r.train.acc),
-        &col(&|r| r.val.acc),
-    );
+    let img =
+        plot::curves(&col(&|r| r.train.loss), &col(&|r| r.val.loss), &col(&|r| r.train.acc), &col(&|r| r.val.acc));
     write_png(path, &img)
 }
 
@@ -125,8 +114,5 @@ pub struct Summary {
 
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {
     let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
-    atomic::write_bytes(path, &json).map_err(|source| TrainError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    atomic::write_bytes(path, &json).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
 }

@@ -178,21 +178,14 @@ fn load_zip<R: Read + Seek>(reader: R) -> Result<Obj, TorchFileError> {
         let mut order = String::new();
         f.read_to_string(&mut order)?;
         if order.trim() != "little" {
-            return Err(TorchFileError::Unsupported(format!(
-                "byte order '{}'",
-                order.trim()
-            )));
+            return Err(TorchFileError::Unsupported(format!("byte order '{}'", order.trim())));
         }
     }
     let mut pkl = Vec::new();
-    zip.by_name(&pkl_name)
-        .map_err(zerr)?
-        .read_to_end(&mut pkl)?;
+    zip.by_name(&pkl_name).map_err(zerr)?.read_to_end(&mut pkl)?;
     let (value, _) = pickle::unpickle(&pkl)?;
     let mut storages = |key: &str| -> Result<Vec<u8>, TorchFileError> {
-        let mut f = zip
-            .by_name(&format!("{prefix}data/{key}"))
-            .map_err(|_| TorchFileError::Storage(key.into()))?;
+        let mut f = zip.by_name(&format!("{prefix}data/{key}")).map_err(|_| TorchFileError::Storage(key.into()))?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)?;
         Ok(buf)
@@ -220,38 +213,21 @@ fn load_legacy(bytes: &[u8]) -> Result<Obj, TorchFileError> {
     collect_storage_dtypes(&root, &mut dtypes)?;
     let mut payloads: HashMap<String, Vec<u8>> = HashMap::new();
     for key in keys.as_seq().ok_or(TorchFileError::NotTorchFile)? {
-        let key = key
-            .as_str()
-            .ok_or(TorchFileError::NotTorchFile)?
-            .to_string();
-        let count = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| TorchFileError::Storage(key.clone()))?;
+        let key = key.as_str().ok_or(TorchFileError::NotTorchFile)?.to_string();
+        let count = bytes.get(pos..pos + 8).ok_or_else(|| TorchFileError::Storage(key.clone()))?;
         let count = u64::from_le_bytes(count.try_into().expect("8 bytes")) as usize;
         pos += 8;
         let size = dtypes.get(&key).map(|d: &DType| d.size()).unwrap_or(1);
-        let len = count
-            .checked_mul(size)
-            .ok_or_else(|| TorchFileError::Storage(key.clone()))?;
-        let data = bytes
-            .get(pos..pos + len)
-            .ok_or_else(|| TorchFileError::Storage(key.clone()))?;
+        let len = count.checked_mul(size).ok_or_else(|| TorchFileError::Storage(key.clone()))?;
+        let data = bytes.get(pos..pos + len).ok_or_else(|| TorchFileError::Storage(key.clone()))?;
         pos += len;
         payloads.insert(key, data.to_vec());
     }
-    let mut storages = |key: &str| {
-        payloads
-            .get(key)
-            .cloned()
-            .ok_or_else(|| TorchFileError::Storage(key.into()))
-    };
+    let mut storages = |key: &str| payloads.get(key).cloned().ok_or_else(|| TorchFileError::Storage(key.into()));
     convert(&root, &mut storages)
 }
 
-fn collect_storage_dtypes(
-    v: &Value,
-    out: &mut HashMap<String, DType>,
-) -> Result<(), TorchFileError> {
+fn collect_storage_dtypes(v: &Value, out: &mut HashMap<String, DType>) -> Result<(), TorchFileError> {
     match v {
         Value::PersistentId(pid) => {
             if let Ok((key, dtype)) = storage_ref(pid) {
@@ -281,9 +257,7 @@ fn collect_storage_dtypes(
 
 /// `('storage', torch.FloatStorage, key, location, numel[, view])` → (key, dtype).
 fn storage_ref(pid: &Value) -> Result<(String, DType), TorchFileError> {
-    let items = pid
-        .as_seq()
-        .ok_or_else(|| TorchFileError::Unsupported("persistent id".into()))?;
+    let items = pid.as_seq().ok_or_else(|| TorchFileError::Unsupported("persistent id".into()))?;
     match items {
         [Value::Str(tag), Value::Global(_, class), key, ..] if tag == "storage" => {
             let dtype = DType::from_storage_class(class)
@@ -315,12 +289,9 @@ fn convert(
         Value::Int(i) => Obj::Int(*i),
         Value::Float(f) => Obj::Float(*f),
         Value::Str(s) => Obj::Str(s.clone()),
-        Value::Tuple(items) | Value::List(items) => Obj::List(
-            items
-                .iter()
-                .map(|i| convert(i, storages))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Tuple(items) | Value::List(items) => {
+            Obj::List(items.iter().map(|i| convert(i, storages)).collect::<Result<_, _>>()?)
+        }
         Value::Dict(entries) => {
             let mut out = Vec::with_capacity(entries.len());
             for (k, v) in entries {
@@ -331,46 +302,29 @@ fn convert(
                 };
                 out.push((key, convert(v, storages)?));
             }
-            Obj::Dict {
-                entries: out,
-                ordered: true,
-            }
+            Obj::Dict { entries: out, ordered: true }
         }
         Value::Call(f, args) => match (&**f, args.as_slice()) {
-            (Value::Global(m, n), []) if m == "collections" && n == "OrderedDict" => Obj::Dict {
-                entries: Vec::new(),
-                ordered: true,
-            },
-            (Value::Global(m, n), [inner, ..])
-                if m == "torch._utils" && n == "_rebuild_parameter" =>
-            {
+            (Value::Global(m, n), []) if m == "collections" && n == "OrderedDict" => {
+                Obj::Dict { entries: Vec::new(), ordered: true }
+            }
+            (Value::Global(m, n), [inner, ..]) if m == "torch._utils" && n == "_rebuild_parameter" => {
                 convert(inner, storages)?
             }
             (Value::Global(m, n), [Value::PersistentId(pid), offset, size, stride, ..])
                 if m == "torch._utils" && n == "_rebuild_tensor_v2" =>
             {
                 let (key, dtype) = storage_ref(pid)?;
-                let offset = offset
-                    .as_int()
-                    .ok_or_else(|| TorchFileError::Unsupported("offset".into()))?;
+                let offset = offset.as_int().ok_or_else(|| TorchFileError::Unsupported("offset".into()))?;
                 let raw = storages(&key)?;
-                Obj::Tensor(gather(
-                    &raw,
-                    dtype,
-                    offset,
-                    &ints(size, "size")?,
-                    &ints(stride, "stride")?,
-                    &key,
-                )?)
+                Obj::Tensor(gather(&raw, dtype, offset, &ints(size, "size")?, &ints(stride, "stride")?, &key)?)
             }
             (Value::Global(m, n), _) => {
                 return Err(TorchFileError::Unsupported(format!("object {m}.{n}")));
             }
             _ => return Err(TorchFileError::Unsupported("call".into())),
         },
-        Value::Bytes(_) | Value::BigInt(_) => {
-            return Err(TorchFileError::Unsupported("bytes".into()))
-        }
+        Value::Bytes(_) | Value::BigInt(_) => return Err(TorchFileError::Unsupported("bytes".into())),
         Value::Global(m, n) => return Err(TorchFileError::Unsupported(format!("object {m}.{n}"))),
         Value::PersistentId(_) => return Err(TorchFileError::Unsupported("bare storage".into())),
     })
@@ -386,26 +340,16 @@ fn gather(
     key: &str,
 ) -> Result<TensorData, TorchFileError> {
     let bad = || TorchFileError::Storage(key.to_string());
-    if shape.len() != stride.len()
-        || offset < 0
-        || shape.iter().any(|&d| d < 0)
-        || stride.iter().any(|&s| s < 0)
-    {
-        return Err(TorchFileError::Unsupported(format!(
-            "tensor layout of storage '{key}'"
-        )));
+    if shape.len() != stride.len() || offset < 0 || shape.iter().any(|&d| d < 0) || stride.iter().any(|&s| s < 0) {
+        return Err(TorchFileError::Unsupported(format!("tensor layout of storage '{key}'")));
     }
     let es = dtype.size();
     let numel: usize = shape.iter().map(|&d| d as usize).product();
     let mut data = Vec::with_capacity(numel * es);
     if numel > 0 {
         // Highest element index touched must lie inside the storage.
-        let last = offset as usize
-            + shape
-                .iter()
-                .zip(stride)
-                .map(|(&d, &s)| (d as usize - 1) * s as usize)
-                .sum::<usize>();
+        let last =
+            offset as usize + shape.iter().zip(stride).map(|(&d, &s)| (d as usize - 1) * s as usize).sum::<usize>();
         if (last + 1) * es > raw.len() {
             return Err(bad());
         }
@@ -439,20 +383,12 @@ fn gather(
             }
         }
     }
-    Ok(TensorData {
-        dtype,
-        shape: shape.to_vec(),
-        data,
-    })
+    Ok(TensorData { dtype, shape: shape.to_vec(), data })
 }
 
 /// Serialises `obj` in torch's zip format into `out`. Extra records (e.g. a JSON sidecar)
 /// go into the archive beside the pickle, where `torch.load` ignores them.
-pub fn write<W: Write + Seek>(
-    out: W,
-    obj: &Obj,
-    extra: &[(&str, &[u8])],
-) -> Result<(), TorchFileError> {
+pub fn write<W: Write + Seek>(out: W, obj: &Obj, extra: &[(&str, &[u8])]) -> Result<(), TorchFileError> {
     let mut storages: Vec<&TensorData> = Vec::new();
     let mut w = pickle::Writer::new();
     write_obj(&mut w, obj, &mut storages);
@@ -461,16 +397,13 @@ pub fn write<W: Write + Seek>(
     let zerr = |e: zip::result::ZipError| TorchFileError::Zip(e.to_string());
     let mut zip = zip::ZipWriter::new(out);
     // torch.save aligns records to 64 bytes so that `torch.load(mmap=True)` can map them.
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .with_alignment(64);
-    let add =
-        |zip: &mut zip::ZipWriter<W>, name: &str, data: &[u8]| -> Result<(), TorchFileError> {
-            zip.start_file(format!("archive/{name}"), opts)
-                .map_err(zerr)?;
-            zip.write_all(data)?;
-            Ok(())
-        };
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).with_alignment(64);
+    let add = |zip: &mut zip::ZipWriter<W>, name: &str, data: &[u8]| -> Result<(), TorchFileError> {
+        zip.start_file(format!("archive/{name}"), opts).map_err(zerr)?;
+        zip.write_all(data)?;
+        Ok(())
+    };
     add(&mut zip, "data.pkl", &pkl)?;
     add(&mut zip, ".format_version", b"1")?;
     add(&mut zip, ".storage_alignment", b"64")?;
@@ -566,17 +499,13 @@ pub fn read_extra(path: &Path, name: &str) -> Result<Option<Vec<u8>>, TorchFileE
         Ok(z) => z,
         Err(_) => return Ok(None),
     };
-    let wanted = zip
-        .file_names()
-        .find(|n| n.matches('/').count() == 1 && n.ends_with(&format!("/{name}")))
-        .map(str::to_owned);
+    let wanted =
+        zip.file_names().find(|n| n.matches('/').count() == 1 && n.ends_with(&format!("/{name}"))).map(str::to_owned);
     let Some(wanted) = wanted else {
         return Ok(None);
     };
     let mut buf = Vec::new();
-    zip.by_name(&wanted)
-        .map_err(|e| TorchFileError::Zip(e.to_string()))?
-        .read_to_end(&mut buf)?;
+    zip.by_name(&wanted).map_err(|e| TorchFileError::Zip(e.to_string()))?.read_to_end(&mut buf)?;
     Ok(Some(buf))
 }
 
@@ -590,31 +519,14 @@ mod tests {
 
     #[test]
     fn zip_round_trip() {
-        let t = TensorData {
-            dtype: DType::F32,
-            shape: vec![2, 3],
-            data: f32s(&[1., 2., 3., 4., 5., 6.]),
-        };
-        let n = TensorData {
-            dtype: DType::I64,
-            shape: vec![],
-            data: 7i64.to_le_bytes().to_vec(),
-        };
+        let t = TensorData { dtype: DType::F32, shape: vec![2, 3], data: f32s(&[1., 2., 3., 4., 5., 6.]) };
+        let n = TensorData { dtype: DType::I64, shape: vec![], data: 7i64.to_le_bytes().to_vec() };
         let obj = Obj::Dict {
             entries: vec![
                 ("w".into(), Obj::Tensor(t.clone())),
                 ("n".into(), Obj::Tensor(n.clone())),
-                (
-                    "meta".into(),
-                    Obj::Dict {
-                        entries: vec![("epoch".into(), Obj::Int(3))],
-                        ordered: false,
-                    },
-                ),
-                (
-                    "names".into(),
-                    Obj::List(vec![Obj::Str("ants".into()), Obj::Str("bees".into())]),
-                ),
+                ("meta".into(), Obj::Dict { entries: vec![("epoch".into(), Obj::Int(3))], ordered: false }),
+                ("names".into(), Obj::List(vec![Obj::Str("ants".into()), Obj::Str("bees".into())])),
             ],
             ordered: true,
         };
@@ -623,10 +535,7 @@ mod tests {
         let back = load_bytes(buf.get_ref()).unwrap();
         assert_eq!(back.get("w"), Some(&Obj::Tensor(t)));
         assert_eq!(back.get("n"), Some(&Obj::Tensor(n)));
-        assert_eq!(
-            back.get("meta").and_then(|m| m.get("epoch")),
-            Some(&Obj::Int(3))
-        );
+        assert_eq!(back.get("meta").and_then(|m| m.get("epoch")), Some(&Obj::Int(3)));
         assert_eq!(back.get("names"), obj.get("names"));
     }
 
@@ -641,10 +550,7 @@ mod tests {
 
     #[test]
     fn rejects_non_torch_files() {
-        assert!(matches!(
-            load_bytes(b"hello"),
-            Err(TorchFileError::NotTorchFile)
-        ));
+        assert!(matches!(load_bytes(b"hello"), Err(TorchFileError::NotTorchFile)));
         assert!(load_bytes(b"PK\x03\x04garbage").is_err());
     }
 }

@@ -81,8 +81,7 @@ pub trait Observer {
     fn info(&mut self, msg: &str);
     fn warn(&mut self, msg: &str);
     fn download_progress(&mut self, _done: u64, _total: Option<u64>) {}
-    fn phase_start(&mut self, _epoch: usize, _epochs: usize, _phase: &'static str, _images: usize) {
-    }
+    fn phase_start(&mut self, _epoch: usize, _epochs: usize, _phase: &'static str, _images: usize) {}
     /// After each batch: images so far in the phase, running loss and accuracy.
     fn batch_done(&mut self, _images: usize, _loss: f64, _acc: f64) {}
     fn phase_end(&mut self, _stats: &PhaseStats) {}
@@ -134,12 +133,7 @@ impl GradScaler {
     const GROWTH_INTERVAL: usize = 2000;
 
     /// Unscales the gradients; steps unless one is not finite; adapts the scale.
-    fn step(
-        &mut self,
-        opt: &mut Optimizer,
-        grads: Vec<Tensor>,
-        lr: f64,
-    ) -> Result<(), tch::TchError> {
+    fn step(&mut self, opt: &mut Optimizer, grads: Vec<Tensor>, lr: f64) -> Result<(), tch::TchError> {
         let finite = tch::no_grad(|| -> Result<bool, tch::TchError> {
             let mut bad = Vec::with_capacity(grads.len());
             for g in grads.iter().filter(|g| g.defined()) {
@@ -192,9 +186,7 @@ struct PhaseRun<'a> {
 impl PhaseRun<'_> {
     fn to_tensors(&self, batch: &Batch) -> (Tensor, Tensor) {
         let n = batch.labels.len() as i64;
-        let x = Tensor::from_slice(&batch.images)
-            .view([n, 3, self.crop, self.crop])
-            .to_device(self.device);
+        let x = Tensor::from_slice(&batch.images).view([n, 3, self.crop, self.crop]).to_device(self.device);
         let y = Tensor::from_slice(&batch.labels).to_device(self.device);
         (x, y)
     }
@@ -215,11 +207,7 @@ impl PhaseRun<'_> {
         let mut first = true;
         // Validation runs a BatchNorm-folded snapshot of the current weights: same logits up to
         // rounding, noticeably faster on the CPU.
-        let folded = if train.is_none() {
-            Some(self.model.folded()?)
-        } else {
-            None
-        };
+        let folded = if train.is_none() { Some(self.model.folded()?) } else { None };
         for batch in self.loader.batches(Arc::clone(samples), phase, batch_size) {
             for f in &batch.failed {
                 obs.warn(&format!("skipped {}: {}", f.path.display(), f.reason));
@@ -254,19 +242,12 @@ impl PhaseRun<'_> {
                 None => tch::no_grad(|| {
                     let net = folded.as_ref().expect("built for evaluation");
                     let logits = tch::autocast(self.amp, || net.forward(&x));
-                    (
-                        logits.to_kind(Kind::Float).cross_entropy_for_logits(&y),
-                        logits,
-                    )
+                    (logits.to_kind(Kind::Float).cross_entropy_for_logits(&y), logits)
                 }),
             };
             let n = batch.labels.len();
             loss_sum += loss.double_value(&[]) * n as f64;
-            correct += logits
-                .argmax(-1, false)
-                .eq_tensor(&y)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
+            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
             seen += n;
             obs.batch_done(seen, loss_sum / seen as f64, correct as f64 / seen as f64);
             if self.stop.level() >= 2 {
@@ -275,19 +256,9 @@ impl PhaseRun<'_> {
         }
         let seconds = started.elapsed().as_secs_f64();
         let stats = if seen == 0 {
-            PhaseStats {
-                loss: f64::NAN,
-                acc: 0.0,
-                images: 0,
-                seconds,
-            }
+            PhaseStats { loss: f64::NAN, acc: 0.0, images: 0, seconds }
         } else {
-            PhaseStats {
-                loss: loss_sum / seen as f64,
-                acc: correct as f64 / seen as f64,
-                images: seen,
-                seconds,
-            }
+            PhaseStats { loss: loss_sum / seen as f64, acc: correct as f64 / seen as f64, images: seen, seconds }
         };
         obs.phase_end(&stats);
         Ok(Some(stats))
@@ -296,11 +267,7 @@ impl PhaseRun<'_> {
 
 fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
     let arch = arch::by_name(&h.arch).ok_or_else(|| {
-        TrainError::Config(format!(
-            "unknown architecture '{}' (known: {})",
-            h.arch,
-            arch::names().join(", ")
-        ))
+        TrainError::Config(format!("unknown architecture '{}' (known: {})", h.arch, arch::names().join(", ")))
     })?;
     if h.epochs == 0 {
         return Err(TrainError::Config("epochs must be at least 1".into()));
@@ -310,19 +277,13 @@ fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
     }
     h.optim.validate().map_err(TrainError::Config)?;
     if h.amp && !device.is_cuda() {
-        return Err(TrainError::Config(
-            "--amp (mixed precision) needs a CUDA device".into(),
-        ));
+        return Err(TrainError::Config("--amp (mixed precision) needs a CUDA device".into()));
     }
     Ok(arch)
 }
 
 /// Runs a training job to completion (or to a stop request) and returns its summary.
-pub fn run(
-    cfg: &TrainConfig,
-    obs: &mut dyn Observer,
-    stop: &StopFlag,
-) -> Result<Summary, TrainError> {
+pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer, stop: &StopFlag) -> Result<Summary, TrainError> {
     let started = Instant::now();
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t.max(1) as i32);
@@ -342,9 +303,7 @@ pub fn run(
         })?),
         None => None,
     };
-    let mut hyper = state
-        .as_ref()
-        .map_or_else(|| cfg.hyper.clone(), |s| s.hyper.clone());
+    let mut hyper = state.as_ref().map_or_else(|| cfg.hyper.clone(), |s| s.hyper.clone());
     if let Some(e) = cfg.epochs_override {
         hyper.epochs = e;
     }
@@ -358,16 +317,8 @@ pub fn run(
 
     // Data
     let limits = DecodeLimits::default();
-    let check = |p: &Path| {
-        decode_file(p, limits)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    let opts = ScanOptions {
-        val_fraction: hyper.val_fraction,
-        seed: hyper.seed,
-        check: &check,
-    };
+    let check = |p: &Path| decode_file(p, limits).map(|_| ()).map_err(|e| e.to_string());
+    let opts = ScanOptions { val_fraction: hyper.val_fraction, seed: hyper.seed, check: &check };
     let ds = dataset::scan(&cfg.data, &opts)?;
     for s in &ds.skipped {
         obs.warn(&format!("skipped {}: {}", s.path.display(), s.reason));
@@ -387,15 +338,8 @@ pub fn run(
     let model = ResNet::new(arch, ds.classes.len() as i64, device);
     let weights_desc = match (&resume, &state, &cfg.weights) {
         (Some((p, r)), Some(s), _) => {
-            model
-                .load_state(&r.model, false)
-                .map_err(TrainError::from)?;
-            obs.info(&format!(
-                "resuming from {} after epoch {} of {}",
-                p.display(),
-                s.epochs_done,
-                hyper.epochs
-            ));
+            model.load_state(&r.model, false).map_err(TrainError::from)?;
+            obs.info(&format!("resuming from {} after epoch {} of {}", p.display(), s.epochs_done, hyper.epochs));
             s.weights.clone()
         }
         (_, _, WeightsSource::Pretrained) => {
@@ -419,37 +363,18 @@ pub fn run(
     let mut opt = Optimizer::new(hyper.optim.clone(), model.trainable(head_only));
     if let Some((p, r)) = &resume {
         opt.load_state(&r.optimizer, r.optimizer_steps)
-            .map_err(|reason| {
-                TrainError::Checkpoint(CheckpointError::Invalid {
-                    path: p.to_path_buf(),
-                    reason,
-                })
-            })?;
+            .map_err(|reason| TrainError::Checkpoint(CheckpointError::Invalid { path: p.to_path_buf(), reason }))?;
     }
-    let mut scaler = hyper.amp.then_some(GradScaler {
-        scale: 65536.0,
-        good_steps: 0,
-    });
+    let mut scaler = hyper.amp.then_some(GradScaler { scale: 65536.0, good_steps: 0 });
 
     // Loop
     let preprocess = PreprocessConfig::default();
-    let loader = Arc::new(Loader::new(
-        preprocess.clone(),
-        cfg.workers,
-        cfg.prefetch,
-        hyper.seed,
-    )?);
+    let loader = Arc::new(Loader::new(preprocess.clone(), cfg.workers, cfg.prefetch, hyper.seed)?);
     let out = &cfg.out;
-    std::fs::create_dir_all(out).map_err(|source| TrainError::Write {
-        path: out.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.clone(), source })?;
     let train_samples = Arc::new(ds.train.clone());
     let val_samples = Arc::new(ds.val.clone());
-    let mut history = state
-        .as_ref()
-        .map(|s| s.history.clone())
-        .unwrap_or_default();
+    let mut history = state.as_ref().map(|s| s.history.clone()).unwrap_or_default();
     let mut best = state.as_ref().and_then(|s| s.best);
     let prior_seconds = state.as_ref().map_or(0.0, |s| s.elapsed_seconds);
     let start_epoch = state.as_ref().map_or(0, |s| s.epochs_done);
@@ -497,38 +422,15 @@ pub fn run(
             break;
         };
         obs.phase_start(epoch + 1, hyper.epochs, "val", val_samples.len());
-        let Some(val) = runner.run(
-            &val_samples,
-            Phase::Eval,
-            hyper.eval_batch_size,
-            None,
-            obs,
-            &mut |_| {},
-        )?
-        else {
+        let Some(val) = runner.run(&val_samples, Phase::Eval, hyper.eval_batch_size, None, obs, &mut |_| {})? else {
             interrupted = true;
             break;
         };
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            train,
-            val,
-        };
+        let record = EpochRecord { epoch: epoch + 1, lr, train, val };
         let improved = best.is_none_or(|b| val.acc > b.val_acc);
         if improved {
-            best = Some(Best {
-                epoch: epoch + 1,
-                val_acc: val.acc,
-                val_loss: val.loss,
-            });
-            let info = ModelInfo::new(
-                arch.name,
-                ds.classes.clone(),
-                preprocess.clone(),
-                epoch + 1,
-                Some(val.acc),
-            );
+            best = Some(Best { epoch: epoch + 1, val_acc: val.acc, val_loss: val.loss });
+            let info = ModelInfo::new(arch.name, ds.classes.clone(), preprocess.clone(), epoch + 1, Some(val.acc));
             checkpoint::save_best(&out.join(BEST), &model, &info)?;
         }
         history.push(record);
@@ -541,13 +443,7 @@ pub fn run(
             elapsed_seconds: prior_seconds + started.elapsed().as_secs_f64(),
             weights: weights_desc.clone(),
         };
-        let info = ModelInfo::new(
-            arch.name,
-            ds.classes.clone(),
-            preprocess.clone(),
-            epoch + 1,
-            Some(val.acc),
-        );
+        let info = ModelInfo::new(arch.name, ds.classes.clone(), preprocess.clone(), epoch + 1, Some(val.acc));
         let json = serde_json::to_string(&run_state).expect("run state serialises");
         checkpoint::save_last(&out.join(LAST), &model, &opt, &info, &json)?;
         report::write_metrics(&out.join(METRICS), &history)?;
@@ -572,17 +468,7 @@ pub fn run(
         }
     }
     let total = prior_seconds + started.elapsed().as_secs_f64();
-    let summary = make_summary(
-        cfg,
-        &ds,
-        &hyper,
-        &history,
-        best,
-        &device_desc,
-        &weights_desc,
-        total,
-        interrupted,
-    );
+    let summary = make_summary(cfg, &ds, &hyper, &history, best, &device_desc, &weights_desc, total, interrupted);
     if !history.is_empty() {
         report::write_summary(&out.join(SUMMARY), &summary)?;
     }
@@ -596,12 +482,8 @@ fn describe_data(ds: &Dataset) -> String {
     let n = ds.classes.len();
     let train = Dataset::counts(&ds.train, n);
     let val = Dataset::counts(&ds.val, n);
-    let per_class: Vec<String> = ds
-        .classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{c} {}/{}", train[i], val[i]))
-        .collect();
+    let per_class: Vec<String> =
+        ds.classes.iter().enumerate().map(|(i, c)| format!("{c} {}/{}", train[i], val[i])).collect();
     let split = match ds.split {
         dataset::SplitKind::Folder => "val/ folder".to_string(),
         dataset::SplitKind::Random { fraction, seed } => {
@@ -616,10 +498,7 @@ fn describe_data(ds: &Dataset) -> String {
         per_class.join(", ")
     );
     if !ds.skipped.is_empty() {
-        s.push_str(&format!(
-            "; {} unreadable file(s) skipped",
-            ds.skipped.len()
-        ));
+        s.push_str(&format!("; {} unreadable file(s) skipped", ds.skipped.len()));
     }
     if ds.ignored > 0 {
         s.push_str(&format!("; {} non-image file(s) ignored", ds.ignored));

@@ -52,21 +52,13 @@ pub fn to_tch(t: &TensorData) -> Result<Tensor, tch::TchError> {
 
 /// The bytes of `t`, contiguous on the CPU.
 pub fn from_tch(t: &Tensor) -> Result<TensorData, tch::TchError> {
-    let t = t
-        .f_detach()?
-        .f_to_device(tch::Device::Cpu)?
-        .f_contiguous()?;
-    let dtype = dtype_of(t.kind()).ok_or_else(|| {
-        tch::TchError::Kind(format!("cannot save tensors of kind {:?}", t.kind()))
-    })?;
+    let t = t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+    let dtype =
+        dtype_of(t.kind()).ok_or_else(|| tch::TchError::Kind(format!("cannot save tensors of kind {:?}", t.kind())))?;
     let numel = t.numel();
     let mut data = vec![0u8; numel * dtype.size()];
     t.f_copy_data_u8(&mut data, numel)?;
-    Ok(TensorData {
-        dtype,
-        shape: t.size(),
-        data,
-    })
+    Ok(TensorData { dtype, shape: t.size(), data })
 }
 
 fn tensors_of(o: &Obj) -> Option<Vec<(String, &TensorData)>> {
@@ -88,30 +80,20 @@ fn tensors_of(o: &Obj) -> Option<Vec<(String, &TensorData)>> {
 /// Finds the state dict in a loaded file: the top-level dict, or one under a usual key.
 /// A `module.` prefix (from `DataParallel`) is removed.
 pub fn state_dict_of(obj: &Obj) -> Option<Vec<(String, &TensorData)>> {
-    tensors_of(obj).or_else(|| {
-        ["model", "state_dict", "model_state_dict"]
-            .iter()
-            .find_map(|k| obj.get(k).and_then(tensors_of))
-    })
+    tensors_of(obj)
+        .or_else(|| ["model", "state_dict", "model_state_dict"].iter().find_map(|k| obj.get(k).and_then(tensors_of)))
 }
 
 /// Reads a state dict (torchvision format) into CPU tensors.
 pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, WeightsError> {
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     if is_safetensors {
-        let named = Tensor::read_safetensors(path).map_err(|e| WeightsError::Safetensors {
-            path: path.to_path_buf(),
-            reason: one_line(&e.to_string()),
-        })?;
+        let named = Tensor::read_safetensors(path)
+            .map_err(|e| WeightsError::Safetensors { path: path.to_path_buf(), reason: one_line(&e.to_string()) })?;
         return Ok(named.into_iter().collect());
     }
-    let obj = torch_file::load(path).map_err(|source| WeightsError::File {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let sd = state_dict_of(&obj).ok_or_else(|| WeightsError::NotStateDict {
-        path: path.to_path_buf(),
-    })?;
+    let obj = torch_file::load(path).map_err(|source| WeightsError::File { path: path.to_path_buf(), source })?;
+    let sd = state_dict_of(&obj).ok_or_else(|| WeightsError::NotStateDict { path: path.to_path_buf() })?;
     sd.into_iter().map(|(k, t)| Ok((k, to_tch(t)?))).collect()
 }
 
@@ -123,19 +105,12 @@ pub fn one_line(s: &str) -> String {
 /// torch's checkpoint cache: `$TORCH_HOME/hub/checkpoints`, `TORCH_HOME` defaulting to
 /// `$XDG_CACHE_HOME/torch` or `~/.cache/torch`.
 pub fn hub_checkpoints_dir() -> PathBuf {
-    let torch_home = std::env::var_os("TORCH_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::env::var_os("HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_default()
-                        .join(".cache")
-                });
-            cache.join("torch")
-        });
+    let torch_home = std::env::var_os("TORCH_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache"));
+        cache.join("torch")
+    });
     torch_home.join("hub").join("checkpoints")
 }
 
@@ -177,35 +152,22 @@ pub fn pretrained_weights(arch: &Arch, progress: ProgressFn) -> Result<PathBuf, 
         url: p.url.to_string(),
         reason,
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| unavailable(format!("cannot create the folder: {e}")))?;
+    std::fs::create_dir_all(&dir).map_err(|e| unavailable(format!("cannot create the folder: {e}")))?;
     download(p.url, &path, p.sha256_prefix, progress).map_err(unavailable)?;
     Ok(path)
 }
 
 fn check_hash(path: &Path, prefix: &str) -> Result<(), WeightsError> {
-    let got = sha256_file(path).map_err(|source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let got = sha256_file(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
     if !got.starts_with(prefix) {
-        return Err(WeightsError::HashMismatch {
-            path: path.to_path_buf(),
-            expected: prefix.to_string(),
-            got,
-        });
+        return Err(WeightsError::HashMismatch { path: path.to_path_buf(), expected: prefix.to_string(), got });
     }
     Ok(())
 }
 
 /// Downloads `url` to `dest` through a temporary file, checking the SHA-256 prefix before the
 /// final rename. Every network step has a timeout, so an unreachable host fails quickly.
-fn download(
-    url: &str,
-    dest: &Path,
-    sha256_prefix: &str,
-    progress: ProgressFn,
-) -> Result<(), String> {
+fn download(url: &str, dest: &Path, sha256_prefix: &str, progress: ProgressFn) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_resolve(Some(Duration::from_secs(15)))
         .timeout_connect(Some(Duration::from_secs(15)))
@@ -213,43 +175,31 @@ fn download(
         .timeout_per_read(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let response = agent
-        .get(url)
-        .call()
-        .map_err(|e| one_line(&e.to_string()))?;
-    let total = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let response = agent.get(url).call().map_err(|e| one_line(&e.to_string()))?;
+    let total =
+        response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut reader = response.into_body().into_reader();
     let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut done = 0u64;
     loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| format!("download interrupted: {e}"))?;
+        let n = reader.read(&mut buf).map_err(|e| format!("download interrupted: {e}"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n])
-            .map_err(|e| format!("cannot write: {e}"))?;
+        tmp.write_all(&buf[..n]).map_err(|e| format!("cannot write: {e}"))?;
         done += n as u64;
         progress(done, total);
     }
     let digest = hex(&hasher.finalize());
     if !digest.starts_with(sha256_prefix) {
-        return Err(format!(
-            "downloaded file has SHA-256 {digest}, expected a prefix {sha256_prefix}"
-        ));
+        return Err(format!("downloaded file has SHA-256 {digest}, expected a prefix {sha256_prefix}"));
     }
-    tmp.persist(dest)
-        .map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
+    tmp.persist(dest).map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
     Ok(())
 }
 
@@ -273,19 +223,10 @@ mod tests {
 
     #[test]
     fn finds_nested_state_dicts() {
-        let t = TensorData {
-            dtype: DType::F32,
-            shape: vec![1],
-            data: vec![0; 4],
-        };
-        let sd = Obj::Dict {
-            entries: vec![("module.fc.bias".into(), Obj::Tensor(t))],
-            ordered: true,
-        };
-        let wrapped = Obj::Dict {
-            entries: vec![("epoch".into(), Obj::Int(1)), ("state_dict".into(), sd)],
-            ordered: false,
-        };
+        let t = TensorData { dtype: DType::F32, shape: vec![1], data: vec![0; 4] };
+        let sd = Obj::Dict { entries: vec![("module.fc.bias".into(), Obj::Tensor(t))], ordered: true };
+        let wrapped =
+            Obj::Dict { entries: vec![("epoch".into(), Obj::Int(1)), ("state_dict".into(), sd)], ordered: false };
         let found = state_dict_of(&wrapped).unwrap();
         assert_eq!(found[0].0, "fc.bias");
         assert!(state_dict_of(&Obj::Int(3)).is_none());
@@ -296,18 +237,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let start = std::time::Instant::now();
         // A reserved TLD: resolution fails at once, as on a machine without internet access.
-        let err = download(
-            "https://weights.invalid/r.pth",
-            &d.path().join("r.pth"),
-            "00",
-            &mut |_, _| {},
-        )
-        .unwrap_err();
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "took {:?}",
-            start.elapsed()
-        );
+        let err = download("https://weights.invalid/r.pth", &d.path().join("r.pth"), "00", &mut |_, _| {}).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(40), "took {:?}", start.elapsed());
         assert!(!err.is_empty());
         assert!(!d.path().join("r.pth").exists());
     }

@@ -8,8 +8,7 @@ use std::process::{Command, Output, Stdio};
 fn train() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
     // Never reach the network from tests: a proxy on a closed local port refuses at once.
-    cmd.env("ALL_PROXY", "http://127.0.0.1:9")
-        .env("HTTPS_PROXY", "http://127.0.0.1:9");
+    cmd.env("ALL_PROXY", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
     cmd
 }
 
@@ -23,11 +22,7 @@ fn image_folder(root: &Path, classes: &[&str], train: usize, val: usize) {
                 let img = image::RgbImage::from_fn(64 + (i as u32 % 3) * 8, 48, |x, y| {
                     let mut p = [40u8, 40, 40];
                     p[c % 3] = 200;
-                    image::Rgb([
-                        p[0].wrapping_add((x + i as u32) as u8),
-                        p[1].wrapping_add(y as u8),
-                        p[2],
-                    ])
+                    image::Rgb([p[0].wrapping_add((x + i as u32) as u8), p[1].wrapping_add(y as u8), p[2]])
                 });
                 img.save(dir.join(format!("{i}.png"))).unwrap();
             }
@@ -42,11 +37,7 @@ fn stderr(out: &Output) -> String {
 /// A short CPU run from random weights; `extra` may set `--epochs` or `--device` itself.
 fn quick(data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = train();
-    cmd.arg(data)
-        .arg("--out")
-        .arg(out)
-        .arg("--no-pretrained")
-        .args(extra);
+    cmd.arg(data).arg("--out").arg(out).arg("--no-pretrained").args(extra);
     for (flag, default) in [("--epochs", "1"), ("--device", "cpu")] {
         if !extra.contains(&flag) {
             cmd.args([flag, default]);
@@ -73,11 +64,7 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     image_folder(&data, &["cats", "dogs"], 6, 3);
-    std::fs::write(
-        data.join("train/cats/broken.jpg"),
-        b"\xff\xd8\xff\xe0 not really a jpeg",
-    )
-    .unwrap();
+    std::fs::write(data.join("train/cats/broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
     std::fs::write(data.join("train/dogs/empty.png"), b"").unwrap();
     std::fs::write(data.join("train/dogs/notes.txt"), b"hello").unwrap();
     let out = tmp.path().join("models");
@@ -93,14 +80,9 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
     }
     assert!(err.contains("Best val Acc:"), "{err}");
 
-    for f in [
-        "best.pt",
-        "last.pt",
-        "metrics.csv",
-        "summary.json",
-        "curves.png",
-        "train_batch.png",
-    ] {
+    assert!(err.contains("exported ") && err.contains("verified with ONNX Runtime"), "{err}");
+    assert!(err.contains("validation images"), "{err}");
+    for f in ["best.pt", "last.pt", "metrics.csv", "summary.json", "curves.png", "train_batch.png", "model.onnx"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let leftovers: Vec<_> = std::fs::read_dir(&out)
@@ -153,9 +135,7 @@ fn resume_continues_exactly_where_the_run_stopped() {
     let straight = tmp.path().join("straight");
     let split = tmp.path().join("split");
 
-    let two = quick(&data, &straight, &["--epochs", "2"])
-        .output()
-        .unwrap();
+    let two = quick(&data, &straight, &["--epochs", "2"]).output().unwrap();
     assert!(two.status.success(), "{}", stderr(&two));
     let one = quick(&data, &split, &[]).output().unwrap();
     assert!(one.status.success(), "{}", stderr(&one));
@@ -170,10 +150,7 @@ fn resume_continues_exactly_where_the_run_stopped() {
         .unwrap();
     let err = stderr(&resumed);
     assert!(resumed.status.success(), "{err}");
-    assert!(
-        err.contains("resuming from") && err.contains("after epoch 1 of 2"),
-        "{err}"
-    );
+    assert!(err.contains("resuming from") && err.contains("after epoch 1 of 2"), "{err}");
 
     let (a, b) = (metrics(&straight), metrics(&split));
     assert_eq!(a.len(), 4);
@@ -191,10 +168,7 @@ fn first_ctrl_c_finishes_the_epoch_and_saves_last_pt() {
     let data = tmp.path().join("data");
     image_folder(&data, &["a", "b"], 8, 2);
     let out = tmp.path().join("out");
-    let mut child = quick(&data, &out, &["--epochs", "5"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = quick(&data, &out, &["--epochs", "5"]).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
@@ -205,10 +179,7 @@ fn first_ctrl_c_finishes_the_epoch_and_saves_last_pt() {
             break;
         }
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     seen.extend(lines.map(|l| l.unwrap()));
     let status = child.wait().unwrap();
@@ -228,20 +199,13 @@ fn fails(cmd: &mut Command, expect: &[&str]) -> String {
     let out = cmd.output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("stack"),
-        "{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("backtrace") && !err.contains("stack"), "{err}");
     let last = err.lines().last().unwrap_or("").to_string();
     assert!(last.starts_with("error: "), "{err}");
     for e in expect {
         assert!(last.contains(e), "expected '{e}' in: {last}");
     }
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error")).count(),
-        1,
-        "{err}"
-    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
     last
 }
 
@@ -253,75 +217,55 @@ fn bad_settings_and_inputs_fail_with_one_clear_line() {
     let out = tmp.path().join("out");
     let missing = tmp.path().join("nowhere");
 
-    fails(
-        &mut quick(&missing, &out, &[]),
-        &["nowhere", "folder not found"],
-    );
+    fails(&mut quick(&missing, &out, &[]), &["nowhere", "folder not found"]);
 
     let one_class = tmp.path().join("one");
     image_folder(&one_class, &["only"], 2, 1);
-    fails(
-        &mut quick(&one_class, &out, &[]),
-        &["1 class folder(s) (only)", "at least two"],
-    );
+    fails(&mut quick(&one_class, &out, &[]), &["1 class folder(s) (only)", "at least two"]);
 
     let empty_class = tmp.path().join("emptyclass");
     image_folder(&empty_class, &["a", "b"], 2, 1);
     for f in std::fs::read_dir(empty_class.join("train/b")).unwrap() {
         std::fs::write(f.unwrap().path(), b"garbage").unwrap();
     }
-    fails(
-        &mut quick(&empty_class, &out, &[]),
-        &["class 'b' has no readable image"],
-    );
+    fails(&mut quick(&empty_class, &out, &[]), &["class 'b' has no readable image"]);
 
     fails(&mut quick(&data, &out, &["--amp"]), &["--amp", "CUDA"]);
-    fails(
-        &mut quick(&data, &out, &["--device", "cuda"]),
-        &["CUDA requested"],
-    );
+    fails(&mut quick(&data, &out, &["--device", "cuda"]), &["CUDA requested"]);
 
     let junk = tmp.path().join("junk.pth");
     std::fs::write(&junk, b"junk").unwrap();
     let mut cmd = train();
-    cmd.arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .arg("--weights")
-        .arg(&junk)
-        .args(["--epochs", "1"]);
+    cmd.arg(&data).arg("--out").arg(&out).arg("--weights").arg(&junk).args(["--epochs", "1"]);
     fails(&mut cmd, &["junk.pth", "not a torch.save file"]);
 
     // Default weights: not cached (empty TORCH_HOME) and no network.
     let torch_home = tmp.path().join("torch_home");
     let mut cmd = train();
-    cmd.arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .args(["--epochs", "1"])
-        .env("TORCH_HOME", &torch_home);
-    fails(
-        &mut cmd,
-        &["resnet18-f37072fd.pth", "--no-pretrained", "--weights"],
-    );
+    cmd.arg(&data).arg("--out").arg(&out).args(["--epochs", "1"]).env("TORCH_HOME", &torch_home);
+    fails(&mut cmd, &["resnet18-f37072fd.pth", "--no-pretrained", "--weights"]);
 
     // Resuming from a file that is not a last.pt.
     let ok = quick(&data, &out, &[]).output().unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     let mut cmd = train();
-    cmd.arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .arg("--resume")
-        .arg(out.join("best.pt"));
+    cmd.arg(&data).arg("--out").arg(&out).arg("--resume").arg(out.join("best.pt"));
     fails(&mut cmd, &["best.pt", "resume from last.pt"]);
 
+    // `train export`: a second export of the run, with probabilities, and its failures.
+    let onnx = tmp.path().join("again.onnx");
+    let mut cmd = train();
+    cmd.arg("export").arg("--weights").arg(out.join("best.pt")).arg("--out").arg(&onnx).arg("--data").arg(&data).arg("--probabilities");
+    let exported = cmd.output().unwrap();
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(stderr(&exported).contains("on 2 validation images"), "{}", stderr(&exported));
+    assert!(onnx.is_file());
+    let mut cmd = train();
+    cmd.arg("export").arg("--weights").arg(tmp.path().join("missing.pt")).arg("--out").arg(&onnx);
+    fails(&mut cmd, &["missing.pt: weights file not found"]);
+
     // Bad arguments are clap's business: usage error, exit code 2.
-    let out2 = train()
-        .arg(&data)
-        .args(["--epochs", "many"])
-        .output()
-        .unwrap();
+    let out2 = train().arg(&data).args(["--epochs", "many"]).output().unwrap();
     assert_eq!(out2.status.code(), Some(2));
 }
 
@@ -332,34 +276,21 @@ fn binary_keeps_libtorch_cuda_where_libtorch_has_it() {
         eprintln!("skipped: this libtorch has no CUDA library");
         return;
     }
-    let Ok(out) = Command::new("readelf")
-        .arg("-d")
-        .arg(env!("CARGO_BIN_EXE_train"))
-        .output()
-    else {
+    let Ok(out) = Command::new("readelf").arg("-d").arg(env!("CARGO_BIN_EXE_train")).output() else {
         eprintln!("skipped: readelf not installed");
         return;
     };
     let dynamic = String::from_utf8_lossy(&out.stdout);
     // Without it, rustc's --as-needed drops the library and the binary never sees a GPU.
-    assert!(
-        dynamic.contains("[libtorch_cuda.so]"),
-        "libtorch_cuda.so not among NEEDED:\n{dynamic}"
-    );
-    assert!(
-        dynamic.contains("RUNPATH") || dynamic.contains("RPATH"),
-        "no rpath to libtorch:\n{dynamic}"
-    );
+    assert!(dynamic.contains("[libtorch_cuda.so]"), "libtorch_cuda.so not among NEEDED:\n{dynamic}");
+    assert!(dynamic.contains("RUNPATH") || dynamic.contains("RPATH"), "no rpath to libtorch:\n{dynamic}");
 }
 
 fn seed_data() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    [
-        root.join("data/hymenoptera_data"),
-        root.join("../shared/data/hymenoptera_data"),
-    ]
-    .into_iter()
-    .find(|p| p.join("train").is_dir())
+    [root.join("data/hymenoptera_data"), root.join("../shared/data/hymenoptera_data")]
+        .into_iter()
+        .find(|p| p.join("train").is_dir())
 }
 
 #[test]
@@ -381,4 +312,19 @@ fn one_epoch_on_the_seed_dataset() {
     assert_eq!(s["val_counts"], serde_json::json!([70, 83]));
     assert_eq!(s["skipped_files"].as_array().unwrap().len(), 0);
     assert!(out.join("best.pt").is_file());
+
+    // Deployment reproduces validation: the exported model classifies val/ with the accuracy
+    // training measured.
+    let classifier = infer::Classifier::builder(out.join("model.onnx"))
+        .execution_provider(infer::ExecutionProvider::Cpu)
+        .build()
+        .unwrap();
+    assert_eq!(classifier.metadata().classes, ["ants", "bees"]);
+    let labelled = infer::evaluation::labelled_files(&data.join("val"), &classifier.metadata().classes).unwrap();
+    let (files, truth): (Vec<PathBuf>, Vec<usize>) = labelled.files.into_iter().unzip();
+    let results = classifier.classify_files(files);
+    let correct = results.iter().zip(&truth).filter(|(r, t)| r.result.as_ref().unwrap().class_index == **t).count();
+    let deployed = correct as f64 / truth.len() as f64;
+    let trained = s["best"]["val_acc"].as_f64().unwrap();
+    assert!((deployed - trained).abs() < 1e-9, "deployed accuracy {deployed} vs validation {trained}");
 }

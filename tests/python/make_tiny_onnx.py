@@ -1,0 +1,68 @@
+"""Small ONNX classifiers for testing `infer` without training one.
+
+Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities]
+
+The "good" model averages 28x28 blocks of a 224x224 RGB input (an 8x8 grid per channel) and
+maps the 192 values to 3 classes (red, green, blue) with weights that mostly follow each
+channel's mean and partly the spatial layout, so rotations change the output.
+"""
+import argparse
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--kind", default="good")
+args = ap.parse_args()
+
+rng = np.random.default_rng(0)
+classes = ["red", "green", "blue"]
+w = np.zeros((3, 192), dtype=np.float32)
+for c in range(3):
+    w[c, c * 64 : (c + 1) * 64] = 4.0 / 64  # channel mean, in normalised units
+w += rng.normal(0, 0.05, size=w.shape).astype(np.float32)  # layout-dependent part
+b = np.zeros(3, dtype=np.float32)
+
+batch = "batch"
+in_shape = [batch, 3, 224, 224] if args.kind != "rank3" else [3, 224, 224]
+nodes = []
+if args.kind == "rank3":
+    nodes.append(helper.make_node("Unsqueeze", ["input", "axes"], ["x4"]))
+    src = "x4"
+else:
+    src = "input"
+nodes += [
+    helper.make_node("AveragePool", [src], ["pooled"], kernel_shape=[28, 28], strides=[28, 28]),
+    helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+    helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+]
+outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])]
+if args.kind == "probabilities":
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 3])]
+inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+if args.kind == "rank3":
+    inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"))
+graph = helper.make_graph(
+    nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)], outputs, inits
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+meta = {
+    "metadata_version": "1",
+    "classes": json.dumps(classes if args.kind != "class_mismatch" else classes + ["purple"]),
+    "input_size": "224",
+    "resize_size": "256",
+    "interpolation": "bilinear",
+    "antialias": "true",
+    "mean": "[0.485, 0.456, 0.406]",
+    "std": "[0.229, 0.224, 0.225]",
+    "toolkit": "tests",
+}
+if args.kind != "no_metadata":
+    helper.set_model_props(model, meta)
+onnx.checker.check_model(model)
+onnx.save(model, args.out)
