@@ -255,7 +255,14 @@ fn bad_settings_and_inputs_fail_with_one_clear_line() {
     // `train export`: a second export of the run, with probabilities, and its failures.
     let onnx = tmp.path().join("again.onnx");
     let mut cmd = train();
-    cmd.arg("export").arg("--weights").arg(out.join("best.pt")).arg("--out").arg(&onnx).arg("--data").arg(&data).arg("--probabilities");
+    cmd.arg("export")
+        .arg("--weights")
+        .arg(out.join("best.pt"))
+        .arg("--out")
+        .arg(&onnx)
+        .arg("--data")
+        .arg(&data)
+        .arg("--probabilities");
     let exported = cmd.output().unwrap();
     assert!(exported.status.success(), "{}", stderr(&exported));
     assert!(stderr(&exported).contains("on 2 validation images"), "{}", stderr(&exported));
