@@ -229,6 +229,7 @@ struct Console {
     label: String,
     last_line: Instant,
     phase_images: usize,
+    downloading: bool,
 }
 
 impl Console {
@@ -239,6 +240,7 @@ impl Console {
             label: String::new(),
             last_line: Instant::now(),
             phase_images: 0,
+            downloading: false,
         }
     }
 
@@ -265,6 +267,15 @@ impl Observer for Console {
 
     fn download_progress(&mut self, done: u64, total: Option<u64>) {
         if !self.tty {
+            // Plain output: one line when the download starts, one when it ends.
+            if !self.downloading {
+                self.downloading = true;
+                eprintln!("downloading pretrained weights ({:.0} MB)", total.unwrap_or(0) as f64 / 1e6);
+            }
+            if total == Some(done) {
+                self.downloading = false;
+                eprintln!("downloaded {:.0} MB", done as f64 / 1e6);
+            }
             return;
         }
         let bar = self.bar.get_or_insert_with(|| {
