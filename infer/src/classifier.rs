@@ -17,6 +17,7 @@ use serde::{Serialize, Serializer};
 use crate::batching;
 use crate::decode::{decode_file, DecodeLimits};
 use crate::error::{one_line, InferError};
+use crate::files::Input;
 use crate::metadata::ModelMetadata;
 use crate::runtime;
 
@@ -511,6 +512,22 @@ impl Classifier {
         let mut out = Vec::with_capacity(paths.len());
         self.classify_files_with(paths, |r| out.push(r));
         out
+    }
+
+    /// Classifies files and folders: folders are searched recursively in sorted order for
+    /// images (by extension or content, see [`crate::files`]). Unusable paths get error
+    /// results where they stand; everything else is classified.
+    pub fn classify_paths(&self, paths: &[PathBuf]) -> Vec<FileResult> {
+        let items = crate::files::collect(paths).items;
+        let files = crate::files::file_paths(&items);
+        let mut results = self.classify_files(files).into_iter();
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                Input::File(_) => results.next(),
+                Input::Error(e) => Some(e),
+            })
+            .collect()
     }
 }
 

@@ -32,10 +32,15 @@ pub struct Inputs {
     pub ignored: usize,
 }
 
+/// The files among `items`, in order.
+pub fn file_paths(items: &[Input]) -> Vec<PathBuf> {
+    items.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect()
+}
+
 impl Inputs {
     /// The files to classify, in order.
     pub fn files(&self) -> Vec<PathBuf> {
-        self.items.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect()
+        file_paths(&self.items)
     }
 
     /// Splits into the files and the error records.

@@ -139,7 +139,12 @@ pub type ProgressFn<'a> = &'a mut dyn FnMut(u64, Option<u64>);
 /// The pretrained ImageNet weights of `arch`: from torch's cache (hash-checked), else downloaded
 /// into it with `progress` reporting, else [`WeightsError::Unavailable`].
 pub fn pretrained_weights(arch: &Arch, progress: ProgressFn) -> Result<PathBuf, WeightsError> {
-    let dir = hub_checkpoints_dir();
+    pretrained_weights_in(&hub_checkpoints_dir(), arch, progress)
+}
+
+/// [`pretrained_weights`] with the cache folder given.
+pub fn pretrained_weights_in(dir: &Path, arch: &Arch, progress: ProgressFn) -> Result<PathBuf, WeightsError> {
+    let dir = dir.to_path_buf();
     let p = arch.pretrained;
     let path = dir.join(p.file_name);
     if path.exists() {
@@ -230,6 +235,16 @@ mod tests {
         let found = state_dict_of(&wrapped).unwrap();
         assert_eq!(found[0].0, "fc.bias");
         assert!(state_dict_of(&Obj::Int(3)).is_none());
+    }
+
+    #[test]
+    fn cached_weights_are_hash_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let arch = crate::arch::by_name("resnet18").unwrap();
+        std::fs::write(d.path().join(arch.pretrained.file_name), b"not the real weights").unwrap();
+        let err = pretrained_weights_in(d.path(), arch, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(err, WeightsError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("does not start with f37072fd"), "{err}");
     }
 
     #[test]

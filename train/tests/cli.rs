@@ -163,6 +163,31 @@ fn resume_continues_exactly_where_the_run_stopped() {
 }
 
 #[test]
+fn feature_extract_trains_only_the_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 4, 2);
+    let first = tmp.path().join("first");
+    let run = quick(&data, &first, &["--no-export"]).output().unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let frozen = tmp.path().join("frozen");
+    let mut cmd = train();
+    cmd.arg(&data).arg("--out").arg(&frozen).arg("--weights").arg(first.join("best.pt"));
+    cmd.args(["--mode", "feature-extract", "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--no-export"]);
+    let run = cmd.output().unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let before = train::weights::read_state_dict(&first.join("best.pt")).unwrap();
+    let after = train::weights::read_state_dict(&frozen.join("last.pt")).unwrap();
+    assert_eq!(before.len(), after.len());
+    for (name, t) in &before {
+        let same = t.equal(&after[name]);
+        // Backbone weights and BatchNorm statistics (eval mode) stay; the classifier learns.
+        assert_eq!(same, !name.starts_with("fc."), "{name}");
+    }
+    assert_eq!(summary(&frozen)["hyperparameters"]["mode"], "feature-extract");
+}
+
+#[test]
 fn first_ctrl_c_finishes_the_epoch_and_saves_last_pt() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
