@@ -439,8 +439,8 @@ fn print_export(r: &ExportReport) {
 fn run(cli: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
     let cfg = cli.config();
     let summary = train::run(&cfg, console, stop).context("training failed")?;
-    let secs = summary.total_seconds;
-    eprintln!("Training complete in {:.0}m {:.0}s", (secs / 60.0).floor(), secs % 60.0);
+    let secs = summary.total_seconds.round() as u64;
+    eprintln!("Training complete in {}m {}s", secs / 60, secs % 60);
     if let Some(best) = summary.best {
         eprintln!("Best val Acc: {:.4} (epoch {})", best.val_acc, best.epoch);
     }
@@ -451,8 +451,8 @@ fn run(cli: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Resul
         let best = cfg.out.join(train::trainer::BEST);
         let images = summary.val_files.clone();
         let opts = ExportOptions { probabilities: cli.probabilities, images, arch: None, classes: None };
-        let report =
-            train::export::export_checkpoint(&best, &cfg.out.join("model.onnx"), &opts).context("export failed")?;
+        let report = train::export::export_checkpoint(&best, &cfg.out.join(train::trainer::MODEL_ONNX), &opts)
+            .context("export failed")?;
         print_export(&report);
     }
     eprintln!("outputs in {}", cfg.out.display());

@@ -122,6 +122,8 @@ pub const METRICS: &str = "metrics.csv";
 pub const SUMMARY: &str = "summary.json";
 pub const CURVES: &str = "curves.png";
 pub const TRAIN_BATCH: &str = "train_batch.png";
+/// Written by the binary's export step after training.
+pub const MODEL_ONNX: &str = "model.onnx";
 
 /// Dynamic loss scaling for float16 autocast (PyTorch's `GradScaler` rule).
 struct GradScaler {
@@ -518,7 +520,7 @@ fn make_summary(
     seconds: f64,
     interrupted: bool,
 ) -> Summary {
-    let outputs = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH]
+    let outputs = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, MODEL_ONNX]
         .iter()
         .map(|f| cfg.out.join(f))
         .filter(|p| p.exists() || p.ends_with(SUMMARY))
