@@ -5,6 +5,9 @@
 //! loading its items in parallel, and hands them over in order as soon as each (and every one
 //! before it) is done. Memory stays bounded whatever the number of items, and the consumer
 //! (the model) never waits on decoding while the producer keeps up.
+//!
+//! Each item's `load` runs under [`guard::isolate`]: a panic while loading one item becomes
+//! that item's error (`E: From<Panicked>`), never a panic inside the thread pool.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
+
+use crate::guard::{self, Panicked};
 
 /// Iterator over batches; dropping it stops the producer after the batches in flight.
 pub struct BatchStream<R> {
@@ -53,18 +58,19 @@ impl<R> Drop for BatchStream<R> {
 
 /// Streams `load(&items[i], position)` for `i` in `order`, grouped into batches of
 /// `batch_size`; `position` is the index within `order`, for per-item seeding.
-pub fn stream<T, R, F>(
+pub fn stream<T, R, E, F>(
     pool: Arc<rayon::ThreadPool>,
     items: Arc<Vec<T>>,
     order: Vec<usize>,
     batch_size: usize,
     prefetch: usize,
     load: F,
-) -> BatchStream<R>
+) -> BatchStream<Result<R, E>>
 where
     T: Send + Sync + 'static,
     R: Send + 'static,
-    F: Fn(&T, usize) -> R + Send + Sync + 'static,
+    E: From<Panicked> + Send + 'static,
+    F: Fn(&T, usize) -> Result<R, E> + Send + Sync + 'static,
 {
     let batch_size = batch_size.max(1);
     let prefetch = prefetch.max(1);
@@ -86,10 +92,13 @@ where
                     let start = next * batch_size;
                     pool.spawn(move || {
                         let end = (start + batch_size).min(order.len());
-                        let batch: Vec<R> = order[start..end]
+                        let batch: Vec<Result<R, E>> = order[start..end]
                             .par_iter()
                             .enumerate()
-                            .map(|(i, &item)| load(&items[item], start + i))
+                            .map(|(i, &item)| {
+                                guard::isolate("loading an item", || load(&items[item], start + i))
+                                    .unwrap_or_else(|p| Err(E::from(p)))
+                            })
                             .collect();
                         let _ = done_tx.send(batch);
                     });
@@ -117,22 +126,40 @@ mod tests {
         Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap())
     }
 
+    type Out = Result<(i32, usize), Panicked>;
+
     #[test]
     fn ordered_batches_with_positions() {
         let items = Arc::new((0..10).map(|i| i * 10).collect::<Vec<_>>());
         let order = vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
-        let out: Vec<Vec<(i32, usize)>> = stream(pool(3), items, order, 4, 2, |v, pos| (*v, pos)).collect();
+        let out: Vec<Vec<Out>> = stream(pool(3), items, order, 4, 2, |v, pos| Ok((*v, pos))).collect();
         assert_eq!(out.len(), 3);
-        assert_eq!(out[0], [(90, 0), (80, 1), (70, 2), (60, 3)]);
-        assert_eq!(out[2], [(10, 8), (0, 9)]);
+        assert_eq!(out[0], [Ok((90, 0)), Ok((80, 1)), Ok((70, 2)), Ok((60, 3))]);
+        assert_eq!(out[2], [Ok((10, 8)), Ok((0, 9))]);
+    }
+
+    #[test]
+    fn a_panicking_item_is_that_items_error() {
+        let items = Arc::new((0..20).collect::<Vec<i32>>());
+        let out: Vec<Out> = stream(pool(2), items, (0..20).collect(), 3, 2, |v, pos| {
+            assert!(*v != 13, "cannot load {v}");
+            Ok((*v, pos))
+        })
+        .flatten()
+        .collect();
+        assert_eq!(out.len(), 20);
+        assert_eq!(out[12], Ok((12, 12)));
+        let err = out[13].as_ref().unwrap_err();
+        assert_eq!(err.message, "cannot load 13");
+        assert!(out.iter().filter(|r| r.is_err()).count() == 1);
     }
 
     #[test]
     fn empty_and_early_drop() {
-        let s = stream(pool(1), Arc::new(Vec::<u8>::new()), vec![], 4, 2, |_, _| ());
+        let s = stream(pool(1), Arc::new(Vec::<u8>::new()), vec![], 4, 2, |_, _| Ok::<_, Panicked>(()));
         assert!(s.is_empty());
         assert_eq!(s.count(), 0);
-        let mut s = stream(pool(1), Arc::new(vec![1u8; 100]), (0..100).collect(), 1, 2, |_, _| ());
+        let mut s = stream(pool(1), Arc::new(vec![1u8; 100]), (0..100).collect(), 1, 2, |_, _| Ok::<_, Panicked>(()));
         assert_eq!(s.len(), 100);
         assert!(s.next().is_some());
         drop(s); // must not hang

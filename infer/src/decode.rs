@@ -3,14 +3,24 @@
 //! The format is recognised by content, not by extension. Grayscale, alpha, 16-bit, palette and
 //! CMYK images are converted to RGB (alpha is dropped, as PIL's `convert("RGB")` does), and the
 //! EXIF orientation is applied so that a rotated photo is classified upright. Dimensions are
-//! checked against [`DecodeLimits`] from the header, before any pixel is decoded.
+//! checked against [`DecodeLimits`] from the header, before any pixel is decoded, and the
+//! decoders' own allocations are capped from the same limit.
+//!
+//! Decoders are third-party code that can panic on input they do not expect: [`decode_file`]
+//! and [`decode_bytes`] run them under [`crate::guard::isolate`], so such a file becomes
+//! [`DecodeError::Crashed`] like any other bad file.
+
+mod tiff_reader;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use thiserror::Error;
+
+use crate::guard;
 
 /// Default pixel limit: 64 megapixels (8000 × 8000), about 200 MB decoded.
 pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
@@ -25,6 +35,26 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits { max_pixels: DEFAULT_MAX_PIXELS }
+    }
+}
+
+impl DecodeLimits {
+    /// The most a decoder may allocate: the widest pixel format (16-bit RGBA, 8 bytes a pixel)
+    /// at the pixel limit, plus room for a decoder's working buffers.
+    pub fn max_alloc(&self) -> u64 {
+        self.max_pixels.saturating_mul(8).saturating_add(32 << 20)
+    }
+
+    /// Checks declared dimensions against the limit.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), DecodeError> {
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(DecodeError::TooLarge { width, height, pixels, limit: self.max_pixels });
+        }
+        if pixels == 0 {
+            return Err(DecodeError::NoPixels { width, height });
+        }
+        Ok(())
     }
 }
 
@@ -44,10 +74,22 @@ pub enum DecodeError {
     NoPixels { width: u32, height: u32 },
     #[error("corrupt or unsupported image: {0}")]
     Corrupt(String),
+    /// The decoder panicked on this file (a bug in it, caught at the file's boundary).
+    #[error("the image decoder crashed on this file ({0})")]
+    Crashed(String),
+}
+
+/// Runs one decode under the panic guard.
+fn guarded(f: impl FnOnce() -> Result<RgbImage, DecodeError>) -> Result<RgbImage, DecodeError> {
+    guard::isolate("the image decoder", f).unwrap_or_else(|p| Err(DecodeError::Crashed(p.message)))
 }
 
 /// Decodes the file at `path` into upright 8-bit RGB.
 pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    guarded(|| decode_file_unguarded(path, limits))
+}
+
+fn decode_file_unguarded(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
     let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Err(DecodeError::Empty);
@@ -57,13 +99,17 @@ pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage, Decode
         // JPEGs are checked for completeness first, which needs the whole file.
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes)?;
-        return decode_bytes(&bytes, limits);
+        return decode_bytes_unguarded(&bytes, limits);
     }
     decode_reader(reader, limits)
 }
 
 /// Decodes an encoded image held in memory into upright 8-bit RGB.
 pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    guarded(|| decode_bytes_unguarded(bytes, limits))
+}
+
+fn decode_bytes_unguarded(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -103,28 +149,63 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     false
 }
 
-fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let reader = ImageReader::new(reader).with_guessed_format()?;
+fn decode_reader<R: BufRead + Seek>(mut reader: R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let format = image::guess_format(reader.fill_buf()?).ok();
+    if format == Some(ImageFormat::Tiff) {
+        tiff_reader::check_directory(&mut reader)?;
+        let start = reader.stream_position()?;
+        if let Some((img, orientation)) = tiff_reader::decode(&mut reader, limits)? {
+            return Ok(upright(img, orientation));
+        }
+        reader.seek(std::io::SeekFrom::Start(start))?;
+    }
+    let mut reader = ImageReader::new(reader).with_guessed_format()?;
     if reader.format().is_none() {
         return Err(DecodeError::UnknownFormat);
     }
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_alloc());
+    reader.limits(image_limits);
     let mut decoder = reader.into_decoder().map_err(image_error)?;
     let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_pixels {
-        return Err(DecodeError::TooLarge { width, height, pixels, limit: limits.max_pixels });
-    }
-    if pixels == 0 {
-        return Err(DecodeError::NoPixels { width, height });
-    }
+    limits.check(width, height)?;
     // A missing or unreadable EXIF block just means "upright".
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    img.apply_orientation(orientation);
-    Ok(match img {
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    Ok(upright(to_rgb8(img), orientation))
+}
+
+fn upright(img: RgbImage, orientation: Orientation) -> RgbImage {
+    if orientation == Orientation::NoTransforms {
+        return img;
+    }
+    let mut dynamic = DynamicImage::ImageRgb8(img);
+    dynamic.apply_orientation(orientation);
+    match dynamic {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
-    })
+    }
+}
+
+/// Pillow's `convert("RGB")`: alpha is dropped, and 16-bit samples keep their high byte (as
+/// Pillow's unpackers do; `image`'s own conversion rounds instead, one level apart).
+fn to_rgb8(img: DynamicImage) -> RgbImage {
+    fn high(v: u16) -> u8 {
+        (v >> 8) as u8
+    }
+    let (w, h) = (img.width(), img.height());
+    let from = |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+    match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageLuma16(g) => from(&|x, y| [high(g.get_pixel(x, y).0[0]); 3]),
+        DynamicImage::ImageLumaA16(g) => from(&|x, y| [high(g.get_pixel(x, y).0[0]); 3]),
+        DynamicImage::ImageRgb16(c) => from(&|x, y| c.get_pixel(x, y).0.map(high)),
+        DynamicImage::ImageRgba16(c) => from(&|x, y| {
+            let [r, g, b, _] = c.get_pixel(x, y).0;
+            [r, g, b].map(high)
+        }),
+        other => other.to_rgb8(),
+    }
 }
 
 fn image_error(e: image::ImageError) -> DecodeError {
@@ -138,7 +219,7 @@ fn image_error(e: image::ImageError) -> DecodeError {
     }
 }
 
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::decode::DecodeError;
+use crate::guard::Panicked;
 use crate::metadata::MetadataError;
 use crate::preprocess::PreprocessError;
 
@@ -35,6 +36,9 @@ pub enum InferError {
     Run(String),
     #[error("input holds {got} values, not a whole number of {per_image}-value images")]
     BatchShape { got: usize, per_image: usize },
+    /// A panic caught at an item boundary (see [`crate::guard`]).
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
 }
 
 /// First line of a message from ONNX Runtime, which can be long.

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::classifier::FileResult;
 use crate::error::InferError;
+use crate::prediction::FileResult;
 
 /// Extensions taken as images when walking folders (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] =

@@ -23,19 +23,30 @@
 //! owns that preprocessing ([`preprocess`]) and image decoding ([`decode`]), which training
 //! validates with, so the two can never drift apart.
 
+pub mod atomic;
 pub mod batching;
 pub mod canvas;
 pub mod classifier;
+mod contract;
 pub mod decode;
 pub mod error;
 pub mod evaluation;
 pub mod files;
+pub mod guard;
 pub mod metadata;
+pub mod prediction;
+pub mod prepare;
 pub mod preprocess;
+pub mod provider;
 pub mod runtime;
+pub mod stream;
 
-pub use classifier::{Classifier, ClassifierBuilder, ExecutionProvider, FileResult, Prediction, Scored};
+pub use classifier::{Classifier, ClassifierBuilder};
+pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use error::InferError;
 pub use metadata::ModelMetadata;
+pub use prediction::{FileResult, Prediction, Scored};
+pub use prepare::prepare_file;
 pub use preprocess::{PreprocessConfig, Rect};
+pub use provider::ExecutionProvider;

@@ -1,19 +1,24 @@
 //! `infer`: command-line parsing and output formats over the `infer` library.
 //!
 //! Exit status: 0 when every input was classified, 2 when some failed (the rest are still
-//! classified and printed), 1 on a fatal error (model missing or unusable, no input found).
+//! classified and printed), 1 on a fatal error (model missing or unusable, no input found),
+//! 130 / 143 when stopped by SIGINT / SIGTERM.
 
+use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use infer::classifier::error_reason;
+use infer::atomic::{self, AtomicFile};
 use infer::evaluation::{labelled_files, Evaluation};
 use infer::files::Input;
+use infer::prediction::error_reason;
 use infer::{Classifier, ExecutionProvider, FileResult};
 
 /// Classify images with a model.onnx exported by `train`, in batches, on CUDA or the CPU.
@@ -43,7 +48,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 
-    /// Write results to FILE (replaced only when the run completes) instead of stdout.
+    /// Write results to FILE instead of stdout. FILE is replaced only when the run completes;
+    /// a run stopped part-way leaves FILE as it was and its results so far in FILE.partial.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
 
@@ -148,10 +154,11 @@ impl Records {
     }
 }
 
-/// Where results go: stdout, or a temporary file renamed over `--output` at the end.
+/// Where results go: stdout, or a temporary file renamed over `--output` when the run
+/// completes (or to `--output`.partial when it does not).
 enum Sink {
     Stdout,
-    File { tmp: tempfile::NamedTempFile, target: PathBuf },
+    File(AtomicFile),
 }
 
 impl Sink {
@@ -159,25 +166,48 @@ impl Sink {
         match output {
             None => Ok((Sink::Stdout, Box::new(std::io::BufWriter::new(std::io::stdout())))),
             Some(target) => {
-                let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let tmp = tempfile::Builder::new()
-                    .prefix(".infer-output.")
-                    .tempfile_in(dir)
-                    .with_context(|| format!("{}: cannot write in {}", target.display(), dir.display()))?;
-                let file = tmp.reopen().with_context(|| format!("{}: cannot write", target.display()))?;
-                Ok((Sink::File { tmp, target: target.to_path_buf() }, Box::new(std::io::BufWriter::new(file))))
+                let cannot = || format!("{}: cannot write", target.display());
+                let mut file = AtomicFile::create(target).with_context(cannot)?;
+                let writer = file.file().try_clone().with_context(cannot)?;
+                Ok((Sink::File(file), Box::new(std::io::BufWriter::new(writer))))
             }
         }
     }
 
+    /// The run completed: the results replace `--output`.
     fn commit(self) -> anyhow::Result<()> {
-        if let Sink::File { tmp, target } = self {
-            #[cfg(unix)]
-            std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-            tmp.persist(&target).with_context(|| format!("{}: cannot write", target.display()))?;
+        if let Sink::File(file) = self {
+            let target = file.target().to_path_buf();
+            file.commit().with_context(|| format!("{}: cannot write", target.display()))?;
         }
         Ok(())
     }
+
+    /// The run stopped part-way: the results so far go to `--output`.partial, leaving
+    /// `--output` as it was. Returns a line saying where they are.
+    fn keep_partial(self, done: usize, total: usize) -> String {
+        match self {
+            Sink::Stdout => format!("{done} of {total} results were written"),
+            Sink::File(file) => {
+                let target = file.target().to_path_buf();
+                let partial = partial_path(&target);
+                match file.commit_to(&partial) {
+                    Ok(()) => format!(
+                        "{} left as it was; the {done} of {total} results so far are in {}",
+                        target.display(),
+                        partial.display()
+                    ),
+                    Err(e) => format!("{} left as it was; results so far lost: {e}", target.display()),
+                }
+            }
+        }
+    }
+}
+
+fn partial_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    target.with_file_name(name)
 }
 
 fn progress(n: usize) -> Option<ProgressBar> {
@@ -193,8 +223,37 @@ fn progress(n: usize) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// SIGINT and SIGTERM stop the run after the current result; the number is the signal's.
+fn stop_signal() -> Arc<AtomicUsize> {
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let s = Arc::clone(&signal);
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let registered =
+            unsafe { signal_hook::low_level::register(sig, move || s.store(sig as usize, Ordering::SeqCst)) };
+        if registered.is_err() {
+            eprintln!("warning: cannot handle signal {sig}; stopping early will lose results");
+        }
+    }
+    signal
+}
+
+/// The inputs to classify, with each file's true class under `--eval`.
+fn inputs(cli: &Cli, classes: &[String]) -> anyhow::Result<(Vec<Input>, Option<VecDeque<usize>>)> {
+    if !cli.eval {
+        return Ok((infer::files::collect(&cli.paths).items, None));
+    }
+    let [root] = cli.paths.as_slice() else { bail!("--eval takes one labelled folder") };
+    let l = labelled_files(root, classes)?;
+    let (files, truth): (Vec<PathBuf>, VecDeque<usize>) = l.files.into_iter().unzip();
+    let mut items: Vec<Input> = l.errors.into_iter().map(Input::Error).collect();
+    items.extend(files.into_iter().map(Input::File));
+    Ok((items, Some(truth)))
+}
+
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let stop = stop_signal();
     let mut builder =
         Classifier::builder(&cli.model).execution_provider(cli.ep).batch_size(cli.batch_size).top_k(cli.top_k);
     if let Some(t) = cli.threads {
@@ -205,31 +264,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         eprintln!("note: {note}");
     }
     let classes = classifier.metadata().classes.clone();
-
-    // Inputs: plain files and folders, or a labelled folder with --eval.
-    let (items, truth) = if cli.eval {
-        let [root] = cli.paths.as_slice() else { bail!("--eval takes one labelled folder") };
-        let l = labelled_files(root, &classes)?;
-        let (files, truth): (Vec<PathBuf>, Vec<usize>) = l.files.into_iter().unzip();
-        let mut items: Vec<Input> = l.errors.into_iter().map(Input::Error).collect();
-        items.extend(files.into_iter().map(Input::File));
-        (items, Some(truth))
-    } else {
-        (infer::files::collect(&cli.paths).items, None)
-    };
-    let files: Vec<PathBuf> =
-        items.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect();
-    // Error records are written where they stand in the input order, between the results.
-    let mut pending_errors = items.into_iter().peekable();
+    let (items, mut truth) = inputs(cli, &classes)?;
+    // Which yielded record is a file's (the others are path errors), in order.
+    let mut is_file: VecDeque<bool> = items.iter().map(|i| matches!(i, Input::File(_))).collect();
+    let n_files = is_file.iter().filter(|f| **f).count();
+    let total = items.len();
 
     let (sink, out) = Sink::open(cli.output.as_deref())?;
     let label_width = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(5);
     let mut records = Records { format: cli.format, out, label_width };
     records.header()?;
-    let mut failures = 0;
-    let mut input_errors = 0;
-    if files.is_empty() {
-        for item in pending_errors {
+    if n_files == 0 {
+        for item in items {
             if let Input::Error(e) = item {
                 records.write(&e)?;
             }
@@ -241,59 +287,60 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let n = files.len();
-    let bar = progress(n);
+    let bar = progress(n_files);
     let mut evaluation = truth.as_ref().map(|_| Evaluation::new(classes.clone()));
-    let mut index = 0;
-    let mut write_error = None;
+    let (mut done, mut failures, mut classified) = (0, 0, 0);
+    let mut outcome: anyhow::Result<()> = Ok(());
     let inference_started = Instant::now();
-    let mut emit = |r: &FileResult, records: &mut Records| {
-        if (!cli.quiet || r.result.is_err()) && write_error.is_none() {
-            let written = match &bar {
-                Some(b) => b.suspend(|| records.write(r)),
-                None => records.write(r),
-            };
-            if let Err(e) = written {
-                write_error = Some(e);
+    for r in classifier.classify_stream(items) {
+        let from_file = is_file.pop_front().unwrap_or(true);
+        if from_file {
+            let label = truth.as_mut().and_then(VecDeque::pop_front);
+            if let (Some(eval), Some(label), Ok(p)) = (evaluation.as_mut(), label, &r.result) {
+                eval.add(label, p.class_index);
+            }
+            classified += 1;
+            if let Some(b) = &bar {
+                b.inc(1);
             }
         }
-    };
-    classifier.classify_files_with(files, |r| {
-        while let Some(Input::Error(_)) = pending_errors.peek() {
-            if let Some(Input::Error(e)) = pending_errors.next() {
-                failures += 1;
-                input_errors += 1;
-                emit(&e, &mut records);
-            }
-        }
-        pending_errors.next(); // this file
-        if let (Some(eval), Some(truth), Ok(p)) = (evaluation.as_mut(), truth.as_ref(), &r.result) {
-            eval.add(truth[index], p.class_index);
-        }
-        index += 1;
         if r.result.is_err() {
             failures += 1;
         }
-        emit(&r, &mut records);
-        if let Some(b) = &bar {
-            b.inc(1);
+        if !cli.quiet || r.result.is_err() {
+            let written = match &bar {
+                Some(b) => b.suspend(|| records.write(&r)),
+                None => records.write(&r),
+            };
+            if let Err(e) = written {
+                outcome = Err(e).context("cannot write results");
+                break;
+            }
         }
-    });
-    for item in pending_errors {
-        if let Input::Error(e) = item {
-            failures += 1;
-            input_errors += 1;
-            emit(&e, &mut records);
+        done += 1;
+        if stop.load(Ordering::SeqCst) != 0 {
+            break;
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Some(e) = write_error {
-        return Err(e).context("cannot write results");
-    }
-    records.out.flush().context("cannot write results")?;
+    let signal = stop.load(Ordering::SeqCst);
+    let flushed = records.out.flush().context("cannot write results");
     drop(records);
+    if outcome.is_err() || signal != 0 || done < total {
+        let reason = match &outcome {
+            Err(e) => format!("error: {e:#}"),
+            Ok(()) if signal == signal_hook::consts::SIGTERM as usize => "terminated".to_string(),
+            Ok(()) => "interrupted".to_string(),
+        };
+        eprintln!("{reason}: {}", sink.keep_partial(done, total));
+        return Ok(ExitCode::from(match signal {
+            0 => 1,
+            s => 128 + s as u8,
+        }));
+    }
+    flushed?;
     sink.commit()?;
 
     let secs = inference_started.elapsed().as_secs_f64();
@@ -303,45 +350,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             .confusion_png
             .clone()
             .unwrap_or_else(|| cli.model.parent().unwrap_or(Path::new(".")).join("confusion_matrix.png"));
-        write_png(&path, &eval.png())?;
+        atomic::write_png(&path, &eval.png()).with_context(|| format!("{}: cannot write", path.display()))?;
         eprintln!("confusion matrix saved to {}", path.display());
     }
-    let ok = n + input_errors - failures;
     eprintln!(
         "{} images classified, {failures} failed, {:.1} images/s ({:.2} s in all), {}",
-        ok,
-        n as f64 / secs.max(1e-9),
+        total - failures,
+        classified as f64 / secs.max(1e-9),
         started.elapsed().as_secs_f64(),
         classifier.provider()
     );
     Ok(if failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
-fn write_png(path: &Path, img: &image::RgbImage) -> anyhow::Result<()> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".confusion.")
-        .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    tmp.write_all(buf.get_ref())?;
-    #[cfg(unix)]
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(""));
-    }));
+    infer::guard::install_cli_panic_hook();
     // Usage errors exit with 1 like other fatal errors: 2 means "some inputs failed".
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

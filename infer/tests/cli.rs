@@ -222,7 +222,7 @@ fn output_formats_and_output_file() {
     assert!(written.contains("\"top_k\""));
     let leftovers = std::fs::read_dir(tmp.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".infer"))
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
         .count();
     assert_eq!(leftovers, 0);
 

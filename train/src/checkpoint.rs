@@ -13,12 +13,12 @@ use infer::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::atomic;
 use crate::error::{CheckpointError, WeightsError};
 use crate::model::ResNet;
 use crate::optim::Optimizer;
 use crate::torch_file::{self, Obj};
 use crate::weights::{from_tch, state_dict_of, to_tch};
+use infer::atomic;
 
 /// Name written into checkpoints and exported models.
 pub const TOOLKIT_NAME: &str = "resnet-transfer-toolkit";

@@ -166,8 +166,16 @@ fn collect(
 }
 
 /// Decodes every candidate in parallel; returns the readable samples and the skipped files.
+/// Each check runs under the panic guard: a panic in it skips that file, by name.
 fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> (Vec<Sample>, Vec<Skipped>) {
-    let checked: Vec<_> = candidates.into_par_iter().map(|(label, path)| ((opts.check)(&path), label, path)).collect();
+    let checked: Vec<_> = candidates
+        .into_par_iter()
+        .map(|(label, path)| {
+            let result =
+                infer::guard::isolate("the image check", || (opts.check)(&path)).unwrap_or_else(|p| Err(p.to_string()));
+            (result, label, path)
+        })
+        .collect();
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     for (result, label, path) in checked {
@@ -249,7 +257,9 @@ mod tests {
     use super::*;
 
     fn ok_unless_bad(p: &Path) -> Result<(), String> {
-        if p.to_string_lossy().contains("bad") {
+        let name = p.to_string_lossy();
+        assert!(!name.contains("boom"), "decoder bug");
+        if name.contains("bad") {
             Err("corrupt".into())
         } else {
             Ok(())
@@ -274,6 +284,7 @@ mod tests {
             "train/b/2.PNG",
             "train/a/x/3.jpeg",
             "train/a/bad.jpg",
+            "train/b/boom.png",
             "train/a/notes.txt",
             "val/a/4.jpg",
             "val/b/5.jpg",
@@ -286,8 +297,11 @@ mod tests {
         assert_eq!(ds.train[0].label, 0);
         assert!(ds.train[0].path.ends_with("train/a/x/3.jpeg"));
         assert_eq!(ds.val.len(), 2);
-        assert_eq!(ds.skipped.len(), 1);
+        // A check that panics skips its file like any unreadable one.
+        assert_eq!(ds.skipped.len(), 2);
         assert_eq!(ds.skipped[0].reason, "corrupt");
+        assert!(ds.skipped[1].path.ends_with("boom.png"));
+        assert_eq!(ds.skipped[1].reason, "internal error in the image check: decoder bug");
         assert_eq!(ds.ignored, 1);
         assert_eq!(ds.split, SplitKind::Folder);
     }

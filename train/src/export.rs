@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use infer::atomic::AtomicFile;
 use infer::{Classifier, ExecutionProvider, ModelMetadata};
 use prost::Message;
 use tch::{Device, Kind, Tensor};
@@ -214,14 +215,10 @@ pub fn export(
     let write_err = |source| ExportError::Write { path: out.to_path_buf(), source };
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(write_err)?;
-    let mut tmp = tempfile::Builder::new().prefix(".model.").suffix(".onnx.tmp").tempfile_in(dir).map_err(write_err)?;
-    std::io::Write::write_all(tmp.as_file_mut(), &bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-
-    let (max_abs_diff, provider) = verify(model, meta, tmp.path(), inputs)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(write_err)?;
-    tmp.persist(out).map_err(|e| write_err(e.error))?;
+    let mut file = AtomicFile::create(out).map_err(write_err)?;
+    std::io::Write::write_all(file.file(), &bytes).map_err(write_err)?;
+    let (max_abs_diff, provider) = verify(model, meta, file.temp_path(), inputs)?;
+    file.commit().map_err(write_err)?;
     let side = meta.preprocess.crop_size as usize;
     Ok(ExportReport {
         path: out.to_path_buf(),
@@ -317,7 +314,7 @@ fn verification_inputs(images: &[PathBuf], preprocess: &infer::PreprocessConfig)
         if n == VERIFY_IMAGES {
             break;
         }
-        if let Ok(Ok(t)) = infer::decode_file(path, infer::DecodeLimits::default()).map(|img| preprocess.eval(&img)) {
+        if let Ok(t) = infer::prepare_file(path, preprocess, infer::DecodeLimits::default()) {
             out.extend(t);
             n += 1;
         }

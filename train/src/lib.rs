@@ -4,7 +4,6 @@
 //! The binary is a thin layer over [`trainer::run`]; the modules each do one thing.
 
 pub mod arch;
-pub mod atomic;
 pub mod augment;
 pub mod checkpoint;
 pub mod dataset;

@@ -3,10 +3,10 @@
 //! ([`infer::batching`]). Every random choice derives from `(seed, epoch, position)`, so a run is reproducible
 //! whatever the thread count or timing.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use infer::batching::{self, BatchStream};
+use infer::guard::Panicked;
 use infer::{decode_file, DecodeLimits, PreprocessConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -83,10 +83,6 @@ impl Loader {
         })
     }
 
-    pub fn preprocess(&self) -> &PreprocessConfig {
-        &self.preprocess
-    }
-
     /// Order in which a pass visits the samples.
     pub fn order(&self, n: usize, phase: Phase) -> Vec<usize> {
         let mut order: Vec<usize> = (0..n).collect();
@@ -121,50 +117,53 @@ impl Loader {
         let n = self.preprocess.input_len();
         let stream = batching::stream(
             Arc::clone(&self.pool),
-            samples,
-            order,
+            Arc::clone(&samples),
+            order.clone(),
             batch_size,
             self.prefetch,
             move |sample: &Sample, position| {
                 let mut buf = vec![0f32; n];
-                let result = me.load_one(sample, phase, position, &mut buf);
-                (sample.label, sample.path.clone(), result.map(|()| buf))
+                me.load_one(sample, phase, position, &mut buf).map_err(LoadError)?;
+                Ok(buf)
             },
         );
-        Batches { stream }
+        Batches { stream, samples, order: order.into_iter() }
+    }
+}
+
+/// Why one sample could not be loaded (decoding, preprocessing, or a panic in either).
+#[derive(Debug)]
+pub struct LoadError(pub String);
+
+impl From<Panicked> for LoadError {
+    fn from(p: Panicked) -> Self {
+        LoadError(p.to_string())
     }
 }
 
 /// Iterator over the batches of one pass. Dropping it early stops the producer.
 pub struct Batches {
-    stream: BatchStream<(usize, PathBuf, Result<Vec<f32>, String>)>,
-}
-
-impl Batches {
-    /// Number of batches in the pass.
-    pub fn len(&self) -> usize {
-        self.stream.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stream.is_empty()
-    }
+    stream: BatchStream<Result<Vec<f32>, LoadError>>,
+    samples: Arc<Vec<Sample>>,
+    /// Sample indices in the order the stream yields them.
+    order: std::vec::IntoIter<usize>,
 }
 
 impl Iterator for Batches {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
         let loaded = self.stream.next()?;
-        let per_image = loaded.iter().find_map(|(_, _, r)| r.as_ref().ok().map(Vec::len)).unwrap_or(0);
+        let per_image = loaded.iter().find_map(|r| r.as_ref().ok().map(Vec::len)).unwrap_or(0);
         let mut batch =
             Batch { images: Vec::with_capacity(loaded.len() * per_image), labels: Vec::new(), failed: Vec::new() };
-        for (label, path, result) in loaded {
+        for result in loaded {
+            let sample = &self.samples[self.order.next()?];
             match result {
                 Ok(buf) => {
                     batch.images.extend_from_slice(&buf);
-                    batch.labels.push(label as i64);
+                    batch.labels.push(sample.label as i64);
                 }
-                Err(reason) => batch.failed.push(Skipped { path, reason }),
+                Err(LoadError(reason)) => batch.failed.push(Skipped { path: sample.path.clone(), reason }),
             }
         }
         Some(batch)

@@ -364,19 +364,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        eprintln!(
-            "error: internal error: {} (at {})",
-            msg.lines().next().unwrap_or(""),
-            info.location().map_or(String::new(), |l| l.to_string())
-        );
-    }));
+    infer::guard::install_cli_panic_hook();
     let cli = Cli::parse();
     let stop = Arc::new(StopFlag::default());
     let handler_stop = Arc::clone(&stop);

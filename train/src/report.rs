@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
 use crate::dataset::Skipped;
 use crate::error::TrainError;
 use crate::plot;
+use infer::atomic;
 
 /// Loss, accuracy and speed of one phase of one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -64,10 +64,7 @@ pub fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<(), TrainEr
 
 /// Writes a PNG atomically.
 pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<(), TrainError> {
-    let err = |source| TrainError::Write { path: path.to_path_buf(), source };
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| err(std::io::Error::other(e)))?;
-    atomic::write_bytes(path, buf.get_ref()).map_err(err)
+    atomic::write_png(path, img).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
 }
 
 /// Writes `curves.png` from the history.

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use infer::atomic::AtomicFile;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
@@ -184,9 +185,7 @@ fn download(url: &str, dest: &Path, sha256_prefix: &str, progress: ProgressFn) -
     let total =
         response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut reader = response.into_body().into_reader();
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let mut tmp = AtomicFile::create(dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut done = 0u64;
@@ -196,7 +195,7 @@ fn download(url: &str, dest: &Path, sha256_prefix: &str, progress: ProgressFn) -
             break;
         }
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(|e| format!("cannot write: {e}"))?;
+        tmp.file().write_all(&buf[..n]).map_err(|e| format!("cannot write: {e}"))?;
         done += n as u64;
         progress(done, total);
     }
@@ -204,7 +203,7 @@ fn download(url: &str, dest: &Path, sha256_prefix: &str, progress: ProgressFn) -
     if !digest.starts_with(sha256_prefix) {
         return Err(format!("downloaded file has SHA-256 {digest}, expected a prefix {sha256_prefix}"));
     }
-    tmp.persist(dest).map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
+    tmp.commit().map_err(|e| format!("cannot save {}: {e}", dest.display()))?;
     Ok(())
 }
 

@@ -1,0 +1,123 @@
+//! What a loaded model promises — one float32 image input `[batch, 3, size, size]`, one
+//! `[batch, classes]` output, class names and preprocessing in its metadata — checked against
+//! the session before the first image is classified, so a model from elsewhere fails at load
+//! time with one line instead of during a run.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+
+use crate::error::{one_line, InferError};
+use crate::metadata::ModelMetadata;
+
+/// Largest fixed batch size accepted from a model file: a larger one would make every call
+/// allocate a batch that big.
+pub const MAX_FIXED_BATCH: usize = 4096;
+/// Largest class count accepted (the output row length).
+pub const MAX_CLASSES: usize = 1_000_000;
+
+/// The checked facts of a model.
+#[derive(Debug, Clone)]
+pub(crate) struct Contract {
+    pub input_name: String,
+    pub output_name: String,
+    /// The output holds probabilities (a model without a `logits` output).
+    pub probabilities: bool,
+    /// The model's batch size when it is not symbolic.
+    pub fixed_batch: Option<usize>,
+    pub meta: ModelMetadata,
+}
+
+fn tensor_dims(t: &ValueType) -> Option<Vec<i64>> {
+    match t {
+        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Some(shape.to_vec()),
+        _ => None,
+    }
+}
+
+/// Reads and checks the contract of `session` (loaded from `path`).
+pub(crate) fn check(session: &Session, path: &Path) -> Result<Contract, InferError> {
+    let incompatible = |reason: String| InferError::Incompatible { path: path.to_path_buf(), reason };
+
+    let [input] = session.inputs() else {
+        return Err(incompatible(format!("{} inputs; one image tensor is expected", session.inputs().len())));
+    };
+    let input_name = input.name().to_string();
+    let in_dims = tensor_dims(input.dtype())
+        .ok_or_else(|| incompatible(format!("input '{}' is not a float32 tensor", input.name())))?;
+    if in_dims.len() != 4 {
+        return Err(incompatible(format!(
+            "input '{}' has rank {} ({in_dims:?}); [batch, 3, height, width] is expected",
+            input.name(),
+            in_dims.len(),
+        )));
+    }
+    if in_dims[1] != 3 && in_dims[1] != -1 {
+        return Err(incompatible(format!(
+            "input '{}' has {} channels; 3 (RGB) are expected",
+            input.name(),
+            in_dims[1]
+        )));
+    }
+    // Prefer logits (softmax applied here); accept a model that only outputs probabilities.
+    let outputs: Vec<(&str, Vec<i64>)> =
+        session.outputs().iter().filter_map(|o| tensor_dims(o.dtype()).map(|d| (o.name(), d))).collect();
+    let pick = |name: &str, probabilities| {
+        outputs.iter().find(|(n, _)| *n == name).map(|(n, d)| (n.to_string(), d.clone(), probabilities))
+    };
+    let (output_name, out_dims, probabilities) = pick("logits", false)
+        .or_else(|| pick("probabilities", true))
+        .or_else(|| outputs.first().map(|(n, d)| (n.to_string(), d.clone(), false)))
+        .ok_or_else(|| incompatible("no float32 tensor output".into()))?;
+    if out_dims.len() != 2 {
+        return Err(incompatible(format!(
+            "output '{output_name}' has rank {} ({out_dims:?}); [batch, classes] is expected",
+            out_dims.len()
+        )));
+    }
+    let num_outputs = usize::try_from(out_dims[1]).ok();
+    if num_outputs.is_some_and(|n| n == 0 || n > MAX_CLASSES) {
+        return Err(incompatible(format!("output '{output_name}' has {} classes", out_dims[1])));
+    }
+
+    let md = session.metadata().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), reason: one_line(e) })?;
+    let get = |k: &str| md.custom(k);
+    let mut meta = ModelMetadata::from_props(&get, num_outputs)
+        .map_err(|source| InferError::Metadata { path: path.to_path_buf(), source })?;
+    drop(md);
+    match num_outputs {
+        Some(n) if meta.classes.len() != n => {
+            return Err(incompatible(format!(
+                "the model outputs {n} classes but its metadata names {}",
+                meta.classes.len()
+            )));
+        }
+        None if meta.classes_from_defaults => {
+            return Err(incompatible("class count unknown: no 'classes' metadata and a dynamic output size".into()));
+        }
+        None if meta.classes.is_empty() || meta.classes.len() > MAX_CLASSES => {
+            return Err(incompatible(format!("metadata names {} classes", meta.classes.len())));
+        }
+        _ => {}
+    }
+    let (height, width) = (in_dims[2], in_dims[3]);
+    // No sizes in the metadata (not one of ours): take a fixed square input's size, keeping the
+    // 256/224 resize ratio.
+    let unstated = meta.toolkit.is_none() && meta.preprocess == crate::PreprocessConfig::default();
+    if unstated && height > 0 && height == width && height <= 4096 {
+        meta.preprocess.crop_size = height as u32;
+        meta.preprocess.resize_size = meta.preprocess.resize_size.max((height as u32 * 256).div_ceil(224));
+    }
+    let crop = i64::from(meta.preprocess.crop_size);
+    for (side, d) in [("height", height), ("width", width)] {
+        if d > 0 && d != crop {
+            return Err(incompatible(format!("input {side} is {d} but the metadata's input size is {crop}")));
+        }
+    }
+    let fixed_batch = usize::try_from(in_dims[0]).ok().filter(|&b| b > 0);
+    if let Some(b) = fixed_batch.filter(|&b| b > MAX_FIXED_BATCH) {
+        return Err(incompatible(format!("fixed batch size {b} is above the supported {MAX_FIXED_BATCH}")));
+    }
+    Ok(Contract { input_name, output_name, probabilities, fixed_batch, meta })
+}

@@ -1,0 +1,495 @@
+//! TIFF pixel data read strip by strip and tile by tile, for the layouts Pillow (libtiff) reads
+//! and the `image`/`tiff` crates get wrong or refuse.
+//!
+//! The `tiff` crate parses the file's directory here; the pixel data is read by this module:
+//! the whole-image reader of `tiff` 0.11 mis-sizes the bottom row of tiles of every plane but
+//! the first in a planar (`PlanarConfiguration = 2`) image and panics, its chunk reader fails
+//! on LZW tiles with right-edge padding, and `image` refuses palette and planar CMYK TIFFs.
+//! Each strip or tile of each plane is decompressed (none, LZW, Deflate, PackBits), the
+//! horizontal predictor undone, and the rows placed into the picture, clipped to the image.
+//!
+//! Colour conversions are Pillow's (`Image.convert("RGB")`), so training and deployment see what
+//! torchvision sees: 16-bit samples keep their high byte, 1/2/4-bit grey scales to 0–255,
+//! palettes index a 16-bit colour map by its high bytes, CMYK uses Pillow's integer formula.
+//!
+//! Other layouts (JPEG or fax compression, floating-point or signed samples, YCbCr, Lab, a
+//! reversed fill order) return `None` and go to the `image` crate.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use image::metadata::Orientation;
+use image::RgbImage;
+use tiff::decoder::Decoder;
+use tiff::tags::{ByteOrder, Tag};
+
+use super::{DecodeError, DecodeLimits};
+
+/// How the samples of one pixel become RGB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Colour {
+    /// Grey where 0 is black (`MinIsWhite` files are inverted while reading).
+    Gray,
+    Rgb,
+    Cmyk,
+    Palette,
+}
+
+impl Colour {
+    /// Samples of a pixel that the conversion reads (alpha and extra samples are ignored).
+    fn used_samples(self) -> usize {
+        match self {
+            Colour::Gray | Colour::Palette => 1,
+            Colour::Rgb => 3,
+            Colour::Cmyk => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Compression {
+    None,
+    Lzw,
+    Deflate,
+    PackBits,
+}
+
+/// Everything about the layout that the reading needs, from the directory.
+struct Layout {
+    width: u32,
+    height: u32,
+    colour: Colour,
+    bits: u8,
+    /// Samples per pixel in the file (including alpha and extra samples).
+    samples: usize,
+    planar: bool,
+    invert: bool,
+    compression: Compression,
+    predictor: bool,
+    big_endian: bool,
+    /// Strip or tile size; strips are as wide as the image.
+    chunk_w: u32,
+    chunk_h: u32,
+    offsets: Vec<u64>,
+    byte_counts: Vec<u64>,
+}
+
+fn corrupt(msg: impl Into<String>) -> DecodeError {
+    DecodeError::Corrupt(format!("TIFF: {}", msg.into()))
+}
+
+fn tiff_error(e: tiff::TiffError) -> DecodeError {
+    match e {
+        tiff::TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Corrupt("truncated file".into())
+        }
+        tiff::TiffError::LimitsExceeded => corrupt("directory values exceed the decoding limits"),
+        other => DecodeError::Corrupt(super::one_line(&format!("TIFF: {other}"))),
+    }
+}
+
+/// Checks that no entry of the first directory declares more data than the file holds.
+///
+/// The `tiff` crate reserves room for a tag's declared value count before reading the values
+/// (with a 256 MiB default cap, and no way to lower it before the first directory is read), so
+/// a 20-byte entry can make it allocate hundreds of megabytes. Both TIFF paths run this first.
+pub(super) fn check_directory<R: Read + Seek>(reader: &mut R) -> Result<(), DecodeError> {
+    let start = reader.stream_position()?;
+    let file_len = reader.seek(SeekFrom::End(0))?.saturating_sub(start);
+    let mut head = [0u8; 16];
+    reader.seek(SeekFrom::Start(start))?;
+    let got = reader.by_ref().take(16).read(&mut head)?;
+    let big_endian = head.starts_with(b"MM");
+    let u = |b: &[u8]| -> u64 {
+        if big_endian {
+            b.iter().fold(0, |v, &x| v << 8 | u64::from(x))
+        } else {
+            b.iter().rev().fold(0, |v, &x| v << 8 | u64::from(x))
+        }
+    };
+    if got < 8 {
+        return Err(DecodeError::Corrupt("truncated file".into()));
+    }
+    let bigtiff = got >= 16 && u(&head[2..4]) == 43;
+    let (ifd, count_len, entry_len, value_len) =
+        if bigtiff { (u(&head[8..16]), 8, 20, 8) } else { (u(&head[4..8]), 2, 12, 4) };
+    let mut read_at = |at: u64, n: usize| -> Result<Vec<u8>, DecodeError> {
+        let mut buf = vec![0u8; n];
+        reader.seek(SeekFrom::Start(start.saturating_add(at)))?;
+        reader.read_exact(&mut buf).map_err(|_| DecodeError::Corrupt("truncated file (TIFF directory)".into()))?;
+        Ok(buf)
+    };
+    let entries = u(&read_at(ifd, count_len)?);
+    // A directory can hold at most as many entries as the file has room for.
+    if entries.saturating_mul(entry_len as u64) > file_len {
+        return Err(corrupt(format!("directory declares {entries} entries")));
+    }
+    let table = read_at(ifd + count_len as u64, entries as usize * entry_len)?;
+    for entry in table.chunks_exact(entry_len) {
+        let (tag, kind) = (u(&entry[0..2]), u(&entry[2..4]));
+        let count = u(&entry[4..4 + value_len]);
+        let size: u64 = match kind {
+            3 | 8 => 2,
+            4 | 9 | 11 | 13 => 4,
+            5 | 10 | 12 | 16 | 17 | 18 => 8,
+            _ => 1,
+        };
+        if count.saturating_mul(size) > file_len {
+            return Err(corrupt(format!("tag {tag} declares {count} values, more than the file holds")));
+        }
+    }
+    reader.seek(SeekFrom::Start(start))?;
+    Ok(())
+}
+
+/// Decodes a TIFF whose layout this module handles; `Ok(None)` leaves it to the `image` crate.
+pub(super) fn decode<R: Read + Seek>(
+    reader: R,
+    limits: DecodeLimits,
+) -> Result<Option<(RgbImage, Orientation)>, DecodeError> {
+    let mut dec = Decoder::new(reader).map_err(tiff_error)?;
+    let (width, height) = dec.dimensions().map_err(tiff_error)?;
+    limits.check(width, height)?;
+    let Some(layout) = layout(&mut dec, width, height)? else { return Ok(None) };
+    let palette = match layout.colour {
+        Colour::Palette => Some(read_palette(&mut dec, layout.bits)?),
+        _ => None,
+    };
+    let orientation = dec
+        .find_tag_unsigned::<u16>(Tag::Orientation)
+        .map_err(tiff_error)?
+        .and_then(|v| Orientation::from_exif(v.min(255) as u8))
+        .unwrap_or(Orientation::NoTransforms);
+    let img = read_pixels(dec.inner(), &layout, palette.as_deref(), limits)?;
+    Ok(Some((img, orientation)))
+}
+
+/// Reads the directory into a [`Layout`], or `None` for layouts left to the `image` crate.
+fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Result<Option<Layout>, DecodeError> {
+    let mut u16_tag = |tag: Tag| dec.find_tag_unsigned::<u16>(tag).map_err(tiff_error);
+    let photometric = u16_tag(Tag::PhotometricInterpretation)?;
+    let compression = match u16_tag(Tag::Compression)?.unwrap_or(1) {
+        1 => Compression::None,
+        5 => Compression::Lzw,
+        8 | 32946 => Compression::Deflate,
+        32773 => Compression::PackBits,
+        _ => return Ok(None),
+    };
+    let predictor = match u16_tag(Tag::Predictor)?.unwrap_or(1) {
+        1 => false,
+        2 => true,
+        _ => return Ok(None),
+    };
+    let planar = u16_tag(Tag::PlanarConfiguration)?.unwrap_or(1) == 2;
+    let samples = usize::from(u16_tag(Tag::SamplesPerPixel)?.unwrap_or(1));
+    if u16_tag(Tag::FillOrder)?.unwrap_or(1) != 1 {
+        return Ok(None);
+    }
+    let formats = dec.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_error)?;
+    if formats.is_some_and(|f| f.iter().any(|&s| s != 1)) {
+        return Ok(None);
+    }
+    let bits = dec.find_tag_unsigned_vec::<u16>(Tag::BitsPerSample).map_err(tiff_error)?.unwrap_or(vec![1]);
+    let Some(&first) = bits.first() else { return Ok(None) };
+    if bits.iter().any(|&b| b != first) {
+        return Ok(None);
+    }
+    let bits = u8::try_from(first).unwrap_or(0);
+    let (colour, invert) = match (photometric, bits) {
+        (Some(0), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, true),
+        (Some(1), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, false),
+        (Some(2), 8 | 16) => (Colour::Rgb, false),
+        (Some(3), 1 | 2 | 4 | 8) => (Colour::Palette, false),
+        (Some(5), 8 | 16) => (Colour::Cmyk, false),
+        _ => return Ok(None),
+    };
+    if samples < colour.used_samples() || samples > 16 {
+        return Err(corrupt(format!("{samples} samples per pixel for a {colour:?} image")));
+    }
+    if predictor && bits < 8 {
+        return Err(corrupt("horizontal predictor with fewer than 8 bits per sample"));
+    }
+    let tiled = dec.find_tag(Tag::TileWidth).map_err(tiff_error)?.is_some();
+    let mut u32_tag = |tag: Tag| dec.find_tag_unsigned::<u32>(tag).map_err(tiff_error);
+    let (chunk_w, chunk_h) = if tiled {
+        (u32_tag(Tag::TileWidth)?.unwrap_or(0), u32_tag(Tag::TileLength)?.unwrap_or(0))
+    } else {
+        (width, u32_tag(Tag::RowsPerStrip)?.unwrap_or(height).min(height))
+    };
+    if chunk_w == 0 || chunk_h == 0 {
+        return Err(corrupt("zero-sized tiles or strips"));
+    }
+    let (offsets_tag, counts_tag) =
+        if tiled { (Tag::TileOffsets, Tag::TileByteCounts) } else { (Tag::StripOffsets, Tag::StripByteCounts) };
+    let mut u64_vec = |tag: Tag| dec.find_tag_unsigned_vec::<u64>(tag).map_err(tiff_error);
+    let offsets = u64_vec(offsets_tag)?.ok_or_else(|| corrupt("no strip or tile offsets"))?;
+    let byte_counts = u64_vec(counts_tag)?.ok_or_else(|| corrupt("no strip or tile byte counts"))?;
+    let big_endian = dec.byte_order() == ByteOrder::BigEndian;
+    Ok(Some(Layout {
+        width,
+        height,
+        colour,
+        bits,
+        samples,
+        planar,
+        invert,
+        compression,
+        predictor,
+        big_endian,
+        chunk_w,
+        chunk_h,
+        offsets,
+        byte_counts,
+    }))
+}
+
+/// Reads every strip or tile and converts the pixels to RGB.
+fn read_pixels<R: Read + Seek>(
+    file: &mut R,
+    l: &Layout,
+    palette: Option<&[[u8; 3]]>,
+    limits: DecodeLimits,
+) -> Result<RgbImage, DecodeError> {
+    let file_len = file.seek(SeekFrom::End(0))?;
+    let across = l.width.div_ceil(l.chunk_w) as usize;
+    let down = l.height.div_ceil(l.chunk_h) as usize;
+    let per_plane = across * down;
+    let planes = if l.planar { l.colour.used_samples() } else { 1 };
+    // Samples of one pixel inside a chunk.
+    let step = if l.planar { 1 } else { l.samples };
+    let row_bytes = (l.chunk_w as usize * step * usize::from(l.bits)).div_ceil(8);
+    if (row_bytes as u64).saturating_mul(u64::from(l.chunk_h)) > limits.max_alloc() {
+        return Err(corrupt(format!("{}x{} strips or tiles exceed the decoding limits", l.chunk_w, l.chunk_h)));
+    }
+    let required = planes * per_plane;
+    if l.offsets.len() < required || l.byte_counts.len() < required {
+        return Err(corrupt(format!(
+            "{} strip or tile offsets and {} byte counts for {required} strips or tiles",
+            l.offsets.len(),
+            l.byte_counts.len()
+        )));
+    }
+
+    let (w, h) = (l.width as usize, l.height as usize);
+    let mut rgb = vec![0u8; w * h * 3];
+    let mut chunks: Vec<Vec<u16>> = Vec::with_capacity(planes);
+    for unit in 0..per_plane {
+        let x0 = (unit % across) * l.chunk_w as usize;
+        let y0 = (unit / across) * l.chunk_h as usize;
+        let cw = (l.chunk_w as usize).min(w - x0);
+        let ch = (l.chunk_h as usize).min(h - y0);
+        chunks.clear();
+        for plane in 0..planes {
+            let index = unit + plane * per_plane;
+            let (offset, count) = (l.offsets[index], l.byte_counts[index]);
+            if offset.checked_add(count).is_none_or(|end| end > file_len) {
+                return Err(DecodeError::Corrupt(format!("truncated file (chunk {index} lies beyond its end)")));
+            }
+            let mut raw = Vec::with_capacity(count as usize);
+            file.seek(SeekFrom::Start(offset))?;
+            file.by_ref().take(count).read_to_end(&mut raw)?;
+            let data =
+                decompress(&raw, l.compression, row_bytes * ch).map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
+            if data.len() < row_bytes * ch {
+                return Err(corrupt(format!("chunk {index} holds {} bytes, {} needed", data.len(), row_bytes * ch)));
+            }
+            chunks.push(samples_of(&data[..row_bytes * ch], l, row_bytes, step));
+        }
+        let row_len = if l.bits < 8 { row_bytes } else { row_bytes / (usize::from(l.bits) / 8) };
+        for y in 0..ch {
+            let out_row = &mut rgb[((y0 + y) * w + x0) * 3..][..cw * 3];
+            for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+                let at = y * row_len;
+                let sample = |s: usize| -> u16 {
+                    if l.planar {
+                        chunks[s][at + x]
+                    } else {
+                        chunks[0][at + x * step + s]
+                    }
+                };
+                let to8 = |v: u16| -> u8 {
+                    if l.bits == 16 {
+                        (v >> 8) as u8
+                    } else {
+                        v as u8
+                    }
+                };
+                match l.colour {
+                    Colour::Gray | Colour::Palette if l.bits < 8 => {
+                        let v = unpack(&chunks[0][at..], x, l.bits);
+                        match palette {
+                            Some(map) => px.copy_from_slice(&map[usize::from(v)]),
+                            None => px.fill(scale_low_bits(v, l.bits)),
+                        }
+                    }
+                    Colour::Gray => px.fill(to8(sample(0))),
+                    Colour::Palette => {
+                        let map = palette.ok_or_else(|| corrupt("no colour map"))?;
+                        px.copy_from_slice(&map[usize::from(sample(0)).min(map.len() - 1)]);
+                    }
+                    Colour::Rgb => {
+                        for (c, p) in px.iter_mut().enumerate() {
+                            *p = to8(sample(c));
+                        }
+                    }
+                    Colour::Cmyk => {
+                        let [c, m, y, k] = [0, 1, 2, 3].map(|s| to8(sample(s)));
+                        px.copy_from_slice(&cmyk_to_rgb(c, m, y, k));
+                    }
+                }
+            }
+        }
+    }
+    Ok(RgbImage::from_raw(l.width, l.height, rgb).expect("buffer sized for the image"))
+}
+
+/// Decompresses one strip or tile, producing at most `want` bytes.
+fn decompress(raw: &[u8], compression: Compression, want: usize) -> Result<Vec<u8>, String> {
+    match compression {
+        Compression::None => Ok(raw[..raw.len().min(want)].to_vec()),
+        Compression::Lzw => {
+            let mut out = vec![0u8; want];
+            let mut decoder = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+            let (mut read, mut written) = (0, 0);
+            // Stops at the end code, when `want` bytes are out, or when nothing moves (the input
+            // is used up and the decoder's pending output flushed).
+            while written < want {
+                let r = decoder.decode_bytes(&raw[read..], &mut out[written..]);
+                read += r.consumed_in;
+                written += r.consumed_out;
+                match r.status {
+                    Ok(weezl::LzwStatus::Ok) if r.consumed_in + r.consumed_out > 0 => {}
+                    Ok(_) => break,
+                    Err(e) => return Err(format!("LZW data: {e}")),
+                }
+            }
+            out.truncate(written);
+            Ok(out)
+        }
+        Compression::Deflate => {
+            let mut out = Vec::with_capacity(want);
+            flate2::read::ZlibDecoder::new(raw)
+                .take(want as u64)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("Deflate data: {e}"))?;
+            Ok(out)
+        }
+        Compression::PackBits => {
+            let mut out = Vec::with_capacity(want);
+            let mut i = 0;
+            while i < raw.len() && out.len() < want {
+                let n = raw[i] as i8;
+                i += 1;
+                match n {
+                    0..=127 => {
+                        let run = &raw[i..raw.len().min(i + n as usize + 1)];
+                        out.extend_from_slice(run);
+                        i += run.len();
+                    }
+                    -127..=-1 => {
+                        if let Some(&b) = raw.get(i) {
+                            out.extend(std::iter::repeat_n(b, (1 - n as isize) as usize));
+                        }
+                        i += 1;
+                    }
+                    -128 => {} // no-op
+                }
+            }
+            out.truncate(want);
+            Ok(out)
+        }
+    }
+}
+
+/// A chunk's rows as samples: 16-bit values in host order with the predictor undone; 8-bit
+/// values widened; packed sub-byte rows kept one byte per value (see [`unpack`]). Grey that
+/// the file stores with 0 as white is inverted here.
+fn samples_of(data: &[u8], l: &Layout, row_bytes: usize, step: usize) -> Vec<u16> {
+    let mut values: Vec<u16> = if l.bits == 16 {
+        data.chunks_exact(2)
+            .map(|b| if l.big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
+            .collect()
+    } else {
+        data.iter().map(|&b| u16::from(b)).collect()
+    };
+    let row_len = if l.bits == 16 { row_bytes / 2 } else { row_bytes };
+    if l.predictor {
+        for row in values.chunks_mut(row_len) {
+            for i in step..row.len() {
+                row[i] = if l.bits == 16 {
+                    row[i].wrapping_add(row[i - step])
+                } else {
+                    (row[i] as u8).wrapping_add(row[i - step] as u8).into()
+                };
+            }
+        }
+    }
+    if l.invert {
+        let max = if l.bits == 16 { u16::MAX } else { 0xff };
+        for v in &mut values {
+            *v = max - *v; // sub-byte samples: inverting the packed byte inverts each value
+        }
+    }
+    values
+}
+
+/// The `x`-th `bits`-bit value of a row of packed bytes (most significant bits first).
+fn unpack(row: &[u16], x: usize, bits: u8) -> u16 {
+    let bit = x * usize::from(bits);
+    let byte = row[bit / 8];
+    let shift = 8 - usize::from(bits) - bit % 8;
+    (byte >> shift) & ((1 << bits) - 1)
+}
+
+/// Pillow's expansion of 1-, 2- and 4-bit grey to 8 bits.
+fn scale_low_bits(v: u16, bits: u8) -> u8 {
+    (v * (255 / ((1 << bits) - 1))) as u8
+}
+
+/// Pillow's `cmyk2rgb` (libImaging/Convert.c), in its integer arithmetic.
+fn cmyk_to_rgb(c: u8, m: u8, y: u8, k: u8) -> [u8; 3] {
+    let nk = 255 - i32::from(k);
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    [c, m, y].map(|v| (nk - muldiv255(i32::from(v), nk)).clamp(0, 255) as u8)
+}
+
+/// The colour map of a palette image: `2^bits` RGB entries from the 16-bit `ColorMap` tag.
+fn read_palette<R: Read + Seek>(dec: &mut Decoder<R>, bits: u8) -> Result<Vec<[u8; 3]>, DecodeError> {
+    let n = 1usize << bits;
+    let map = dec
+        .find_tag_unsigned_vec::<u16>(Tag::ColorMap)
+        .map_err(tiff_error)?
+        .ok_or_else(|| corrupt("palette image without a colour map"))?;
+    if map.len() < 3 * n {
+        return Err(corrupt(format!("colour map has {} values, {} needed", map.len(), 3 * n)));
+    }
+    Ok((0..n).map(|i| [map[i], map[n + i], map[2 * n + i]].map(|v| (v >> 8) as u8)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pillow_conversions() {
+        assert_eq!(cmyk_to_rgb(0, 0, 0, 0), [255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(255, 255, 255, 255), [0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(128, 0, 64, 32), [111, 223, 167]);
+        assert_eq!(scale_low_bits(1, 1), 255);
+        assert_eq!(scale_low_bits(2, 2), 170);
+        assert_eq!(scale_low_bits(15, 4), 255);
+        // 0b1011_0010: 2-bit values 2, 3, 0, 2
+        let row = [0b1011_0010u16];
+        assert_eq!((0..4).map(|x| unpack(&row, x, 2)).collect::<Vec<_>>(), [2, 3, 0, 2]);
+    }
+
+    #[test]
+    fn packbits() {
+        // literal run of 3, repeat 'z' 4 times, no-op, literal 1
+        let raw = [2, b'a', b'b', b'c', 0xfd, b'z', 0x80, 0, b'q'];
+        assert_eq!(decompress(&raw, Compression::PackBits, 100).unwrap(), b"abczzzzq");
+        assert_eq!(decompress(&raw, Compression::PackBits, 5).unwrap(), b"abczz");
+    }
+}

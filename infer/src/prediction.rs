@@ -1,0 +1,130 @@
+//! What classification returns: predictions ranked from model outputs, and per-file results
+//! with their JSON form (the records of `infer --format jsonl` and the server).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+use crate::error::InferError;
+
+/// A class and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scored {
+    pub class_index: usize,
+    pub label: String,
+    pub probability: f32,
+}
+
+/// The classification of one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub class_index: usize,
+    pub label: String,
+    /// Probability of the predicted class.
+    pub confidence: f32,
+    /// The most probable classes, best first.
+    pub top_k: Vec<Scored>,
+}
+
+/// The outcome for one input file.
+#[derive(Debug)]
+pub struct FileResult {
+    pub path: PathBuf,
+    pub result: Result<Prediction, InferError>,
+}
+
+impl Serialize for FileResult {
+    /// `{"path", "class_index", "label", "confidence", "top_k"}` or `{"path", "error"}`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("path", &self.path.to_string_lossy())?;
+        match &self.result {
+            Ok(p) => {
+                m.serialize_entry("class_index", &p.class_index)?;
+                m.serialize_entry("label", &p.label)?;
+                m.serialize_entry("confidence", &p.confidence)?;
+                m.serialize_entry("top_k", &p.top_k)?;
+            }
+            Err(e) => m.serialize_entry("error", &error_reason(&self.path, e))?,
+        }
+        m.end()
+    }
+}
+
+/// The message of a per-file error without the leading path (the record carries it).
+pub fn error_reason(path: &Path, e: &InferError) -> String {
+    let msg = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg)
+}
+
+/// Turns rows of model outputs into predictions.
+#[derive(Debug, Clone)]
+pub(crate) struct Ranker {
+    pub classes: Vec<String>,
+    pub top_k: usize,
+    /// The rows are already probabilities (else logits, softmax applied here).
+    pub probabilities: bool,
+}
+
+impl Ranker {
+    /// Predictions from model outputs (`n × classes`).
+    pub fn predictions(&self, outputs: &[f32]) -> Vec<Prediction> {
+        outputs.chunks(self.classes.len().max(1)).map(|row| self.rank(row)).collect()
+    }
+
+    fn rank(&self, row: &[f32]) -> Prediction {
+        let probs = if self.probabilities { row.to_vec() } else { softmax(row) };
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let top_k: Vec<Scored> = order
+            .iter()
+            .take(self.top_k.max(1))
+            .map(|&i| Scored { class_index: i, label: self.classes[i].clone(), probability: probs[i] })
+            .collect();
+        Prediction {
+            class_index: top_k[0].class_index,
+            label: top_k[0].label.clone(),
+            confidence: top_k[0].probability,
+            top_k,
+        }
+    }
+}
+
+pub(crate) fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] == 0.0);
+    }
+
+    #[test]
+    fn ranks_best_first_with_ties_by_index() {
+        let r = Ranker { classes: vec!["a".into(), "b".into(), "c".into()], top_k: 2, probabilities: true };
+        let p = r.predictions(&[0.2, 0.4, 0.4, 0.9, 0.05, 0.05]);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].label.as_str(), p[0].top_k[1].label.as_str()), ("b", "c"));
+        assert_eq!(p[1].class_index, 0);
+        assert_eq!(p[1].top_k.len(), 2);
+    }
+
+    #[test]
+    fn error_records_drop_the_path() {
+        let path = PathBuf::from("/x/y.jpg");
+        let e = InferError::Decode { path: path.clone(), source: crate::DecodeError::Empty };
+        assert_eq!(error_reason(&path, &e), "empty file");
+        let json = serde_json::to_string(&FileResult { path, result: Err(e) }).unwrap();
+        assert_eq!(json, r#"{"path":"/x/y.jpg","error":"empty file"}"#);
+    }
+}

@@ -1,0 +1,93 @@
+//! The streaming entry point: results of many inputs, in input order, as soon as each batch
+//! is inferred, while the next batches are decoded on the thread pool. The CLI and any
+//! embedding program consume the same iterator.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::batching::{self, BatchStream};
+use crate::classifier::Classifier;
+use crate::error::InferError;
+use crate::files::Input;
+use crate::prediction::FileResult;
+use crate::prepare::prepare_file;
+
+/// How many batches are decoded ahead of inference.
+const PREFETCH: usize = 2;
+
+/// Iterator over the [`FileResult`]s of a [`Classifier::classify_stream`] call.
+pub struct Results<'a> {
+    classifier: &'a Classifier,
+    /// Inputs not yet yielded, in order; files among them are being decoded by `batches`.
+    inputs: VecDeque<Input>,
+    batches: BatchStream<Result<Vec<f32>, InferError>>,
+    /// Results of the current batch not yet yielded.
+    ready: VecDeque<FileResult>,
+}
+
+impl<'a> Results<'a> {
+    pub(crate) fn new(classifier: &'a Classifier, inputs: Vec<Input>) -> Results<'a> {
+        let files: Vec<PathBuf> =
+            inputs.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect();
+        let preprocess = classifier.metadata().preprocess.clone();
+        let limits = classifier.decode_limits();
+        let load = move |path: &PathBuf, _| prepare_file(path, &preprocess, limits);
+        let order = (0..files.len()).collect();
+        let batches = batching::stream(
+            Arc::clone(classifier.pool()),
+            Arc::new(files),
+            order,
+            classifier.batch_size(),
+            PREFETCH,
+            load,
+        );
+        Results { classifier, inputs: inputs.into(), batches, ready: VecDeque::new() }
+    }
+
+    /// Infers the next decoded batch into `ready`, pairing results with the files in order.
+    fn infer_next_batch(&mut self) -> bool {
+        let Some(batch) = self.batches.next() else { return false };
+        let mut input = Vec::new();
+        for tensor in batch.iter().flatten() {
+            input.extend_from_slice(tensor);
+        }
+        let outputs = if input.is_empty() { Ok(Vec::new()) } else { self.classifier.run(&input) };
+        let mut predictions = outputs.as_ref().map(|o| self.classifier.predictions(o).into_iter());
+        let mut files = self.inputs.iter().filter_map(|i| if let Input::File(p) = i { Some(p) } else { None });
+        for item in batch {
+            let path = files.next().cloned().unwrap_or_default();
+            let result = match (item, &mut predictions) {
+                // A loader panic carries no path; name the file here.
+                (Err(InferError::Panicked(p)), _) => {
+                    Err(InferError::Input { path: path.clone(), reason: p.to_string() })
+                }
+                (Err(e), _) => Err(e),
+                (Ok(_), Ok(p)) => p.next().ok_or_else(|| InferError::Run("missing output".into())),
+                (Ok(_), Err(e)) => Err(InferError::Input { path: path.clone(), reason: e.to_string() }),
+            };
+            self.ready.push_back(FileResult { path, result });
+        }
+        true
+    }
+}
+
+impl Iterator for Results<'_> {
+    type Item = FileResult;
+
+    fn next(&mut self) -> Option<FileResult> {
+        match self.inputs.front()? {
+            Input::Error(_) => match self.inputs.pop_front() {
+                Some(Input::Error(e)) => Some(e),
+                _ => None,
+            },
+            Input::File(_) => {
+                if self.ready.is_empty() && !self.infer_next_batch() {
+                    return None;
+                }
+                self.inputs.pop_front();
+                self.ready.pop_front()
+            }
+        }
+    }
+}
