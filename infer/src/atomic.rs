@@ -58,6 +58,23 @@ impl AtomicFile {
     }
 }
 
+/// Removes temporary files that a killed writer left in `dir` for the outputs named in
+/// `names` (`.<name>.XXXXXX.tmp`); returns how many there were. Only for a folder this
+/// process owns: a concurrent writer's temporary file would be removed too.
+pub fn remove_leftovers(dir: &Path, names: &[&str]) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else { continue };
+        let ours = names.iter().any(|name| n.starts_with(&format!(".{name}.")) && n.ends_with(".tmp"));
+        if ours && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Flushes a folder's entries (the rename) to disk; a no-op where folders cannot be opened.
 fn sync_parent(path: &Path) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -112,5 +129,22 @@ mod tests {
         assert_eq!(leftovers, 1, "temporary file removed");
         write_bytes(&p, b"new").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn commit_to_another_name_and_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("out.jsonl");
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.file().write_all(b"so far").unwrap();
+        f.commit_to(&d.path().join("out.jsonl.partial")).unwrap();
+        assert!(!target.exists());
+        assert_eq!(std::fs::read(d.path().join("out.jsonl.partial")).unwrap(), b"so far");
+        // A writer killed before its commit leaves its temporary file; it is cleaned up later.
+        let killed = AtomicFile::create(&d.path().join("best.pt")).unwrap();
+        std::mem::forget(killed);
+        std::fs::write(d.path().join(".other.abc.tmp"), b"x").unwrap();
+        assert_eq!(remove_leftovers(d.path(), &["best.pt", "last.pt"]), 1);
+        assert!(d.path().join(".other.abc.tmp").exists());
     }
 }

@@ -93,7 +93,7 @@ impl ClassifierBuilder {
             .map_err(|e| InferError::Run(format!("cannot start decoding threads: {e}")))?;
         let ranker =
             Ranker { classes: contract.meta.classes.clone(), top_k: self.top_k, probabilities: contract.probabilities };
-        Ok(Classifier {
+        let classifier = Classifier {
             session: Mutex::new(started.session),
             path,
             contract,
@@ -103,7 +103,17 @@ impl ClassifierBuilder {
             batch_size: self.batch_size,
             limits: self.limits,
             pool: Arc::new(pool),
-        })
+        };
+        if classifier.contract.classes_unchecked {
+            // The output size is only known by running: one blank image must give one row per
+            // class the metadata names.
+            let blank = vec![0.0; classifier.contract.meta.preprocess.input_len()];
+            classifier.run(&blank).map_err(|e| InferError::Incompatible {
+                path: classifier.path.clone(),
+                reason: format!("a trial run failed: {}", crate::error::one_line(e)),
+            })?;
+        }
+        Ok(classifier)
     }
 }
 
@@ -211,7 +221,7 @@ impl Classifier {
         let classes = self.contract.meta.classes.len();
         if dims.len() != 2 || dims[1] != classes as i64 || dims[0] != batch as i64 {
             return Err(InferError::Run(format!(
-                "output shape {:?} does not fit {batch} images x {classes} classes",
+                "output shape {:?} does not fit {batch} images x {classes} classes (the metadata names {classes})",
                 &dims[..]
             )));
         }

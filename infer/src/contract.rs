@@ -26,6 +26,9 @@ pub(crate) struct Contract {
     pub probabilities: bool,
     /// The model's batch size when it is not symbolic.
     pub fixed_batch: Option<usize>,
+    /// The class count is not in the model's declared output shape: it is checked by running
+    /// the model once ([`crate::Classifier`] does, before it is returned).
+    pub classes_unchecked: bool,
     pub meta: ModelMetadata,
 }
 
@@ -119,5 +122,5 @@ pub(crate) fn check(session: &Session, path: &Path) -> Result<Contract, InferErr
     if let Some(b) = fixed_batch.filter(|&b| b > MAX_FIXED_BATCH) {
         return Err(incompatible(format!("fixed batch size {b} is above the supported {MAX_FIXED_BATCH}")));
     }
-    Ok(Contract { input_name, output_name, probabilities, fixed_batch, meta })
+    Ok(Contract { input_name, output_name, probabilities, fixed_batch, classes_unchecked: num_outputs.is_none(), meta })
 }

@@ -335,3 +335,111 @@ fn batch_sizes_give_the_same_results() {
         }
     }
 }
+
+fn fixtures(folder: &str) -> std::path::PathBuf {
+    repo_root().join("tests/fixtures").join(folder)
+}
+
+/// Every seed image of every format, the recorded crashers, and damaged copies of the seeds
+/// (cut short, bits flipped): the run goes on to the end with one record per file.
+#[test]
+fn a_folder_of_every_format_and_damaged_file_gives_one_record_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let dir = tmp.path().join("mixed");
+    std::fs::create_dir(&dir).unwrap();
+    let mut files = 0;
+    for folder in ["images", "crashers"] {
+        for entry in std::fs::read_dir(fixtures(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "py" || e == "md") {
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(dir.join(&name), &bytes).unwrap();
+            let ext = path.extension().unwrap().to_string_lossy().into_owned();
+            std::fs::write(dir.join(format!("{name}.cut.{ext}")), &bytes[..bytes.len() * 2 / 3]).unwrap();
+            let mut flipped = bytes.clone();
+            for k in 0..6 {
+                let i = (k * 7919 + 13) % flipped.len();
+                flipped[i] ^= 0x5A;
+            }
+            std::fs::write(dir.join(format!("{name}.flip.{ext}")), &flipped).unwrap();
+            files += 3;
+        }
+    }
+    let out = infer(&model).args(["--format", "jsonl", "--batch-size", "7"]).arg(&dir).output().unwrap();
+    let err = stderr(&out);
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error") && !err.contains("abort"), "{err}");
+    let records = jsonl(&out);
+    assert_eq!(records.len(), files, "{err}");
+    let named = by_name(&records);
+    // Every undamaged seed of every format is classified.
+    for entry in std::fs::read_dir(fixtures("images")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".py") {
+            assert!(named[&name].get("label").is_some(), "{name}: {}", named[&name]);
+        }
+    }
+    let errors = records.iter().filter(|r| r.get("error").is_some()).count();
+    println!("{files} files: {} classified, {errors} error records", files - errors);
+}
+
+/// Many slow-to-decode images (one large noisy JPEG, linked many times).
+fn slow_inputs(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut seed = 1u32;
+    let img = image::RgbImage::from_fn(2000, 1500, |_, _| {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let b = seed.to_be_bytes();
+        image::Rgb([b[0], b[1], b[2]])
+    });
+    let big = dir.join("big.jpg");
+    img.save(&big).unwrap();
+    for i in 0..n {
+        std::os::unix::fs::symlink(&big, dir.join(format!("{i:04}.jpg"))).unwrap();
+    }
+}
+
+/// SIGTERM or SIGINT part-way: --output is left as it was, the results so far are in
+/// FILE.partial (whole records), and the message says so.
+#[test]
+fn a_stopped_run_keeps_the_old_output_and_the_results_so_far() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let dir = tmp.path().join("slow");
+    slow_inputs(&dir, 400);
+    for (signal, code, word) in [("-TERM", 143, "terminated"), ("-INT", 130, "interrupted")] {
+        let file = tmp.path().join("results.jsonl");
+        std::fs::write(&file, "previous\n").unwrap();
+        let partial = tmp.path().join("results.jsonl.partial");
+        let _ = std::fs::remove_file(&partial);
+        let child = infer(&model)
+            .args(["--format", "jsonl", "--batch-size", "4", "--output"])
+            .arg(&file)
+            .arg(&dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let sent = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "previous\n", "{err}");
+        let kept = std::fs::read_to_string(&partial).unwrap_or_else(|e| panic!("{e}: {err}"));
+        let lines: Vec<&str> = kept.lines().collect();
+        assert!(!lines.is_empty() && lines.len() < 401, "{} records", lines.len());
+        for l in &lines {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(r["label"].is_string(), "{l}");
+        }
+        let last = err.lines().last().unwrap();
+        assert!(last.starts_with(&format!("{word}: ")), "{err}");
+        assert!(last.contains("left as it was") && last.contains("results.jsonl.partial"), "{last}");
+        assert!(last.contains(&format!("{} of 401 results", lines.len())), "{last}");
+    }
+}

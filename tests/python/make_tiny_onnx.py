@@ -1,6 +1,11 @@
 """Small ONNX classifiers for testing `infer` without training one.
 
-Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities]
+Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities
+                              |huge_batch|huge_classes|huge_initializer|dims_vs_data]
+
+The hostile kinds declare absurd sizes: a fixed batch of a billion images, a billion classes,
+an initializer of 2^40 values backed by a few bytes, an initializer whose dims disagree with
+its data. None of them may make the loader allocate what they declare.
 
 The "good" model averages 28x28 blocks of a 224x224 RGB input (an 8x8 grid per channel) and
 maps the 192 values to 3 classes (red, green, blue) with weights that mostly follow each
@@ -26,7 +31,7 @@ for c in range(3):
 w += rng.normal(0, 0.05, size=w.shape).astype(np.float32)  # layout-dependent part
 b = np.zeros(3, dtype=np.float32)
 
-batch = "batch"
+batch = 1_000_000_000 if args.kind == "huge_batch" else "batch"
 in_shape = [batch, 3, 224, 224] if args.kind != "rank3" else [3, 224, 224]
 nodes = []
 if args.kind == "rank3":
@@ -39,11 +44,25 @@ nodes += [
     helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
     helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
 ]
-outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])]
+n_out = 1_000_000_000 if args.kind == "huge_classes" else 3
+outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, n_out])]
 if args.kind == "probabilities":
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
     outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 3])]
 inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+
+
+def raw_tensor(name, dims, data):
+    t = TensorProto()
+    t.name, t.data_type, t.raw_data = name, TensorProto.FLOAT, data
+    t.dims.extend(dims)
+    return t
+
+
+if args.kind == "huge_initializer":
+    inits[1] = raw_tensor("b", [1 << 40], b"\0" * 12)
+if args.kind == "dims_vs_data":
+    inits[0] = raw_tensor("w", [3, 200], w.tobytes())
 if args.kind == "rank3":
     inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"))
 graph = helper.make_graph(
@@ -53,7 +72,7 @@ model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 model.ir_version = 8
 meta = {
     "metadata_version": "1",
-    "classes": json.dumps(classes if args.kind != "class_mismatch" else classes + ["purple"]),
+    "classes": json.dumps(classes if args.kind not in ("class_mismatch", "huge_classes") else classes + ["purple"]),
     "input_size": "224",
     "resize_size": "256",
     "interpolation": "bilinear",
@@ -64,5 +83,6 @@ meta = {
 }
 if args.kind != "no_metadata":
     helper.set_model_props(model, meta)
-onnx.checker.check_model(model)
+if not args.kind.startswith(("huge", "dims")):
+    onnx.checker.check_model(model)
 onnx.save(model, args.out)

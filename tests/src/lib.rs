@@ -1,5 +1,8 @@
 //! Helpers shared by the cross-crate tests in `tests/tests/`.
 
+pub mod alloc;
+pub mod mutate;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,8 +1,15 @@
 //! The subset of Python's pickle format that `torch.save` files use: a small unpickler that
 //! builds a [`Value`] tree without executing anything, and a writer for protocol 2.
 //!
-//! Globals and `REDUCE` calls are kept symbolic ([`Value::Global`], [`Value::Call`]); the caller
-//! interprets the few that torch uses (`_rebuild_tensor_v2`, `OrderedDict`, storages).
+//! Reading is a loop of [`OpCode::read`] (one instruction decoded from the bytes) and
+//! [`Machine::execute`] (its effect on the stack and memo). Globals and `REDUCE` calls are kept
+//! symbolic ([`Value::Global`], [`Value::Call`]); the caller interprets the few that torch
+//! uses (`_rebuild_tensor_v2`, `OrderedDict`, storages).
+//!
+//! Pickles written by others are untrusted. As `torch.load(weights_only=True)` does, only the
+//! globals a state dict needs are accepted ([`ALLOWED_GLOBALS`]); and since a memo reference
+//! copies a value, a few bytes could ask for an exponential number of copies, so the values
+//! built are counted against a budget proportional to the input, and nesting is bounded.
 
 use std::collections::HashMap;
 
@@ -16,7 +23,31 @@ pub enum PickleError {
     Opcode(u8, usize),
     #[error("malformed pickle: {0}")]
     Malformed(String),
+    #[error("pickle refers to '{0}', which a weights file has no use for (only tensors, storages and OrderedDict are accepted, as torch.load(weights_only=True) does)")]
+    ForbiddenGlobal(String),
+    #[error("pickle too large or too deep: {0}")]
+    Limit(String),
 }
+
+/// The globals a torchvision state dict or a training checkpoint may refer to.
+pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "FloatStorage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ShortStorage"),
+    ("torch", "CharStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+];
+
+/// Deepest nesting of containers accepted (a state dict needs four levels).
+pub const MAX_DEPTH: usize = 100;
 
 /// A pickled value. Containers keep insertion order.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,11 +109,52 @@ impl Value {
     }
 }
 
-enum Item {
+/// One pickle instruction, decoded with its argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpCode {
+    Proto(u8),
+    Frame(u64),
+    Stop,
     Mark,
-    Val(Value),
+    None,
+    Bool(bool),
+    Int(i64),
+    BigInt(Vec<u8>),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    EmptyTuple,
+    /// TUPLE: the items since the last mark.
+    Tuple,
+    /// TUPLE1..3: the top `n` items.
+    TupleN(usize),
+    EmptyList,
+    /// LIST: the items since the last mark.
+    List,
+    Append,
+    Appends,
+    EmptyDict,
+    /// DICT: key/value pairs since the last mark.
+    Dict,
+    SetItem,
+    SetItems,
+    /// GLOBAL (module and name in the instruction).
+    Global(String, String),
+    /// STACK_GLOBAL (module and name from the stack).
+    StackGlobal,
+    /// REDUCE and NEWOBJ.
+    Reduce,
+    Build,
+    BinPersId,
+    /// BINPUT / LONG_BINPUT.
+    Put(u32),
+    Memoize,
+    /// BINGET / LONG_BINGET.
+    Get(u32),
+    Pop,
 }
 
+/// Reads the instruction bytes.
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
@@ -95,49 +167,168 @@ impl<'a> Reader<'a> {
         self.pos = end;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
     fn u8(&mut self) -> Result<u8, PickleError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, PickleError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    fn u32_len(&mut self) -> Result<usize, PickleError> {
+        Ok(u32::from_le_bytes(self.array()?) as usize)
     }
-    fn u32(&mut self) -> Result<u32, PickleError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn i32(&mut self) -> Result<i32, PickleError> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, PickleError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn line(&mut self) -> Result<&'a str, PickleError> {
+    fn line(&mut self) -> Result<String, PickleError> {
         let rest = &self.data[self.pos..];
         let nl = rest.iter().position(|&b| b == b'\n').ok_or(PickleError::Truncated)?;
         self.pos += nl + 1;
-        std::str::from_utf8(&rest[..nl]).map_err(|_| PickleError::Malformed("non-UTF-8 text".into()))
+        String::from_utf8(rest[..nl].to_vec()).map_err(|_| PickleError::Malformed("non-UTF-8 text".into()))
     }
     fn string(&mut self, n: usize) -> Result<String, PickleError> {
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| PickleError::Malformed("invalid UTF-8 string".into()))
     }
 }
 
-/// Unpickles one object from the start of `data`; returns it and the number of bytes read
-/// (legacy torch files hold several pickles back to back).
-pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
-    let mut r = Reader { data, pos: 0 };
-    let mut stack: Vec<Item> = Vec::new();
-    let mut memo: HashMap<u32, Value> = HashMap::new();
+impl OpCode {
+    /// Decodes the instruction at the reader's position.
+    fn read(r: &mut Reader) -> Result<OpCode, PickleError> {
+        let at = r.pos;
+        let op = r.u8()?;
+        Ok(match op {
+            0x80 => OpCode::Proto(r.u8()?),
+            0x95 => OpCode::Frame(u64::from_le_bytes(r.array()?)),
+            b'.' => OpCode::Stop,
+            b'(' => OpCode::Mark,
+            b'N' => OpCode::None,
+            0x88 => OpCode::Bool(true),
+            0x89 => OpCode::Bool(false),
+            b'K' => OpCode::Int(i64::from(r.u8()?)),
+            b'M' => OpCode::Int(i64::from(u16::from_le_bytes(r.array()?))),
+            b'J' => OpCode::Int(i64::from(i32::from_le_bytes(r.array()?))),
+            0x8a => {
+                // LONG1: little-endian two's complement of n bytes
+                let n = usize::from(r.u8()?);
+                let bytes = r.take(n)?;
+                if n > 8 {
+                    OpCode::BigInt(bytes.to_vec())
+                } else {
+                    let mut v: i64 = 0;
+                    for (i, b) in bytes.iter().enumerate() {
+                        v |= i64::from(*b) << (8 * i);
+                    }
+                    if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
+                        v -= 1i64 << (8 * n);
+                    }
+                    OpCode::Int(v)
+                }
+            }
+            b'G' => OpCode::Float(f64::from_be_bytes(r.array()?)),
+            // BINUNICODE, SHORT_BINUNICODE, SHORT_BINSTRING, BINSTRING
+            b'X' | b'T' => {
+                let n = r.u32_len()?;
+                OpCode::Str(r.string(n)?)
+            }
+            0x8c | b'U' => {
+                let n = usize::from(r.u8()?);
+                OpCode::Str(r.string(n)?)
+            }
+            b'C' => {
+                let n = usize::from(r.u8()?);
+                OpCode::Bytes(r.take(n)?.to_vec())
+            }
+            b'B' => {
+                let n = r.u32_len()?;
+                OpCode::Bytes(r.take(n)?.to_vec())
+            }
+            b')' => OpCode::EmptyTuple,
+            b't' => OpCode::Tuple,
+            0x85..=0x87 => OpCode::TupleN(usize::from(op - 0x84)),
+            b']' => OpCode::EmptyList,
+            b'l' => OpCode::List,
+            b'a' => OpCode::Append,
+            b'e' => OpCode::Appends,
+            b'}' => OpCode::EmptyDict,
+            b'd' => OpCode::Dict,
+            b's' => OpCode::SetItem,
+            b'u' => OpCode::SetItems,
+            b'c' => {
+                let module = r.line()?;
+                OpCode::Global(module, r.line()?)
+            }
+            0x93 => OpCode::StackGlobal,
+            b'R' | 0x81 => OpCode::Reduce,
+            b'b' => OpCode::Build,
+            b'Q' => OpCode::BinPersId,
+            b'q' => OpCode::Put(u32::from(r.u8()?)),
+            b'r' => OpCode::Put(u32::from_le_bytes(r.array()?)),
+            0x94 => OpCode::Memoize,
+            b'h' => OpCode::Get(u32::from(r.u8()?)),
+            b'j' => OpCode::Get(u32::from_le_bytes(r.array()?)),
+            b'0' => OpCode::Pop,
+            _ => return Err(PickleError::Opcode(op, at)),
+        })
+    }
+}
 
-    fn pop(stack: &mut Vec<Item>) -> Result<Value, PickleError> {
-        match stack.pop() {
+/// A value on the stack with its size (nodes in it) and nesting depth, tracked so that copies
+/// and containers can be bounded without walking the tree.
+#[derive(Debug, Clone)]
+struct Sized {
+    value: Value,
+    nodes: usize,
+    depth: usize,
+}
+
+impl Sized {
+    fn leaf(value: Value) -> Sized {
+        Sized { value, nodes: 1, depth: 0 }
+    }
+}
+
+enum Item {
+    Mark,
+    Val(Sized),
+}
+
+/// The unpickler's state: a stack, the memo, and the budget of values it may still build.
+struct Machine {
+    stack: Vec<Item>,
+    memo: HashMap<u32, Sized>,
+    budget: usize,
+}
+
+impl Machine {
+    fn charge(&mut self, nodes: usize) -> Result<(), PickleError> {
+        self.budget = self.budget.checked_sub(nodes).ok_or_else(|| {
+            PickleError::Limit(
+                "it builds far more values than its size allows (repeated copies of memoised values)".into(),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn push(&mut self, v: Sized) -> Result<(), PickleError> {
+        if v.depth > MAX_DEPTH {
+            return Err(PickleError::Limit(format!("containers nested more than {MAX_DEPTH} levels deep")));
+        }
+        self.stack.push(Item::Val(v));
+        Ok(())
+    }
+
+    fn leaf(&mut self, v: Value) -> Result<(), PickleError> {
+        self.charge(1)?;
+        self.push(Sized::leaf(v))
+    }
+
+    fn pop(&mut self) -> Result<Sized, PickleError> {
+        match self.stack.pop() {
             Some(Item::Val(v)) => Ok(v),
             _ => Err(PickleError::Malformed("stack underflow".into())),
         }
     }
-    fn pop_mark(stack: &mut Vec<Item>) -> Result<Vec<Value>, PickleError> {
+
+    fn pop_mark(&mut self) -> Result<Vec<Sized>, PickleError> {
         let mut items = Vec::new();
         loop {
-            match stack.pop() {
+            match self.stack.pop() {
                 Some(Item::Mark) => break,
                 Some(Item::Val(v)) => items.push(v),
                 None => return Err(PickleError::Malformed("missing MARK".into())),
@@ -146,198 +337,187 @@ pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
         items.reverse();
         Ok(items)
     }
-    fn top(stack: &mut [Item]) -> Result<&mut Value, PickleError> {
-        match stack.last_mut() {
+
+    fn top(&mut self) -> Result<&mut Sized, PickleError> {
+        match self.stack.last_mut() {
             Some(Item::Val(v)) => Ok(v),
             _ => Err(PickleError::Malformed("expected a value on the stack".into())),
         }
     }
-    fn set_items(target: &mut Value, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
-            return Err(PickleError::Malformed("odd number of dict items".into()));
-        }
-        let entries = match target {
-            Value::Dict(d) => d,
-            // `OrderedDict()` arrives as a call; it becomes a plain ordered dict.
-            Value::Call(f, _) if matches!(&**f, Value::Global(m, n) if m == "collections" && n == "OrderedDict") => {
-                *target = Value::Dict(Vec::new());
-                match target {
-                    Value::Dict(d) => d,
-                    _ => unreachable!(),
-                }
-            }
-            _ => return Err(PickleError::Malformed("SETITEM on a non-dict".into())),
-        };
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            entries.push((k, v));
-        }
-        Ok(())
+
+    /// A container of `items`, built by `make`.
+    fn container(&mut self, items: Vec<Sized>, make: impl FnOnce(Vec<Value>) -> Value) -> Result<(), PickleError> {
+        self.charge(1)?;
+        let nodes = 1 + items.iter().map(|i| i.nodes).sum::<usize>();
+        let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
+        self.push(Sized { value: make(items.into_iter().map(|i| i.value).collect()), nodes, depth })
     }
 
-    loop {
-        let at = r.pos;
-        let op = r.u8()?;
+    /// Adds `items` to the container on top of the stack.
+    fn extend_top(&mut self, items: Vec<Sized>, dict: bool) -> Result<(), PickleError> {
+        let top = self.top()?;
+        top.nodes += items.iter().map(|i| i.nodes).sum::<usize>();
+        top.depth = top.depth.max(1 + items.iter().map(|i| i.depth).max().unwrap_or(0));
+        if top.depth > MAX_DEPTH {
+            return Err(PickleError::Limit(format!("containers nested more than {MAX_DEPTH} levels deep")));
+        }
+        let values = items.into_iter().map(|i| i.value);
+        if dict {
+            set_items(&mut top.value, values.collect())
+        } else {
+            match &mut top.value {
+                Value::List(l) => {
+                    l.extend(values);
+                    Ok(())
+                }
+                _ => Err(PickleError::Malformed("APPEND to a non-list".into())),
+            }
+        }
+    }
+
+    /// Applies one instruction; returns the result at STOP.
+    fn execute(&mut self, op: OpCode) -> Result<Option<Value>, PickleError> {
         match op {
-            0x80 => {
-                r.u8()?; // PROTO
+            OpCode::Proto(_) | OpCode::Frame(_) => {}
+            OpCode::Stop => return Ok(Some(self.pop()?.value)),
+            OpCode::Mark => self.stack.push(Item::Mark),
+            OpCode::None => self.leaf(Value::None)?,
+            OpCode::Bool(b) => self.leaf(Value::Bool(b))?,
+            OpCode::Int(i) => self.leaf(Value::Int(i))?,
+            OpCode::BigInt(b) => self.leaf(Value::BigInt(b))?,
+            OpCode::Float(f) => self.leaf(Value::Float(f))?,
+            OpCode::Str(s) => self.leaf(Value::Str(s))?,
+            OpCode::Bytes(b) => self.leaf(Value::Bytes(b))?,
+            OpCode::EmptyTuple => self.leaf(Value::Tuple(Vec::new()))?,
+            OpCode::Tuple => {
+                let items = self.pop_mark()?;
+                self.container(items, Value::Tuple)?;
             }
-            0x95 => {
-                r.u64()?; // FRAME
-            }
-            b'.' => {
-                let v = pop(&mut stack)?;
-                return Ok((v, r.pos));
-            }
-            b'(' => stack.push(Item::Mark),
-            b'N' => stack.push(Item::Val(Value::None)),
-            0x88 => stack.push(Item::Val(Value::Bool(true))),
-            0x89 => stack.push(Item::Val(Value::Bool(false))),
-            b'K' => stack.push(Item::Val(Value::Int(i64::from(r.u8()?)))),
-            b'M' => stack.push(Item::Val(Value::Int(i64::from(r.u16()?)))),
-            b'J' => stack.push(Item::Val(Value::Int(i64::from(r.i32()?)))),
-            0x8a => {
-                // LONG1: little-endian two's complement of n bytes
-                let n = r.u8()? as usize;
-                let bytes = r.take(n)?;
-                if n > 8 {
-                    stack.push(Item::Val(Value::BigInt(bytes.to_vec())));
-                    continue;
-                }
-                let mut v: i64 = 0;
-                for (i, b) in bytes.iter().enumerate() {
-                    v |= i64::from(*b) << (8 * i);
-                }
-                if n > 0 && n < 8 && bytes[n - 1] & 0x80 != 0 {
-                    v -= 1i64 << (8 * n);
-                }
-                stack.push(Item::Val(Value::Int(v)));
-            }
-            b'G' => stack.push(Item::Val(Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8"))))),
-            b'X' => {
-                let n = r.u32()? as usize;
-                stack.push(Item::Val(Value::Str(r.string(n)?)));
-            }
-            0x8c => {
-                let n = r.u8()? as usize;
-                stack.push(Item::Val(Value::Str(r.string(n)?)));
-            }
-            b'U' => {
-                // SHORT_BINSTRING (protocol 2 `str` in Python 2 pickles)
-                let n = r.u8()? as usize;
-                stack.push(Item::Val(Value::Str(r.string(n)?)));
-            }
-            b'T' => {
-                let n = r.u32()? as usize;
-                stack.push(Item::Val(Value::Str(r.string(n)?)));
-            }
-            b'C' => {
-                let n = r.u8()? as usize;
-                stack.push(Item::Val(Value::Bytes(r.take(n)?.to_vec())));
-            }
-            b'B' => {
-                let n = r.u32()? as usize;
-                stack.push(Item::Val(Value::Bytes(r.take(n)?.to_vec())));
-            }
-            b')' => stack.push(Item::Val(Value::Tuple(Vec::new()))),
-            b't' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Item::Val(Value::Tuple(items)));
-            }
-            0x85..=0x87 => {
-                let n = usize::from(op - 0x84);
-                let mut items = (0..n).map(|_| pop(&mut stack)).collect::<Result<Vec<_>, _>>()?;
+            OpCode::TupleN(n) => {
+                let mut items = (0..n).map(|_| self.pop()).collect::<Result<Vec<_>, _>>()?;
                 items.reverse();
-                stack.push(Item::Val(Value::Tuple(items)));
+                self.container(items, Value::Tuple)?;
             }
-            b']' => stack.push(Item::Val(Value::List(Vec::new()))),
-            b'l' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Item::Val(Value::List(items)));
+            OpCode::EmptyList => self.leaf(Value::List(Vec::new()))?,
+            OpCode::List => {
+                let items = self.pop_mark()?;
+                self.container(items, Value::List)?;
             }
-            b'a' => {
-                let v = pop(&mut stack)?;
-                match top(&mut stack)? {
-                    Value::List(l) => l.push(v),
-                    _ => return Err(PickleError::Malformed("APPEND to a non-list".into())),
-                }
+            OpCode::Append => {
+                let v = self.pop()?;
+                self.extend_top(vec![v], false)?;
             }
-            b'e' => {
-                let items = pop_mark(&mut stack)?;
-                match top(&mut stack)? {
-                    Value::List(l) => l.extend(items),
-                    _ => return Err(PickleError::Malformed("APPENDS to a non-list".into())),
-                }
+            OpCode::Appends => {
+                let items = self.pop_mark()?;
+                self.extend_top(items, false)?;
             }
-            b'}' => stack.push(Item::Val(Value::Dict(Vec::new()))),
-            b'd' => {
-                let items = pop_mark(&mut stack)?;
-                let mut d = Value::Dict(Vec::new());
-                set_items(&mut d, items)?;
-                stack.push(Item::Val(d));
+            OpCode::EmptyDict => self.leaf(Value::Dict(Vec::new()))?,
+            OpCode::Dict => {
+                let items = self.pop_mark()?;
+                self.leaf(Value::Dict(Vec::new()))?;
+                self.extend_top(items, true)?;
             }
-            b's' => {
-                let v = pop(&mut stack)?;
-                let k = pop(&mut stack)?;
-                set_items(top(&mut stack)?, vec![k, v])?;
+            OpCode::SetItem => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.extend_top(vec![k, v], true)?;
             }
-            b'u' => {
-                let items = pop_mark(&mut stack)?;
-                set_items(top(&mut stack)?, items)?;
+            OpCode::SetItems => {
+                let items = self.pop_mark()?;
+                self.extend_top(items, true)?;
             }
-            b'c' => {
-                let module = r.line()?.to_string();
-                let name = r.line()?.to_string();
-                stack.push(Item::Val(Value::Global(module, name)));
-            }
-            0x93 => {
-                let name = pop(&mut stack)?;
-                let module = pop(&mut stack)?;
+            OpCode::Global(module, name) => self.global(module, name)?,
+            OpCode::StackGlobal => {
+                let name = self.pop()?.value;
+                let module = self.pop()?.value;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => stack.push(Item::Val(Value::Global(m, n))),
+                    (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
                     _ => return Err(PickleError::Malformed("STACK_GLOBAL needs two strings".into())),
                 }
             }
-            b'R' | 0x81 => {
-                // REDUCE / NEWOBJ: keep the call symbolic.
-                let args = pop(&mut stack)?;
-                let f = pop(&mut stack)?;
-                let args = match args {
+            OpCode::Reduce => {
+                // Kept symbolic: the caller interprets the allowed callables.
+                let args = self.pop()?;
+                let f = self.pop()?;
+                let (nodes, depth) = (1 + f.nodes + args.nodes, 1 + f.depth.max(args.depth));
+                let args = match args.value {
                     Value::Tuple(a) => a,
                     other => vec![other],
                 };
-                stack.push(Item::Val(Value::Call(Box::new(f), args)));
+                self.charge(1)?;
+                self.push(Sized { value: Value::Call(Box::new(f.value), args), nodes, depth })?;
             }
-            b'b' => {
-                // BUILD: object state (e.g. an OrderedDict's `_metadata`); not needed.
-                pop(&mut stack)?;
-                top(&mut stack)?;
+            OpCode::Build => {
+                // Object state (e.g. an OrderedDict's `_metadata`): not needed.
+                self.pop()?;
+                self.top()?;
             }
-            b'Q' => {
-                let pid = pop(&mut stack)?;
-                stack.push(Item::Val(Value::PersistentId(Box::new(pid))));
+            OpCode::BinPersId => {
+                let pid = self.pop()?;
+                self.charge(1)?;
+                let (nodes, depth) = (pid.nodes + 1, pid.depth + 1);
+                self.push(Sized { value: Value::PersistentId(Box::new(pid.value)), nodes, depth })?;
             }
-            b'q' => {
-                let i = u32::from(r.u8()?);
-                memo.insert(i, top(&mut stack)?.clone());
+            OpCode::Put(i) => self.memoize(i)?,
+            OpCode::Memoize => self.memoize(self.memo.len() as u32)?,
+            OpCode::Get(i) => {
+                let v = self.memo.get(&i).ok_or_else(|| PickleError::Malformed(format!("memo {i} unset")))?.clone();
+                self.charge(v.nodes)?;
+                self.push(v)?;
             }
-            b'r' => {
-                let i = r.u32()?;
-                memo.insert(i, top(&mut stack)?.clone());
+            OpCode::Pop => {
+                self.stack.pop();
             }
-            0x94 => {
-                let i = memo.len() as u32;
-                memo.insert(i, top(&mut stack)?.clone());
-            }
-            b'h' | b'j' => {
-                let i = if op == b'h' { u32::from(r.u8()?) } else { r.u32()? };
-                let v = memo.get(&i).ok_or_else(|| PickleError::Malformed(format!("memo {i} unset")))?;
-                stack.push(Item::Val(v.clone()));
-            }
-            b'0' => {
-                stack.pop();
-            }
-            _ => return Err(PickleError::Opcode(op, at)),
+        }
+        Ok(None)
+    }
+
+    /// Keeps a copy of the top value under `index` (charged: the copy is memory too).
+    fn memoize(&mut self, index: u32) -> Result<(), PickleError> {
+        let v = self.top()?.clone();
+        self.charge(v.nodes)?;
+        self.memo.insert(index, v);
+        Ok(())
+    }
+
+    fn global(&mut self, module: String, name: String) -> Result<(), PickleError> {
+        if !ALLOWED_GLOBALS.iter().any(|(m, n)| *m == module && *n == name) {
+            return Err(PickleError::ForbiddenGlobal(format!("{module}.{name}")));
+        }
+        self.leaf(Value::Global(module, name))
+    }
+}
+
+fn set_items(target: &mut Value, items: Vec<Value>) -> Result<(), PickleError> {
+    if items.len() % 2 != 0 {
+        return Err(PickleError::Malformed("odd number of dict items".into()));
+    }
+    // `OrderedDict()` arrives as a call; it becomes a plain ordered dict.
+    if matches!(target, Value::Call(f, _) if matches!(&**f, Value::Global(m, n) if m == "collections" && n == "OrderedDict"))
+    {
+        *target = Value::Dict(Vec::new());
+    }
+    let Value::Dict(entries) = target else {
+        return Err(PickleError::Malformed("SETITEM on a non-dict".into()));
+    };
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        entries.push((k, v));
+    }
+    Ok(())
+}
+
+/// Unpickles one object from the start of `data`; returns it and the number of bytes read
+/// (legacy torch files hold several pickles back to back).
+pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
+    let mut r = Reader { data, pos: 0 };
+    // Every instruction builds at most one value directly; copies from the memo are charged
+    // by size. A state dict builds a few values per byte; this allows sixteen.
+    let mut m = Machine { stack: Vec::new(), memo: HashMap::new(), budget: 16 * data.len() + 1024 };
+    loop {
+        let op = OpCode::read(&mut r)?;
+        if let Some(v) = m.execute(op)? {
+            return Ok((v, r.pos));
         }
     }
 }
@@ -472,6 +652,37 @@ mod tests {
         assert_eq!(unpickle(&[0x80, 2, b'K']), Err(PickleError::Truncated));
         assert!(matches!(unpickle(&[0x80, 2, 0xff]), Err(PickleError::Opcode(0xff, 2))));
         assert!(unpickle(b".").is_err());
+    }
+
+    #[test]
+    fn only_the_globals_of_a_state_dict_are_accepted() {
+        let mut w = Writer::new();
+        w.global("os", "system");
+        let err = unpickle(&w.finish()).unwrap_err();
+        assert_eq!(err, PickleError::ForbiddenGlobal("os.system".into()));
+        assert!(err.to_string().contains("weights_only"), "{err}");
+        // STACK_GLOBAL is checked the same way.
+        let data = [&[0x80, 4, 0x8c, 8][..], b"builtins", &[0x8c, 4], b"eval", &[0x93, b'.']].concat();
+        assert_eq!(unpickle(&data).unwrap_err(), PickleError::ForbiddenGlobal("builtins.eval".into()));
+    }
+
+    #[test]
+    fn copies_and_nesting_are_bounded() {
+        // A list memoised, then two copies of it put in a new list, memoised again, ...:
+        // 2^60 values from a few hundred bytes.
+        let mut data = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..60 {
+            data.extend([b'(', b'h', 0, b'h', 0, b'l', b'q', 0]);
+        }
+        data.push(b'.');
+        assert!(matches!(unpickle(&data), Err(PickleError::Limit(_))));
+        // Lists nested 10,000 deep.
+        let mut deep = vec![0x80, 2];
+        deep.extend(std::iter::repeat_n(b']', 10_000));
+        deep.extend(std::iter::repeat_n(b'a', 9_999));
+        deep.push(b'.');
+        let err = unpickle(&deep).unwrap_err();
+        assert!(err.to_string().contains("nested more than 100"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum TorchFileError {
     Unsupported(String),
     #[error("storage '{0}' is missing or too short")]
     Storage(String),
+    #[error("the reader crashed on this file ({0})")]
+    Crashed(String),
 }
 
 /// Element types torch files use.
@@ -154,8 +156,44 @@ pub fn load(path: &Path) -> Result<Obj, TorchFileError> {
     load_bytes(&bytes)
 }
 
+/// Runs a reader of untrusted bytes under the panic guard: a panic in the zip reader becomes
+/// this file's error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, TorchFileError>) -> Result<T, TorchFileError> {
+    infer::guard::isolate("the checkpoint reader", f).unwrap_or_else(|p| Err(TorchFileError::Crashed(p.message)))
+}
+
+/// Largest decompressed-to-compressed ratio Deflate can reach; a zip entry claiming more lies.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Reads one zip entry whole, trusting neither its declared size nor its data: at most the
+/// declared size is read (more data is an error), and a declared size that the entry's
+/// compressed bytes cannot produce is refused before anything is allocated.
+fn read_entry<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str) -> Result<Vec<u8>, TorchFileError> {
+    let zerr = |e: zip::result::ZipError| TorchFileError::Zip(e.to_string());
+    let entry = zip.by_name(name).map_err(zerr)?;
+    let (size, packed) = (entry.size(), entry.compressed_size());
+    let stored = entry.compression() == zip::CompressionMethod::Stored;
+    if (stored && size != packed) || size > packed.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(64) {
+        return Err(TorchFileError::Zip(format!("entry {name} claims {size} bytes from {packed} compressed bytes")));
+    }
+    // Grown as data arrives: the declared size is not trusted for an allocation.
+    let mut buf = Vec::new();
+    entry
+        .take(size.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| TorchFileError::Zip(format!("entry {name}: {e}")))?;
+    if buf.len() as u64 != size {
+        return Err(TorchFileError::Zip(format!("entry {name} holds {} bytes, not the {size} it declares", buf.len())));
+    }
+    Ok(buf)
+}
+
 /// Reads `torch.save` output held in memory.
 pub fn load_bytes(bytes: &[u8]) -> Result<Obj, TorchFileError> {
+    guarded(|| load_bytes_unguarded(bytes))
+}
+
+fn load_bytes_unguarded(bytes: &[u8]) -> Result<Obj, TorchFileError> {
     if bytes.starts_with(b"PK\x03\x04") {
         load_zip(std::io::Cursor::new(bytes))
     } else if bytes.first() == Some(&0x80) {
@@ -166,29 +204,28 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Obj, TorchFileError> {
 }
 
 fn load_zip<R: Read + Seek>(reader: R) -> Result<Obj, TorchFileError> {
-    let zerr = |e: zip::result::ZipError| TorchFileError::Zip(e.to_string());
-    let mut zip = zip::ZipArchive::new(reader).map_err(zerr)?;
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| TorchFileError::Zip(e.to_string()))?;
     let pkl_name = zip
         .file_names()
         .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
         .map(str::to_owned)
         .ok_or(TorchFileError::NotTorchFile)?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    if let Ok(mut f) = zip.by_name(&format!("{prefix}byteorder")) {
-        let mut order = String::new();
-        f.read_to_string(&mut order)?;
-        if order.trim() != "little" {
-            return Err(TorchFileError::Unsupported(format!("byte order '{}'", order.trim())));
+    let byteorder = format!("{prefix}byteorder");
+    if zip.index_for_name(&byteorder).is_some() {
+        let order = read_entry(&mut zip, &byteorder)?;
+        if order.trim_ascii() != b"little" {
+            return Err(TorchFileError::Unsupported(format!("byte order '{}'", String::from_utf8_lossy(&order))));
         }
     }
-    let mut pkl = Vec::new();
-    zip.by_name(&pkl_name).map_err(zerr)?.read_to_end(&mut pkl)?;
+    let pkl = read_entry(&mut zip, &pkl_name)?;
     let (value, _) = pickle::unpickle(&pkl)?;
     let mut storages = |key: &str| -> Result<Vec<u8>, TorchFileError> {
-        let mut f = zip.by_name(&format!("{prefix}data/{key}")).map_err(|_| TorchFileError::Storage(key.into()))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(buf)
+        let name = format!("{prefix}data/{key}");
+        if zip.index_for_name(&name).is_none() {
+            return Err(TorchFileError::Storage(key.into()));
+        }
+        read_entry(&mut zip, &name)
     };
     convert(&value, &mut storages)
 }
@@ -214,13 +251,14 @@ fn load_legacy(bytes: &[u8]) -> Result<Obj, TorchFileError> {
     let mut payloads: HashMap<String, Vec<u8>> = HashMap::new();
     for key in keys.as_seq().ok_or(TorchFileError::NotTorchFile)? {
         let key = key.as_str().ok_or(TorchFileError::NotTorchFile)?.to_string();
-        let count = bytes.get(pos..pos + 8).ok_or_else(|| TorchFileError::Storage(key.clone()))?;
-        let count = u64::from_le_bytes(count.try_into().expect("8 bytes")) as usize;
+        let short = || TorchFileError::Storage(key.clone());
+        let count = bytes.get(pos..pos.checked_add(8).ok_or_else(short)?).ok_or_else(short)?;
+        let count = usize::try_from(u64::from_le_bytes(count.try_into().expect("8 bytes"))).map_err(|_| short())?;
         pos += 8;
         let size = dtypes.get(&key).map(|d: &DType| d.size()).unwrap_or(1);
-        let len = count.checked_mul(size).ok_or_else(|| TorchFileError::Storage(key.clone()))?;
-        let data = bytes.get(pos..pos + len).ok_or_else(|| TorchFileError::Storage(key.clone()))?;
-        pos += len;
+        let end = count.checked_mul(size).and_then(|len| pos.checked_add(len)).ok_or_else(short)?;
+        let data = bytes.get(pos..end).ok_or_else(short)?;
+        pos = end;
         payloads.insert(key, data.to_vec());
     }
     let mut storages = |key: &str| payloads.get(key).cloned().ok_or_else(|| TorchFileError::Storage(key.into()));
@@ -340,19 +378,35 @@ fn gather(
     key: &str,
 ) -> Result<TensorData, TorchFileError> {
     let bad = || TorchFileError::Storage(key.to_string());
+    let layout = || TorchFileError::Unsupported(format!("tensor layout of storage '{key}'"));
     if shape.len() != stride.len() || offset < 0 || shape.iter().any(|&d| d < 0) || stride.iter().any(|&s| s < 0) {
-        return Err(TorchFileError::Unsupported(format!("tensor layout of storage '{key}'")));
+        return Err(layout());
     }
     let es = dtype.size();
-    let numel: usize = shape.iter().map(|&d| d as usize).product();
-    let mut data = Vec::with_capacity(numel * es);
+    // Sizes come from the file: every product is checked, and nothing is allocated before
+    // the storage is known to hold the whole view.
+    let too_large = || TorchFileError::Unsupported(format!("tensor shape {shape:?} of storage '{key}' is too large"));
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize)).ok_or_else(too_large)?;
+    let bytes = numel.checked_mul(es).ok_or_else(too_large)?;
+    let mut data = Vec::new();
     if numel > 0 {
         // Highest element index touched must lie inside the storage.
-        let last =
-            offset as usize + shape.iter().zip(stride).map(|(&d, &s)| (d as usize - 1) * s as usize).sum::<usize>();
-        if (last + 1) * es > raw.len() {
+        let last = shape
+            .iter()
+            .zip(stride)
+            .try_fold(offset as usize, |acc, (&d, &s)| acc.checked_add((d as usize - 1).checked_mul(s as usize)?))
+            .ok_or_else(bad)?;
+        if last.checked_add(1).and_then(|n| n.checked_mul(es)).is_none_or(|end| end > raw.len()) {
             return Err(bad());
         }
+        // A view can repeat elements (stride 0); copied out, it must not outgrow its storage.
+        if bytes > raw.len() {
+            return Err(TorchFileError::Unsupported(format!(
+                "tensor of storage '{key}' repeats its {} bytes into {bytes}",
+                raw.len()
+            )));
+        }
+        data.reserve_exact(bytes);
         let contiguous = {
             let mut expect = 1i64;
             let mut ok = true;
@@ -494,6 +548,10 @@ fn write_obj<'a>(w: &mut pickle::Writer, obj: &'a Obj, storages: &mut Vec<&'a Te
 
 /// Reads one extra record written by [`write`], if present.
 pub fn read_extra(path: &Path, name: &str) -> Result<Option<Vec<u8>>, TorchFileError> {
+    guarded(|| read_extra_unguarded(path, name))
+}
+
+fn read_extra_unguarded(path: &Path, name: &str) -> Result<Option<Vec<u8>>, TorchFileError> {
     let file = std::fs::File::open(path)?;
     let mut zip = match zip::ZipArchive::new(file) {
         Ok(z) => z,
@@ -504,9 +562,7 @@ pub fn read_extra(path: &Path, name: &str) -> Result<Option<Vec<u8>>, TorchFileE
     let Some(wanted) = wanted else {
         return Ok(None);
     };
-    let mut buf = Vec::new();
-    zip.by_name(&wanted).map_err(|e| TorchFileError::Zip(e.to_string()))?.read_to_end(&mut buf)?;
-    Ok(Some(buf))
+    read_entry(&mut zip, &wanted).map(Some)
 }
 
 #[cfg(test)]

@@ -124,6 +124,8 @@ pub const CURVES: &str = "curves.png";
 pub const TRAIN_BATCH: &str = "train_batch.png";
 /// Written by the binary's export step after training.
 pub const MODEL_ONNX: &str = "model.onnx";
+/// Every file a run writes into `--out`.
+pub const OUTPUTS: [&str; 7] = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, MODEL_ONNX];
 
 /// Dynamic loss scaling for float16 autocast (PyTorch's `GradScaler` rule).
 struct GradScaler {
@@ -374,6 +376,10 @@ pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer, stop: &StopFlag) -> Result
     let loader = Arc::new(Loader::new(preprocess.clone(), cfg.workers, cfg.prefetch, hyper.seed)?);
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.clone(), source })?;
+    let leftovers = infer::atomic::remove_leftovers(out, &OUTPUTS);
+    if leftovers > 0 {
+        obs.info(&format!("removed {leftovers} temporary file(s) left by an interrupted run in {}", out.display()));
+    }
     let train_samples = Arc::new(ds.train.clone());
     let val_samples = Arc::new(ds.val.clone());
     let mut history = state.as_ref().map(|s| s.history.clone()).unwrap_or_default();
@@ -520,11 +526,7 @@ fn make_summary(
     seconds: f64,
     interrupted: bool,
 ) -> Summary {
-    let outputs = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, MODEL_ONNX]
-        .iter()
-        .map(|f| cfg.out.join(f))
-        .filter(|p| p.exists() || p.ends_with(SUMMARY))
-        .collect();
+    let outputs = OUTPUTS.iter().map(|f| cfg.out.join(f)).filter(|p| p.exists() || p.ends_with(SUMMARY)).collect();
     Summary {
         toolkit: checkpoint::TOOLKIT_NAME.to_string(),
         toolkit_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -89,8 +89,10 @@ pub fn state_dict_of(obj: &Obj) -> Option<Vec<(String, &TensorData)>> {
 pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, WeightsError> {
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     if is_safetensors {
-        let named = Tensor::read_safetensors(path)
-            .map_err(|e| WeightsError::Safetensors { path: path.to_path_buf(), reason: one_line(&e.to_string()) })?;
+        let err = |reason: String| WeightsError::Safetensors { path: path.to_path_buf(), reason };
+        let named = infer::guard::isolate("the safetensors reader", || Tensor::read_safetensors(path))
+            .map_err(|p| err(p.to_string()))?
+            .map_err(|e| err(one_line(&e.to_string())))?;
         return Ok(named.into_iter().collect());
     }
     let obj = torch_file::load(path).map_err(|source| WeightsError::File { path: path.to_path_buf(), source })?;

@@ -360,3 +360,42 @@ fn one_epoch_on_the_seed_dataset() {
     let trained = s["best"]["val_acc"].as_f64().unwrap();
     assert!((deployed - trained).abs() < 1e-9, "deployed accuracy {deployed} vs validation {trained}");
 }
+
+/// A weights file from elsewhere that names code to run (`builtins.eval`): `train --weights`,
+/// `train --resume` and `train export` each print one `error:` line naming it and exit 1.
+#[test]
+fn hostile_weight_files_are_refused_in_one_line() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = train::pickle::Writer::new();
+    w.global("builtins", "eval");
+    w.str("print(1)");
+    w.reduce();
+    let file = tmp.path().join("evil.pt");
+    // With this toolkit's record, so that `--resume` and `export` get as far as the pickle.
+    let info = train::checkpoint::ModelInfo::new("resnet18", vec!["a".into(), "b".into()], Default::default(), 1, None);
+    {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&file).unwrap());
+        zip.start_file("archive/data.pkl", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(&w.finish()).unwrap();
+        zip.start_file("archive/toolkit.json", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(&serde_json::to_vec(&info).unwrap()).unwrap();
+        zip.finish().unwrap();
+    }
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 2, 1);
+    let out = |n: &str| tmp.path().join(n);
+    let runs = [
+        train().arg(&data).arg("--weights").arg(&file).args(["--device", "cpu", "--out"]).arg(out("o1")).output(),
+        train().arg(&data).arg("--resume").arg(&file).args(["--device", "cpu", "--out"]).arg(out("o2")).output(),
+        train().args(["export", "--weights"]).arg(&file).arg("--out").arg(out("m.onnx")).output(),
+    ];
+    for run in runs {
+        let run = run.unwrap();
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{err}");
+        let last = err.lines().last().unwrap();
+        assert!(last.starts_with("error: ") && last.contains("evil.pt") && last.contains("builtins.eval"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
