@@ -9,9 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let classifier = Classifier::builder(model).execution_provider(ExecutionProvider::Auto).top_k(2).build()?;
     eprintln!("{} classes, on {}", classifier.metadata().classes.len(), classifier.provider());
     for r in classifier.classify_files(args.map(Into::into).collect()) {
-        match r.result {
+        match &r.result {
             Ok(p) => println!("{}: {} ({:.1}%)", r.path.display(), p.label, 100.0 * p.confidence),
-            Err(e) => eprintln!("{e}"),
+            Err(e) => eprintln!("{}: {e}", r.path.display()),
         }
     }
     Ok(())

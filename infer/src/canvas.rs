@@ -1,7 +1,11 @@
-//! A small raster canvas with a built-in 8×8 bitmap font, for the toolkit's pictures
-//! (training curves, sample grids, confusion matrices) without system fonts.
+//! A small raster canvas for the toolkit's pictures (training curves, sample grids, confusion
+//! matrices, prediction galleries), with text in an embedded font (DejaVu Sans: Latin, Greek,
+//! Cyrillic and more), anti-aliased, so that class names in any of those scripts are drawn as
+//! they are written and no system font is needed.
 
-use font8x8::UnicodeFonts;
+use std::sync::OnceLock;
+
+use ab_glyph::{point, Font, FontRef, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
 
 pub const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
@@ -9,6 +13,18 @@ pub const BLACK: Rgb<u8> = Rgb([20, 20, 20]);
 pub const GRID: Rgb<u8> = Rgb([225, 225, 225]);
 pub const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
 pub const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
+pub const GREEN: Rgb<u8> = Rgb([44, 160, 44]);
+pub const RED: Rgb<u8> = Rgb([214, 39, 40]);
+
+/// Pixel height of text at scale 1; lines are [`LINE`] pixels apart.
+const PX: f32 = 12.0;
+/// Line height at scale 1.
+pub const LINE: i64 = 14;
+
+fn font() -> &'static FontRef<'static> {
+    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
+    FONT.get_or_init(|| FontRef::try_from_slice(dejavu::sans::regular()).expect("the embedded font parses"))
+}
 
 /// An RGB image to draw on.
 pub struct Canvas {
@@ -22,18 +38,37 @@ impl Canvas {
     }
 
     pub fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
+        self.blend(x, y, c, 1.0);
+    }
+
+    /// Mixes `c` into the pixel at (x, y) with weight `alpha` (clipped to the canvas).
+    fn blend(&mut self, x: i64, y: i64, c: Rgb<u8>, alpha: f32) {
         if x >= 0 && y >= 0 && (x as u32) < self.img.width() && (y as u32) < self.img.height() {
-            self.img.put_pixel(x as u32, y as u32, c);
+            let p = self.img.get_pixel_mut(x as u32, y as u32);
+            let a = alpha.clamp(0.0, 1.0);
+            for (d, s) in p.0.iter_mut().zip(c.0) {
+                *d = (f32::from(*d) * (1.0 - a) + f32::from(s) * a).round() as u8;
+            }
         }
     }
 
     /// Fills a rectangle (clipped to the canvas).
     pub fn fill(&mut self, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>) {
-        for yy in y..y + h {
-            for xx in x..x + w {
-                self.put(xx, yy, c);
+        let (x0, y0) = (x.max(0), y.max(0));
+        let (x1, y1) = ((x + w).min(i64::from(self.img.width())), (y + h).min(i64::from(self.img.height())));
+        for yy in y0..y1 {
+            for xx in x0..x1 {
+                self.img.put_pixel(xx as u32, yy as u32, c);
             }
         }
+    }
+
+    /// A rectangle's outline `thick` pixels wide, drawn inside it.
+    pub fn frame(&mut self, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>, thick: i64) {
+        self.fill(x, y, w, thick, c);
+        self.fill(x, y + h - thick, w, thick, c);
+        self.fill(x, y, thick, h, c);
+        self.fill(x + w - thick, y, thick, h, c);
     }
 
     /// A line `thick` pixels wide (Bresenham with a square brush).
@@ -58,22 +93,91 @@ impl Canvas {
         }
     }
 
-    /// Text with the 8×8 font at `scale`; characters outside it print as '?'.
+    /// Text with its top-left corner at (x, y), [`LINE`]` × scale` pixels high.
     pub fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb<u8>, scale: i64) {
-        for (i, ch) in s.chars().enumerate() {
-            let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or([0; 8]);
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        self.fill(x + (i as i64 * 8 + col) * scale, y + row as i64 * scale, scale, scale, c);
-                    }
-                }
+        let font = font().as_scaled(PxScale::from(PX * scale as f32));
+        let mut caret = x as f32;
+        let baseline = y as f32 + font.ascent();
+        let mut previous = None;
+        for ch in s.chars() {
+            let id = font.glyph_id(ch);
+            if let Some(p) = previous {
+                caret += font.kern(p, id);
+            }
+            let glyph = id.with_scale_and_position(font.scale(), point(caret, baseline));
+            caret += font.h_advance(id);
+            previous = Some(id);
+            if let Some(outline) = font.outline_glyph(glyph) {
+                let b = outline.px_bounds();
+                outline.draw(|gx, gy, coverage| {
+                    self.blend(b.min.x as i64 + i64::from(gx), b.min.y as i64 + i64::from(gy), c, coverage);
+                });
             }
         }
     }
 
     /// Width in pixels of `s` drawn at `scale`.
     pub fn text_width(s: &str, scale: i64) -> i64 {
-        s.chars().count() as i64 * 8 * scale
+        let font = font().as_scaled(PxScale::from(PX * scale as f32));
+        let mut w = 0.0;
+        let mut previous = None;
+        for ch in s.chars() {
+            let id = font.glyph_id(ch);
+            if let Some(p) = previous {
+                w += font.kern(p, id);
+            }
+            w += font.h_advance(id);
+            previous = Some(id);
+        }
+        w.ceil() as i64
+    }
+
+    /// `s` shortened with an ellipsis to fit `width` pixels at `scale`.
+    pub fn fit(s: &str, width: i64, scale: i64) -> String {
+        if Canvas::text_width(s, scale) <= width {
+            return s.to_string();
+        }
+        let mut out: String = s.to_string();
+        while !out.is_empty() && Canvas::text_width(&format!("{out}…"), scale) > width {
+            out.pop();
+        }
+        format!("{out}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The columns of `img` holding ink (darker than the background), as a signature of the
+    /// drawn glyphs.
+    fn ink(s: &str) -> Vec<u32> {
+        let mut cv = Canvas::new(Canvas::text_width(s, 2) as u32 + 4, 40);
+        cv.text(2, 4, s, BLACK, 2);
+        (0..cv.img.width()).map(|x| (0..40).map(|y| 255 - u32::from(cv.img.get_pixel(x, y).0[0])).sum()).collect()
+    }
+
+    #[test]
+    fn latin_greek_and_cyrillic_are_drawn_not_replaced() {
+        let missing = ink("\u{FFFF}"); // a code point no font has: the "missing glyph" box
+        for s in ["chiffre é 7", "Ελληνικά", "кот"] {
+            let drawn = ink(s);
+            assert!(drawn.iter().sum::<u32>() > 2000, "{s}: no ink");
+            // Letters that differ only in accents or script draw differently.
+            assert_ne!(drawn, ink(&s.replace(['é', 'λ', 'о'], "?")), "{s}");
+            for ch in s.chars().filter(|c| !c.is_ascii()) {
+                assert_ne!(ink(&ch.to_string()), missing, "{ch} is drawn as a missing glyph");
+            }
+        }
+        assert_ne!(ink("chiffre é 7"), ink("chiffre e 7"));
+        assert!(Canvas::text_width("кот", 1) > 10);
+    }
+
+    #[test]
+    fn fit_shortens_with_an_ellipsis() {
+        let long = "a very long class name indeed";
+        let short = Canvas::fit(long, 60, 1);
+        assert!(short.ends_with('…') && Canvas::text_width(&short, 1) <= 60, "{short}");
+        assert_eq!(Canvas::fit("ok", 60, 1), "ok");
     }
 }

@@ -11,13 +11,11 @@ use rayon::prelude::*;
 
 use crate::contract::{self, Contract};
 use crate::decode::DecodeLimits;
-use crate::error::{one_line, InferError};
-use crate::files::Input;
+use crate::error::{one_line, InferError, ItemError};
 use crate::guard;
 use crate::metadata::ModelMetadata;
-use crate::prediction::{FileResult, Prediction, Ranker};
+use crate::prediction::{Prediction, Ranker};
 use crate::provider::{self, ExecutionProvider};
-use crate::stream::Results;
 
 /// Configures and builds a [`Classifier`].
 #[derive(Debug, Clone)]
@@ -239,19 +237,18 @@ impl Classifier {
     }
 
     /// Classifies one decoded image.
-    pub fn classify(&self, img: &RgbImage) -> Result<Prediction, InferError> {
+    pub fn classify(&self, img: &RgbImage) -> Result<Prediction, ItemError> {
         let mut out = self.classify_images(std::slice::from_ref(img))?;
-        out.pop().ok_or_else(|| InferError::Run("no output".into()))?
+        out.pop().ok_or_else(|| ItemError::Batch(InferError::Run("no output".into())))?
     }
 
     /// Classifies decoded images as one batch; each gets its own result.
-    pub fn classify_images(&self, imgs: &[RgbImage]) -> Result<Vec<Result<Prediction, InferError>>, InferError> {
-        let image_err = |source| InferError::Preprocess { path: PathBuf::from("<image>"), source };
-        let prepared: Vec<Result<Vec<f32>, InferError>> = self.pool.install(|| {
+    pub fn classify_images(&self, imgs: &[RgbImage]) -> Result<Vec<Result<Prediction, ItemError>>, InferError> {
+        let prepared: Vec<Result<Vec<f32>, ItemError>> = self.pool.install(|| {
             imgs.par_iter()
                 .map(|img| {
-                    guard::isolate("preprocessing", || self.preprocess(img).map_err(image_err))
-                        .unwrap_or_else(|p| Err(InferError::Run(p.to_string())))
+                    guard::isolate("preprocessing", || Ok(self.preprocess(img)?))
+                        .unwrap_or_else(|p| Err(ItemError::Crashed(p)))
                 })
                 .collect()
         });
@@ -263,33 +260,11 @@ impl Classifier {
             if input.is_empty() { Vec::new() } else { self.predictions(&self.run(&input)?) }.into_iter();
         Ok(prepared
             .into_iter()
-            .map(|p| p.and_then(|_| predictions.next().ok_or_else(|| InferError::Run("missing output".into()))))
+            .map(|p| {
+                p.and_then(|_| {
+                    predictions.next().ok_or_else(|| ItemError::Batch(InferError::Run("missing output".into())))
+                })
+            })
             .collect())
-    }
-
-    /// Streams the results of `inputs` in order: files are decoded and preprocessed in
-    /// parallel, ahead of inference, and classified in batches; [`Input::Error`] entries come
-    /// out where they stand. Dropping the iterator stops the work after the batches in flight.
-    pub fn classify_stream(&self, inputs: Vec<Input>) -> Results<'_> {
-        Results::new(self, inputs)
-    }
-
-    /// Classifies files, calling `on_result` for each, in order, as soon as its batch is done.
-    pub fn classify_files_with(&self, paths: Vec<PathBuf>, mut on_result: impl FnMut(FileResult)) {
-        for r in self.classify_stream(paths.into_iter().map(Input::File).collect()) {
-            on_result(r);
-        }
-    }
-
-    /// Classifies files; one result per path, in order.
-    pub fn classify_files(&self, paths: Vec<PathBuf>) -> Vec<FileResult> {
-        self.classify_stream(paths.into_iter().map(Input::File).collect()).collect()
-    }
-
-    /// Classifies files and folders: folders are searched recursively in sorted order for
-    /// images (by extension or content, see [`crate::files`]). Unusable paths get error
-    /// results where they stand; everything else is classified.
-    pub fn classify_paths(&self, paths: &[PathBuf]) -> Vec<FileResult> {
-        self.classify_stream(crate::files::collect(paths).items).collect()
     }
 }

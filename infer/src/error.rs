@@ -1,5 +1,7 @@
-//! Typed errors of the inference library. Per-file errors name the file; every message is a
-//! single line.
+//! Typed errors of the inference library, every message a single line. [`InferError`] is about
+//! the model and the runtime and names the model file; [`ItemError`] is about one input and
+//! carries no path: the [`crate::FileResult`] it sits in does, attached once where the file is
+//! handled.
 
 use std::path::PathBuf;
 
@@ -26,19 +28,28 @@ pub enum InferError {
     /// A strictly requested execution provider could not be used.
     #[error("execution provider {provider}: {reason}")]
     Provider { provider: String, reason: String },
-    #[error("{path}: {source}")]
-    Decode { path: PathBuf, source: DecodeError },
-    #[error("{path}: {source}")]
-    Preprocess { path: PathBuf, source: PreprocessError },
-    #[error("{path}: {reason}")]
-    Input { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
     Run(String),
     #[error("input holds {got} values, not a whole number of {per_image}-value images")]
     BatchShape { got: usize, per_image: usize },
-    /// A panic caught at an item boundary (see [`crate::guard`]).
+}
+
+/// Why one input could not be classified.
+#[derive(Debug, Error)]
+pub enum ItemError {
     #[error(transparent)]
-    Panicked(#[from] Panicked),
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    /// The path itself: missing, a broken link, an unreadable folder.
+    #[error("{0}")]
+    Path(String),
+    /// The batch holding this input failed in the model.
+    #[error(transparent)]
+    Batch(#[from] InferError),
+    /// A panic caught at the item's boundary (see [`crate::guard`]).
+    #[error(transparent)]
+    Crashed(#[from] Panicked),
 }
 
 /// First line of a message from ONNX Runtime, which can be long.

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::InferError;
+use crate::error::ItemError;
 use crate::prediction::FileResult;
 
 /// Extensions taken as images when walking folders (case-insensitive).
@@ -67,10 +67,14 @@ fn looks_like_image(path: &Path) -> bool {
     crate::decode::sniff(path, 32).is_ok_and(|head| image::guess_format(&head).is_ok())
 }
 
+/// Whether a file found in a folder is taken as an image: its extension names an image format
+/// or its first bytes are an image signature. The one rule for `infer` and `train` alike.
+pub fn is_image_file(path: &Path) -> bool {
+    has_image_extension(path) || looks_like_image(path)
+}
+
 fn error(path: &Path, reason: impl Into<String>) -> Input {
-    let path = path.to_path_buf();
-    let reason = reason.into();
-    Input::Error(FileResult { path: path.clone(), result: Err(InferError::Input { path, reason }) })
+    Input::Error(FileResult { path: path.to_path_buf(), result: Err(ItemError::Path(reason.into())) })
 }
 
 fn walk(dir: &Path, out: &mut Inputs) {
@@ -91,7 +95,7 @@ fn walk(dir: &Path, out: &mut Inputs) {
             Err(_) if path.symlink_metadata().is_ok() => out.items.push(error(&path, "broken symbolic link")),
             Err(e) => out.items.push(error(&path, format!("cannot read: {e}"))),
             Ok(m) if m.is_dir() => walk(&path, out),
-            Ok(_) if has_image_extension(&path) || looks_like_image(&path) => out.items.push(Input::File(path)),
+            Ok(_) if is_image_file(&path) => out.items.push(Input::File(path)),
             Ok(_) => out.ignored += 1,
         }
     }
@@ -141,7 +145,7 @@ mod tests {
         assert_eq!(order, ["a.png", "b/c/z.JPG", "dangling.jpg", "noext", "missing.jpg", "notes.txt"]);
         let (files, errors) = inputs.into_parts();
         assert_eq!(files.len(), 4);
-        let errors: Vec<String> = errors.iter().map(|e| e.result.as_ref().unwrap_err().to_string()).collect();
+        let errors: Vec<String> = errors.iter().map(|e| e.error_line().unwrap()).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].ends_with("dangling.jpg: broken symbolic link"));
         assert!(errors[1].ends_with("missing.jpg: no such file or folder"));

@@ -10,9 +10,9 @@
 //!     .build()?;
 //! println!("running on {}", classifier.provider());
 //! for r in classifier.classify_files(vec!["ant.jpg".into(), "bee.jpg".into()]) {
-//!     match r.result {
+//!     match &r.result {
 //!         Ok(p) => println!("{}: {} ({:.1}%)", r.path.display(), p.label, 100.0 * p.confidence),
-//!         Err(e) => eprintln!("{e}"),
+//!         Err(e) => eprintln!("{}: {e}", r.path.display()),
 //!     }
 //! }
 //! # Ok(())
@@ -25,13 +25,17 @@
 
 pub mod atomic;
 pub mod batching;
+#[cfg(feature = "draw")]
 pub mod canvas;
 pub mod classifier;
 mod contract;
 pub mod decode;
+pub mod device;
 pub mod error;
 pub mod evaluation;
 pub mod files;
+#[cfg(feature = "draw")]
+pub mod gallery;
 pub mod guard;
 pub mod metadata;
 pub mod prediction;
@@ -44,7 +48,8 @@ pub mod stream;
 pub use classifier::{Classifier, ClassifierBuilder};
 pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
-pub use error::InferError;
+pub use device::DeviceSpec;
+pub use error::{InferError, ItemError};
 pub use metadata::ModelMetadata;
 pub use prediction::{FileResult, Prediction, Scored};
 pub use prepare::prepare_file;

@@ -18,7 +18,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use infer::atomic::{self, AtomicFile};
 use infer::evaluation::{labelled_files, Evaluation};
 use infer::files::Input;
-use infer::prediction::error_reason;
 use infer::{Classifier, ExecutionProvider, FileResult};
 
 /// Classify images with a model.onnx exported by `train`, in batches, on CUDA or the CPU.
@@ -62,18 +61,32 @@ struct Cli {
     ep: ExecutionProvider,
 
     /// PATH is a labelled folder (PATH/<class>/<images>): print accuracy, per-class precision
-    /// and recall and the confusion matrix, and save the matrix as a PNG.
+    /// and recall and the confusion matrix, and save the matrix as a PNG. Per-image results go
+    /// only to --output, when given.
     #[arg(long)]
     eval: bool,
 
-    /// Where --eval writes the confusion matrix picture [default: confusion_matrix.png beside
-    /// the model].
+    /// Where --eval writes the confusion matrix picture [default:
+    /// confusion_matrix_<folder>.png beside the model].
     #[arg(long, value_name = "FILE")]
     confusion_png: Option<PathBuf>,
+
+    /// Also draw the classified images with their predicted classes into FILE.png (with
+    /// --eval: right ones framed green, mistakes red and first).
+    #[arg(long, value_name = "FILE")]
+    gallery: Option<PathBuf>,
+
+    /// Images in the --gallery picture at most.
+    #[arg(long, value_name = "N", default_value_t = 48)]
+    gallery_size: usize,
 
     /// Print only the summary line and errors (no per-image results).
     #[arg(long, short)]
     quiet: bool,
+
+    /// Also say why CUDA was not used on a machine without an NVIDIA GPU.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,7 +106,7 @@ struct Records {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.contains([',', '"', '\n', '\r', ';']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
@@ -116,7 +129,8 @@ impl Records {
                 writeln!(self.out)
             }
             (Format::Csv, Ok(p)) => {
-                let top: Vec<String> = p.top_k.iter().map(|s| format!("{}:{:.6}", s.label, s.probability)).collect();
+                // top_k as a JSON array in one field: unambiguous whatever the class names hold.
+                let top = serde_json::to_string(&p.top_k).map_err(std::io::Error::other)?;
                 writeln!(
                     self.out,
                     "{},{},{},{:.6},{},",
@@ -124,12 +138,10 @@ impl Records {
                     csv_field(&p.label),
                     p.class_index,
                     p.confidence,
-                    csv_field(&top.join(";"))
+                    csv_field(&top)
                 )
             }
-            (Format::Csv, Err(e)) => {
-                writeln!(self.out, "{},,,,,{}", csv_field(&path), csv_field(&error_reason(&r.path, e)))
-            }
+            (Format::Csv, Err(e)) => writeln!(self.out, "{},,,,,{}", csv_field(&path), csv_field(&e.to_string())),
             (Format::Table, Ok(p)) => {
                 let w = self.label_width;
                 let mut line = format!("{:<w$}  {:>6.2}%  {path}", p.label, 100.0 * p.confidence);
@@ -141,14 +153,7 @@ impl Records {
                 writeln!(self.out, "{line}")
             }
             (Format::Table, Err(e)) => {
-                writeln!(
-                    self.out,
-                    "{:<w$}  {:>7}  {path}: {}",
-                    "ERROR",
-                    "",
-                    error_reason(&r.path, e),
-                    w = self.label_width
-                )
+                writeln!(self.out, "{:<w$}  {:>7}  {path}: {e}", "ERROR", "", w = self.label_width)
             }
         }
     }
@@ -251,26 +256,88 @@ fn inputs(cli: &Cli, classes: &[String]) -> anyhow::Result<(Vec<Input>, Option<V
     Ok((items, Some(truth)))
 }
 
-fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let stop = stop_signal();
+/// What the run has seen so far.
+#[derive(Default)]
+struct Tally {
+    /// Records written (results and path errors), of `total`.
+    done: usize,
+    total: usize,
+    failures: usize,
+    /// Files classified or failed (not path errors).
+    files: usize,
+    evaluation: Option<Evaluation>,
+    /// Each file's true class, in order (`--eval`).
+    truth: Option<VecDeque<usize>>,
+    /// Successful results for `--gallery`.
+    gallery: Vec<infer::gallery::Item>,
+}
+
+impl Tally {
+    /// Counts one record; `from_file` tells a file's result from a path error.
+    fn add(&mut self, r: &FileResult, from_file: bool, keep_for_gallery: bool) {
+        if from_file {
+            self.files += 1;
+            let label = self.truth.as_mut().and_then(VecDeque::pop_front);
+            if let Ok(p) = &r.result {
+                if let (Some(eval), Some(label)) = (self.evaluation.as_mut(), label) {
+                    eval.add(label, p.class_index);
+                }
+                if keep_for_gallery {
+                    let item = infer::gallery::Item {
+                        path: r.path.clone(),
+                        predicted: p.class_index,
+                        confidence: p.confidence,
+                        truth: label,
+                    };
+                    self.gallery.push(item);
+                }
+            }
+        }
+        if r.result.is_err() {
+            self.failures += 1;
+        }
+        self.done += 1;
+    }
+}
+
+/// Whether this machine has an NVIDIA GPU (its kernel driver is loaded).
+fn nvidia_gpu_present() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists() || Path::new("/dev/nvidia0").exists()
+}
+
+fn classifier(cli: &Cli) -> anyhow::Result<Classifier> {
     let mut builder =
         Classifier::builder(&cli.model).execution_provider(cli.ep).batch_size(cli.batch_size).top_k(cli.top_k);
     if let Some(t) = cli.threads {
         builder = builder.intra_threads(t);
     }
     let classifier = builder.build()?;
-    if let Some(note) = classifier.provider_note() {
+    // Without a GPU, falling back to the CPU is expected: said only when asked.
+    if let Some(note) = classifier.provider_note().filter(|_| cli.verbose || nvidia_gpu_present()) {
         eprintln!("note: {note}");
     }
-    let classes = classifier.metadata().classes.clone();
-    let (items, mut truth) = inputs(cli, &classes)?;
-    // Which yielded record is a file's (the others are path errors), in order.
-    let mut is_file: VecDeque<bool> = items.iter().map(|i| matches!(i, Input::File(_))).collect();
-    let n_files = is_file.iter().filter(|f| **f).count();
-    let total = items.len();
+    Ok(classifier)
+}
 
-    let (sink, out) = Sink::open(cli.output.as_deref())?;
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let stop = stop_signal();
+    let classifier = classifier(cli)?;
+    let classes = classifier.metadata().classes.clone();
+    let (items, truth) = inputs(cli, &classes)?;
+    let n_files = items.iter().filter(|i| matches!(i, Input::File(_))).count();
+    let mut tally = Tally {
+        total: items.len(),
+        evaluation: truth.as_ref().map(|_| Evaluation::new(classes.clone())),
+        truth,
+        ..Default::default()
+    };
+
+    // With --eval the report is the output; per-image records go only to --output.
+    let (sink, out) = match (cli.eval, cli.output.as_deref()) {
+        (true, None) => (Sink::Stdout, Box::new(std::io::sink()) as Box<dyn Write>),
+        (_, output) => Sink::open(output)?,
+    };
     let label_width = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(5);
     let mut records = Records { format: cli.format, out, label_width };
     records.header()?;
@@ -287,25 +354,56 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let bar = progress(n_files);
-    let mut evaluation = truth.as_ref().map(|_| Evaluation::new(classes.clone()));
-    let (mut done, mut failures, mut classified) = (0, 0, 0);
-    let mut outcome: anyhow::Result<()> = Ok(());
     let inference_started = Instant::now();
+    let outcome = write_results(cli, &classifier, items, &mut tally, &mut records, &stop);
+    let signal = stop.load(Ordering::SeqCst);
+    let flushed = records.out.flush().context("cannot write results");
+    drop(records);
+    if outcome.is_err() || signal != 0 || tally.done < tally.total {
+        let reason = match &outcome {
+            Err(e) => format!("error: {e:#}"),
+            Ok(()) if signal == signal_hook::consts::SIGTERM as usize => "terminated".to_string(),
+            Ok(()) => "interrupted".to_string(),
+        };
+        eprintln!("{reason}: {}", sink.keep_partial(tally.done, tally.total));
+        return Ok(ExitCode::from(match signal {
+            0 => 1,
+            s => 128 + s as u8,
+        }));
+    }
+    flushed?;
+    sink.commit()?;
+    let secs = inference_started.elapsed().as_secs_f64();
+    report(cli, &classifier, &tally, &classes)?;
+    eprintln!(
+        "{} images classified, {} failed, {:.1} images/s ({:.2} s in all), {}",
+        tally.total - tally.failures,
+        tally.failures,
+        tally.files as f64 / secs.max(1e-9),
+        started.elapsed().as_secs_f64(),
+        classifier.provider()
+    );
+    Ok(if tally.failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// Classifies `items`, writing each record as it comes, until the end, a write error or a
+/// stop signal (SIGINT, SIGTERM).
+fn write_results(
+    cli: &Cli,
+    classifier: &Classifier,
+    items: Vec<Input>,
+    tally: &mut Tally,
+    records: &mut Records,
+    stop: &AtomicUsize,
+) -> anyhow::Result<()> {
+    // Which yielded record is a file's (the others are path errors), in order.
+    let mut is_file: VecDeque<bool> = items.iter().map(|i| matches!(i, Input::File(_))).collect();
+    let bar = progress(is_file.iter().filter(|f| **f).count());
+    let mut outcome = Ok(());
     for r in classifier.classify_stream(items) {
-        let from_file = is_file.pop_front().unwrap_or(true);
-        if from_file {
-            let label = truth.as_mut().and_then(VecDeque::pop_front);
-            if let (Some(eval), Some(label), Ok(p)) = (evaluation.as_mut(), label, &r.result) {
-                eval.add(label, p.class_index);
-            }
-            classified += 1;
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-        }
-        if r.result.is_err() {
-            failures += 1;
+        tally.add(&r, is_file.pop_front().unwrap_or(true), cli.gallery.is_some());
+        if let Some(b) = &bar {
+            b.set_position(tally.files as u64);
         }
         if !cli.quiet || r.result.is_err() {
             let written = match &bar {
@@ -317,7 +415,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 break;
             }
         }
-        done += 1;
         if stop.load(Ordering::SeqCst) != 0 {
             break;
         }
@@ -325,42 +422,29 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let signal = stop.load(Ordering::SeqCst);
-    let flushed = records.out.flush().context("cannot write results");
-    drop(records);
-    if outcome.is_err() || signal != 0 || done < total {
-        let reason = match &outcome {
-            Err(e) => format!("error: {e:#}"),
-            Ok(()) if signal == signal_hook::consts::SIGTERM as usize => "terminated".to_string(),
-            Ok(()) => "interrupted".to_string(),
-        };
-        eprintln!("{reason}: {}", sink.keep_partial(done, total));
-        return Ok(ExitCode::from(match signal {
-            0 => 1,
-            s => 128 + s as u8,
-        }));
-    }
-    flushed?;
-    sink.commit()?;
+    outcome
+}
 
-    let secs = inference_started.elapsed().as_secs_f64();
-    if let Some(eval) = &evaluation {
-        eprint!("\n{}", eval.report());
-        let path = cli
-            .confusion_png
-            .clone()
-            .unwrap_or_else(|| cli.model.parent().unwrap_or(Path::new(".")).join("confusion_matrix.png"));
+/// The evaluation report and its confusion matrix, and the gallery picture, when asked for.
+fn report(cli: &Cli, classifier: &Classifier, tally: &Tally, classes: &[String]) -> anyhow::Result<()> {
+    if let Some(eval) = &tally.evaluation {
+        print!("{}", eval.report());
+        let folder = cli.paths[0].file_name().map_or("eval".into(), |n| n.to_string_lossy().into_owned());
+        let path = cli.confusion_png.clone().unwrap_or_else(|| {
+            classifier.model_path().parent().unwrap_or(Path::new(".")).join(format!("confusion_matrix_{folder}.png"))
+        });
+        let replaced = path.exists();
         atomic::write_png(&path, &eval.png()).with_context(|| format!("{}: cannot write", path.display()))?;
-        eprintln!("confusion matrix saved to {}", path.display());
+        let verb = if replaced { "replaced" } else { "saved to" };
+        eprintln!("confusion matrix {verb} {}", path.display());
     }
-    eprintln!(
-        "{} images classified, {failures} failed, {:.1} images/s ({:.2} s in all), {}",
-        total - failures,
-        classified as f64 / secs.max(1e-9),
-        started.elapsed().as_secs_f64(),
-        classifier.provider()
-    );
-    Ok(if failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    if let Some(path) = &cli.gallery {
+        let opts = infer::gallery::Options { max_images: cli.gallery_size.max(1), ..Default::default() };
+        let img = infer::gallery::draw(&tally.gallery, classes, &opts);
+        atomic::write_png(path, &img).with_context(|| format!("{}: cannot write", path.display()))?;
+        eprintln!("gallery of {} images saved to {}", tally.gallery.len().min(opts.max_images), path.display());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,11 +1,11 @@
 //! What classification returns: predictions ranked from model outputs, and per-file results
 //! with their JSON form (the records of `infer --format jsonl` and the server).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
-use crate::error::InferError;
+use crate::error::ItemError;
 
 /// A class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,7 +30,14 @@ pub struct Prediction {
 #[derive(Debug)]
 pub struct FileResult {
     pub path: PathBuf,
-    pub result: Result<Prediction, InferError>,
+    pub result: Result<Prediction, ItemError>,
+}
+
+impl FileResult {
+    /// `path: reason` for a failed input, as printed on one line.
+    pub fn error_line(&self) -> Option<String> {
+        self.result.as_ref().err().map(|e| format!("{}: {e}", self.path.display()))
+    }
 }
 
 impl Serialize for FileResult {
@@ -46,17 +53,10 @@ impl Serialize for FileResult {
                 m.serialize_entry("confidence", &p.confidence)?;
                 m.serialize_entry("top_k", &p.top_k)?;
             }
-            Err(e) => m.serialize_entry("error", &error_reason(&self.path, e))?,
+            Err(e) => m.serialize_entry("error", &e.to_string())?,
         }
         m.end()
     }
-}
-
-/// The message of a per-file error without the leading path (the record carries it).
-pub fn error_reason(path: &Path, e: &InferError) -> String {
-    let msg = e.to_string();
-    let prefix = format!("{}: ", path.display());
-    msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg)
 }
 
 /// Turns rows of model outputs into predictions.
@@ -120,11 +120,11 @@ mod tests {
     }
 
     #[test]
-    fn error_records_drop_the_path() {
+    fn error_records_name_the_path_once() {
         let path = PathBuf::from("/x/y.jpg");
-        let e = InferError::Decode { path: path.clone(), source: crate::DecodeError::Empty };
-        assert_eq!(error_reason(&path, &e), "empty file");
-        let json = serde_json::to_string(&FileResult { path, result: Err(e) }).unwrap();
+        let r = FileResult { path, result: Err(ItemError::Decode(crate::DecodeError::Empty)) };
+        assert_eq!(r.error_line().unwrap(), "/x/y.jpg: empty file");
+        let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"path":"/x/y.jpg","error":"empty file"}"#);
     }
 }

@@ -1,54 +1,18 @@
 //! Choosing where inference runs and starting the ONNX Runtime session there.
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use ort::ep;
 use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 
+pub use crate::device::DeviceSpec;
 use crate::error::{one_line, InferError};
 use crate::runtime;
 
-/// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExecutionProvider {
-    /// CUDA when it can be used, else the CPU (the reason is kept in
-    /// [`crate::Classifier::provider_note`]).
-    #[default]
-    Auto,
-    /// CUDA on this device, or an error.
-    Cuda(i32),
-    Cpu,
-}
-
-impl FromStr for ExecutionProvider {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ExecutionProvider::Auto),
-            "cpu" => Ok(ExecutionProvider::Cpu),
-            "cuda" => Ok(ExecutionProvider::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .filter(|n| *n >= 0)
-                .map(ExecutionProvider::Cuda)
-                .ok_or_else(|| format!("'{s}' is not an execution provider: use auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl fmt::Display for ExecutionProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExecutionProvider::Auto => write!(f, "auto"),
-            ExecutionProvider::Cpu => write!(f, "cpu"),
-            ExecutionProvider::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
+/// Where inference runs: the shared device grammar ([`DeviceSpec`]); `Auto` tries CUDA and
+/// falls back to the CPU (the reason is kept in [`crate::Classifier::provider_note`]).
+pub type ExecutionProvider = DeviceSpec;
 
 /// A started session, the provider that runs it, and why CUDA was not used when `Auto` fell
 /// back to the CPU.
@@ -79,7 +43,8 @@ pub(crate) fn start_session(
     let cpu = || -> Result<Session, InferError> {
         base_builder(threads).map_err(load_err)?.commit_from_file(path).map_err(|e| load_err(one_line(e)))
     };
-    let cuda = |id: i32| -> Result<Session, String> {
+    let cuda = |id: u32| -> Result<Session, String> {
+        let id = i32::try_from(id).map_err(|_| format!("no CUDA device {id}"))?;
         let mut b = base_builder(threads)?
             .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
             .map_err(one_line)?;
@@ -102,18 +67,5 @@ pub(crate) fn start_session(
             Ok(session) => Ok(Started { session, provider: "CUDAExecutionProvider (device 0)".into(), note: None }),
             Err(reason) => Ok(on_cpu(cpu()?, Some(format!("CUDA not used: {reason}")))),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_providers() {
-        assert_eq!("auto".parse(), Ok(ExecutionProvider::Auto));
-        assert_eq!("cuda:1".parse(), Ok(ExecutionProvider::Cuda(1)));
-        assert!("gpu".parse::<ExecutionProvider>().is_err());
-        assert!("cuda:-1".parse::<ExecutionProvider>().is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::batching::{self, BatchStream};
 use crate::classifier::Classifier;
-use crate::error::InferError;
+use crate::error::{InferError, ItemError};
 use crate::files::Input;
 use crate::prediction::FileResult;
 use crate::prepare::prepare_file;
@@ -21,7 +21,7 @@ pub struct Results<'a> {
     classifier: &'a Classifier,
     /// Inputs not yet yielded, in order; files among them are being decoded by `batches`.
     inputs: VecDeque<Input>,
-    batches: BatchStream<Result<Vec<f32>, InferError>>,
+    batches: BatchStream<Result<Vec<f32>, ItemError>>,
     /// Results of the current batch not yet yielded.
     ready: VecDeque<FileResult>,
 }
@@ -58,13 +58,9 @@ impl<'a> Results<'a> {
         for item in batch {
             let path = files.next().cloned().unwrap_or_default();
             let result = match (item, &mut predictions) {
-                // A loader panic carries no path; name the file here.
-                (Err(InferError::Panicked(p)), _) => {
-                    Err(InferError::Input { path: path.clone(), reason: p.to_string() })
-                }
                 (Err(e), _) => Err(e),
-                (Ok(_), Ok(p)) => p.next().ok_or_else(|| InferError::Run("missing output".into())),
-                (Ok(_), Err(e)) => Err(InferError::Input { path: path.clone(), reason: e.to_string() }),
+                (Ok(_), Ok(p)) => p.next().ok_or_else(|| ItemError::Batch(InferError::Run("missing output".into()))),
+                (Ok(_), Err(e)) => Err(ItemError::Batch(InferError::Run(e.to_string()))),
             };
             self.ready.push_back(FileResult { path, result });
         }
@@ -89,5 +85,34 @@ impl Iterator for Results<'_> {
                 self.ready.pop_front()
             }
         }
+    }
+}
+
+/// Classifying many files: everything goes through [`Results`].
+impl Classifier {
+    /// Streams the results of `inputs` in order: files are decoded and preprocessed in
+    /// parallel, ahead of inference, and classified in batches; [`Input::Error`] entries come
+    /// out where they stand. Dropping the iterator stops the work after the batches in flight.
+    pub fn classify_stream(&self, inputs: Vec<Input>) -> Results<'_> {
+        Results::new(self, inputs)
+    }
+
+    /// Classifies files, calling `on_result` for each, in order, as soon as its batch is done.
+    pub fn classify_files_with(&self, paths: Vec<PathBuf>, mut on_result: impl FnMut(FileResult)) {
+        for r in self.classify_stream(paths.into_iter().map(Input::File).collect()) {
+            on_result(r);
+        }
+    }
+
+    /// Classifies files; one result per path, in order.
+    pub fn classify_files(&self, paths: Vec<PathBuf>) -> Vec<FileResult> {
+        self.classify_stream(paths.into_iter().map(Input::File).collect()).collect()
+    }
+
+    /// Classifies files and folders: folders are searched recursively in sorted order for
+    /// images (by extension or content, see [`crate::files`]). Unusable paths get error
+    /// results where they stand; everything else is classified.
+    pub fn classify_paths(&self, paths: &[PathBuf]) -> Vec<FileResult> {
+        self.classify_stream(crate::files::collect(paths).items).collect()
     }
 }

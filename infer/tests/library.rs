@@ -1,9 +1,10 @@
 //! The `infer` library as an embedding application uses it.
 
+#[path = "../../tests/src/common.rs"]
 mod common;
 
 use common::*;
-use infer::{Classifier, ExecutionProvider, InferError};
+use infer::{Classifier, ExecutionProvider, InferError, ItemError};
 
 #[test]
 fn paths_folders_and_decoded_images() {
@@ -28,7 +29,7 @@ fn paths_folders_and_decoded_images() {
         .iter()
         .map(|r| {
             let name = r.path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, r.result.as_ref().map(|p| p.label.clone()).map_err(|e| e.to_string()))
+            (name, r.result.as_ref().map(|p| p.label.clone()).map_err(|_| r.error_line().unwrap()))
         })
         .collect();
     assert_eq!(summary.len(), 5);
@@ -50,7 +51,7 @@ fn paths_folders_and_decoded_images() {
         .classify_images(&[colour_image(BLUE, 30, 30), image::RgbImage::new(0, 0), colour_image(RED, 30, 30)])
         .unwrap();
     assert_eq!(many[0].as_ref().unwrap().label, "blue");
-    assert!(matches!(many[1], Err(InferError::Preprocess { .. })));
+    assert!(matches!(many[1], Err(ItemError::Preprocess(_))));
     assert_eq!(many[2].as_ref().unwrap().label, "red");
 
     // Raw outputs, and input of the wrong size.

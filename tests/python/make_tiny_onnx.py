@@ -1,7 +1,7 @@
 """Small ONNX classifiers for testing `infer` without training one.
 
 Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities
-                              |huge_batch|huge_classes|huge_initializer|dims_vs_data]
+                              |odd_names|huge_batch|huge_classes|huge_initializer|dims_vs_data]
 
 The hostile kinds declare absurd sizes: a fixed batch of a billion images, a billion classes,
 an initializer of 2^40 values backed by a few bytes, an initializer whose dims disagree with
@@ -25,6 +25,8 @@ args = ap.parse_args()
 
 rng = np.random.default_rng(0)
 classes = ["red", "green", "blue"]
+if args.kind == "odd_names":
+    classes = ['red; "rot": 1,2', "grün:vert", "blue;bleu"]
 w = np.zeros((3, 192), dtype=np.float32)
 for c in range(3):
     w[c, c * 64 : (c + 1) * 64] = 4.0 / 64  # channel mean, in normalised units

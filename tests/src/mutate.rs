@@ -7,28 +7,7 @@
 //! (PNG, JPEG, GIF, BMP, TIFF, WebP, zip, safetensors; PNM headers as text), duplication of a
 //! chunk, insertion and deletion.
 
-/// SplitMix64: a fixed seed gives the same mutants on every machine.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
+pub use crate::common::Rng;
 
 /// A numeric field in a file header: where it is, its width in bytes and byte order.
 #[derive(Debug, Clone, Copy)]
@@ -49,91 +28,130 @@ fn u32_at(b: &[u8], at: usize, big: bool) -> Option<usize> {
     Some(if big { u32::from_be_bytes(s) } else { u32::from_le_bytes(s) } as usize)
 }
 
+fn f(at: usize, size: usize, big_endian: bool) -> Field {
+    Field { at, size, big_endian }
+}
+
 /// The length, size and dimension fields of a seed, found by walking its format's structure.
 pub fn fields(b: &[u8]) -> Vec<Field> {
-    let mut out = Vec::new();
-    let f = |at, size, big_endian| Field { at, size, big_endian };
-    if b.starts_with(b"\x89PNG") {
-        // chunk lengths, and IHDR's width and height
-        let mut at = 8;
-        while at + 8 <= b.len() {
-            out.push(f(at, 4, true));
-            let Some(len) = u32_at(b, at, true) else { break };
-            at += 12 + len;
-        }
-        out.extend([f(16, 4, true), f(20, 4, true)]);
+    let mut out = if b.starts_with(b"\x89PNG") {
+        png_fields(b)
     } else if b.starts_with(&[0xFF, 0xD8]) {
-        // segment lengths; SOF height and width
-        let mut at = 2;
-        while at + 4 <= b.len() && b[at] == 0xFF {
-            let marker = b[at + 1];
-            out.push(f(at + 2, 2, true));
-            if matches!(marker, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF) {
-                out.extend([f(at + 5, 2, true), f(at + 7, 2, true)]);
-            }
-            if marker == 0xDA {
+        jpeg_fields(b)
+    } else if b.starts_with(b"GIF8") {
+        gif_fields(b)
+    } else if b.starts_with(b"BM") {
+        let mut v = vec![f(2, 4, false), f(10, 4, false), f(14, 4, false), f(18, 4, false), f(22, 4, false)];
+        v.extend([f(28, 2, false), f(34, 4, false), f(46, 4, false)]);
+        v
+    } else if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
+        tiff_fields(b)
+    } else if b.starts_with(b"PK\x03\x04") {
+        zip_fields(b)
+    } else if b.len() >= 8 && b.get(8) == Some(&b'{') {
+        vec![f(0, 8, false)] // safetensors: the header length
+    } else if b.starts_with(b"RIFF") {
+        webp_fields(b)
+    } else {
+        Vec::new()
+    };
+    out.retain(|f| f.at + f.size <= b.len());
+    out
+}
+
+/// Chunk lengths, and IHDR's width and height.
+fn png_fields(b: &[u8]) -> Vec<Field> {
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at + 8 <= b.len() {
+        out.push(f(at, 4, true));
+        let Some(len) = u32_at(b, at, true) else { break };
+        at += 12 + len;
+    }
+    out.extend([f(16, 4, true), f(20, 4, true)]);
+    out
+}
+
+/// Segment lengths; SOF height and width.
+fn jpeg_fields(b: &[u8]) -> Vec<Field> {
+    let mut out = Vec::new();
+    let mut at = 2;
+    while at + 4 <= b.len() && b[at] == 0xFF {
+        let marker = b[at + 1];
+        out.push(f(at + 2, 2, true));
+        if matches!(marker, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF) {
+            out.extend([f(at + 5, 2, true), f(at + 7, 2, true)]);
+        }
+        if marker == 0xDA {
+            break;
+        }
+        at += 2 + be16(b, at + 2).unwrap_or(0);
+    }
+    out
+}
+
+/// The logical screen, and the first image descriptor's position and size.
+fn gif_fields(b: &[u8]) -> Vec<Field> {
+    let mut out = vec![f(6, 2, false), f(8, 2, false)];
+    let gct = if b.get(10).is_some_and(|p| p & 0x80 != 0) { 3 << ((b[10] & 7) + 1) } else { 0 };
+    let mut at = 13 + gct;
+    while at < b.len() {
+        match b[at] {
+            0x2C => {
+                out.extend((0..4).map(|i| f(at + 1 + 2 * i, 2, false)));
                 break;
             }
-            at += 2 + be16(b, at + 2).unwrap_or(0);
-        }
-    } else if b.starts_with(b"GIF8") {
-        out.extend([f(6, 2, false), f(8, 2, false)]);
-        // the first image descriptor's position and size
-        let gct = if b.get(10).is_some_and(|p| p & 0x80 != 0) { 3 << ((b[10] & 7) + 1) } else { 0 };
-        let mut at = 13 + gct;
-        while at < b.len() {
-            match b[at] {
-                0x2C => {
-                    out.extend((0..4).map(|i| f(at + 1 + 2 * i, 2, false)));
-                    break;
+            0x21 => {
+                at += 2;
+                while at < b.len() && b[at] != 0 {
+                    at += 1 + b[at] as usize;
                 }
-                0x21 => {
-                    at += 2;
-                    while at < b.len() && b[at] != 0 {
-                        at += 1 + b[at] as usize;
-                    }
-                    at += 1;
-                }
-                _ => break,
+                at += 1;
             }
+            _ => break,
         }
-    } else if b.starts_with(b"BM") {
-        out.extend([f(2, 4, false), f(10, 4, false), f(14, 4, false), f(18, 4, false), f(22, 4, false)]);
-        out.extend([f(28, 2, false), f(34, 4, false), f(46, 4, false)]);
-    } else if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
-        // every directory entry's count and value
-        let big = b[0] == b'M';
-        if let Some(ifd) = u32_at(b, 4, big) {
-            out.push(f(4, 4, big));
-            let n = if big { be16(b, ifd) } else { le16(b, ifd) }.unwrap_or(0);
-            for i in 0..n.min(64) {
-                let e = ifd + 2 + 12 * i;
-                out.extend([f(e + 4, 4, big), f(e + 8, 4, big), f(e + 8, 2, big)]);
-            }
+    }
+    out
+}
+
+/// Every directory entry's count and value.
+fn tiff_fields(b: &[u8]) -> Vec<Field> {
+    let mut out = Vec::new();
+    let big = b[0] == b'M';
+    if let Some(ifd) = u32_at(b, 4, big) {
+        out.push(f(4, 4, big));
+        let n = if big { be16(b, ifd) } else { le16(b, ifd) }.unwrap_or(0);
+        for i in 0..n.min(64) {
+            let e = ifd + 2 + 12 * i;
+            out.extend([f(e + 4, 4, big), f(e + 8, 4, big), f(e + 8, 2, big)]);
         }
-    } else if b.starts_with(b"PK\x03\x04") {
-        // zip: every local header's and central directory entry's sizes, and the end record
-        for at in 0..b.len().saturating_sub(4) {
-            match &b[at..at + 4] {
-                b"PK\x03\x04" => out.extend([f(at + 18, 4, false), f(at + 22, 4, false), f(at + 26, 2, false)]),
-                b"PK\x01\x02" => out.extend([f(at + 20, 4, false), f(at + 24, 4, false), f(at + 42, 4, false)]),
-                b"PK\x05\x06" => out.extend([f(at + 10, 2, false), f(at + 12, 4, false), f(at + 16, 4, false)]),
-                _ => {}
-            }
-        }
-    } else if b.len() >= 8 && b.get(8) == Some(&b'{') {
-        // safetensors: the header length, then sizes in its JSON (as text)
-        out.push(f(0, 8, false));
-    } else if b.starts_with(b"RIFF") {
-        out.extend([f(4, 4, false), f(16, 4, false)]);
-        match b.get(12..16) {
-            Some(b"VP8L") => out.push(f(21, 4, false)),
-            Some(b"VP8 ") => out.extend([f(26, 2, false), f(28, 2, false)]),
-            Some(b"VP8X") => out.extend([f(24, 3, false), f(27, 3, false)]),
+    }
+    out
+}
+
+/// Every local header's and central directory entry's sizes, and the end record.
+fn zip_fields(b: &[u8]) -> Vec<Field> {
+    let mut out = Vec::new();
+    for at in 0..b.len().saturating_sub(4) {
+        match &b[at..at + 4] {
+            b"PK\x03\x04" => out.extend([f(at + 18, 4, false), f(at + 22, 4, false), f(at + 26, 2, false)]),
+            b"PK\x01\x02" => out.extend([f(at + 20, 4, false), f(at + 24, 4, false), f(at + 42, 4, false)]),
+            b"PK\x05\x06" => out.extend([f(at + 10, 2, false), f(at + 12, 4, false), f(at + 16, 4, false)]),
             _ => {}
         }
     }
-    out.retain(|f| f.at + f.size <= b.len());
+    out
+}
+
+/// The RIFF and chunk sizes, and the frame's dimensions.
+fn webp_fields(b: &[u8]) -> Vec<Field> {
+    let mut out = vec![f(4, 4, false), f(16, 4, false)];
+    match b.get(12..16) {
+        Some(b"VP8L") => out.push(f(21, 4, false)),
+        Some(b"VP8 ") => out.extend([f(26, 2, false), f(28, 2, false)]),
+        Some(b"VP8X") => out.extend([f(24, 3, false), f(27, 3, false)]),
+        _ => {}
+    }
     out
 }
 

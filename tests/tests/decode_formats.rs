@@ -5,21 +5,9 @@
 //! LZW/deflate/PackBits, grey, palette, CMYK.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use infer::{decode_file, DecodeLimits};
-use toolkit_tests::{repo_root, run_python};
-
-fn fixtures() -> Vec<PathBuf> {
-    let dir = repo_root().join("tests/fixtures/images");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("fixtures folder")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| !p.extension().is_some_and(|e| e == "py" || e == "md"))
-        .collect();
-    files.sort();
-    files
-}
+use toolkit_tests::{fixture_files, run_python};
 
 /// Lossy formats are decoded by other decoders than Pillow's (libjpeg, libwebp): allowed mean
 /// and maximum per-sample differences. Everything else must match exactly.
@@ -36,7 +24,7 @@ const PILLOW_MISREADS: &[(&str, &str)] = &[
 
 #[test]
 fn every_fixture_decodes_like_pillow() {
-    let files = fixtures();
+    let files = fixture_files("images");
     assert!(files.len() >= 35, "fixtures missing: {}", files.len());
     let refs = tempfile::tempdir().unwrap();
     let mut args: Vec<&std::ffi::OsStr> = vec![refs.path().as_os_str()];

@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use infer::{DecodeError, DecodeLimits, InferError, PreprocessConfig};
+use infer::{DecodeError, DecodeLimits, ItemError, PreprocessConfig};
 use toolkit_tests::alloc::{measure, Counting};
 use toolkit_tests::mutate::{mutate, Rng};
-use toolkit_tests::repo_root;
+use toolkit_tests::{fixture_files, repo_root};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -54,10 +54,9 @@ fn check_one(path: &Path, limits: DecodeLimits, budget: usize) -> Result<(Outcom
             if msg.contains('\n') {
                 return Err(format!("multi-line error: {msg}"));
             }
-            let crashed = matches!(e, InferError::Decode { source: DecodeError::Crashed(_), .. })
-                || msg.contains("internal error");
+            let crashed = matches!(e, ItemError::Decode(DecodeError::Crashed(_)) | ItemError::Crashed(_));
             if crashed {
-                Outcome::Caught(infer::prediction::error_reason(path, &e))
+                Outcome::Caught(msg)
             } else {
                 Outcome::Error
             }
@@ -67,14 +66,7 @@ fn check_one(path: &Path, limits: DecodeLimits, budget: usize) -> Result<(Outcom
 }
 
 fn seeds() -> Vec<PathBuf> {
-    let dir = repo_root().join("tests/fixtures/images");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("seed folder")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| !p.extension().is_some_and(|e| e == "py" || e == "md"))
-        .collect();
-    files.sort();
-    files
+    fixture_files("images")
 }
 
 #[test]

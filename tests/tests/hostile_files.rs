@@ -63,33 +63,7 @@ fn tensor_pickle(size: &[i64], stride: &[i64], numel: i64) -> Vec<u8> {
     w.reduce();
     w.mark();
     w.str("w");
-    w.global("torch._utils", "_rebuild_tensor_v2");
-    w.mark();
-    w.mark();
-    w.str("storage");
-    w.global("torch", "FloatStorage");
-    w.str("0");
-    w.str("cpu");
-    w.int(numel);
-    w.tuple();
-    w.binpersid();
-    w.int(0);
-    w.mark();
-    for &d in size {
-        w.int(d);
-    }
-    w.tuple();
-    w.mark();
-    for &s in stride {
-        w.int(s);
-    }
-    w.tuple();
-    w.bool(false);
-    w.global("collections", "OrderedDict");
-    w.empty_tuple();
-    w.reduce();
-    w.tuple();
-    w.reduce();
+    w.rebuild_tensor("FloatStorage", "0", numel, size, stride);
     w.setitems();
     w.finish()
 }

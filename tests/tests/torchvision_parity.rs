@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use toolkit_tests::{make_weights, max_abs_diff, model_inputs, read_f32, run_python, write_f32};
 use train::arch::by_name;
 use train::model::ResNet;
-use train::optim::{OptimConfig, Optimizer, OptimizerKind, ScheduleKind};
+use train::optim::{OptimConfig, Optimizer, ScheduleKind};
 use train::weights::read_state_dict;
 
 fn load(arch: &str, classes: i64, path: &std::path::Path) -> ResNet {
@@ -75,18 +75,7 @@ fn sgd_training_steps_match_torchvision() {
     let steps = 3;
 
     let model = load("resnet18", 2, &w);
-    let cfg = OptimConfig {
-        optimizer: OptimizerKind::Sgd,
-        lr: 0.001,
-        momentum: 0.9,
-        weight_decay: 0.0,
-        betas: (0.9, 0.999),
-        eps: 1e-8,
-        schedule: ScheduleKind::Constant,
-        step_size: 1,
-        gamma: 1.0,
-        epochs: 1,
-    };
+    let cfg = OptimConfig { schedule: ScheduleKind::Constant, epochs: 1, ..Default::default() };
     let mut opt = Optimizer::new(cfg, model.trainable(false));
     let x = Tensor::from_slice(&input).view([4, 3, 224, 224]);
     let y = Tensor::from_slice(&labels);

@@ -17,12 +17,12 @@ fn main() -> anyhow::Result<()> {
     let workers: usize = args.get(3).map_or(Ok(std::thread::available_parallelism()?.get()), |s| s.parse())?;
     let batch: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
     let ok = |_: &std::path::Path| Ok(());
-    let ds = scan(std::path::Path::new(root), &ScanOptions { val_fraction: 0.2, seed: 0, check: &ok })?;
+    let ds = scan(std::path::Path::new(root), &ScanOptions { val_fraction: 0.2, seed: 0, val_dir: None, check: &ok })?;
     // Every image of the folder, as one training pass.
     let mut samples = ds.train;
     samples.extend(ds.val);
     let samples = Arc::new(samples);
-    let loader = Arc::new(Loader::new(PreprocessConfig::default(), workers, 4, 0)?);
+    let loader = Arc::new(Loader::new(PreprocessConfig::default(), Default::default(), workers, 4, 0)?);
     let start = Instant::now();
     let mut images = 0;
     for epoch in 0..epochs {

@@ -4,17 +4,49 @@
 
 use infer::Rect;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
-/// `RandomResizedCrop`'s defaults: area scale and aspect-ratio range.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CropParams {
+/// The augmentation settings: `RandomResizedCrop(scale, ratio)` and whether to flip
+/// horizontally, with torchvision's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Range of the crop's area, as a fraction of the image's.
     pub scale: (f64, f64),
+    /// Range of the crop's aspect ratio (width / height).
     pub ratio: (f64, f64),
+    /// `RandomHorizontalFlip()`; off for digits, text and anything with handedness.
+    pub flip: bool,
 }
 
-impl Default for CropParams {
+impl Default for Augment {
     fn default() -> Self {
-        CropParams { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
+        Augment { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), flip: true }
+    }
+}
+
+impl Augment {
+    pub fn validate(&self) -> Result<(), String> {
+        let (s0, s1) = self.scale;
+        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+            return Err(format!("--crop-scale {s0} {s1}: need 0 < MIN <= MAX <= 1"));
+        }
+        let (r0, r1) = self.ratio;
+        if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+            return Err(format!("--crop-ratio {r0} {r1}: need 0 < MIN <= MAX"));
+        }
+        Ok(())
+    }
+
+    /// One line for pictures and logs, e.g. `RandomResizedCrop(scale=(0.08, 1), ratio=(0.75, 1.33)) + flip`.
+    pub fn describe(&self) -> String {
+        format!(
+            "RandomResizedCrop(scale=({}, {}), ratio=({:.2}, {:.2})){}",
+            self.scale.0,
+            self.scale.1,
+            self.ratio.0,
+            self.ratio.1,
+            if self.flip { " + RandomHorizontalFlip" } else { ", no flip" }
+        )
     }
 }
 
@@ -25,7 +57,7 @@ fn py_round(x: f64) -> i64 {
 
 /// torchvision's `RandomResizedCrop.get_params`: up to ten tries at a random area and aspect
 /// ratio that fit, then a centre crop clamped to the ratio range.
-pub fn random_resized_crop<R: Rng>(width: u32, height: u32, p: &CropParams, rng: &mut R) -> Rect {
+pub fn random_resized_crop<R: Rng>(width: u32, height: u32, p: &Augment, rng: &mut R) -> Rect {
     let (w0, h0) = (i64::from(width), i64::from(height));
     let area = (w0 * h0) as f64;
     let (log_lo, log_hi) = (p.ratio.0.ln(), p.ratio.1.ln());
@@ -60,7 +92,7 @@ mod tests {
     #[test]
     fn crops_fit_and_respect_ranges() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let p = CropParams::default();
+        let p = Augment::default();
         let mut areas = Vec::new();
         for _ in 0..2000 {
             let r = random_resized_crop(500, 375, &p, &mut rng);
@@ -78,7 +110,7 @@ mod tests {
     fn extreme_aspect_falls_back_to_clamped_centre_crop() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         // 1000x10: no random crop with ratio <= 4/3 and area >= 8% fits; falls back.
-        let r = random_resized_crop(1000, 10, &CropParams::default(), &mut rng);
+        let r = random_resized_crop(1000, 10, &Augment::default(), &mut rng);
         assert_eq!((r.width, r.height), (13, 10));
         assert_eq!(r.x, (1000 - 13) / 2);
     }

@@ -157,25 +157,14 @@ pub fn load_last(path: &Path) -> Result<Resume, CheckpointError> {
 mod tests {
     use super::*;
     use crate::arch::by_name;
-    use crate::optim::{OptimConfig, OptimizerKind, ScheduleKind};
+    use crate::optim::OptimConfig;
     use tch::{Device, Kind};
 
     #[test]
     fn last_pt_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let model = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
-        let cfg = OptimConfig {
-            optimizer: OptimizerKind::Sgd,
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            schedule: ScheduleKind::Step,
-            step_size: 7,
-            gamma: 0.1,
-            epochs: 2,
-        };
+        let cfg = OptimConfig { lr: 0.1, epochs: 2, ..Default::default() };
         let mut opt = Optimizer::new(cfg.clone(), model.trainable(true));
         let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
         let loss = model.forward(&x, true).sum(Kind::Float);

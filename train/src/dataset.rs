@@ -1,7 +1,18 @@
-//! Scanning an image folder: `ROOT/{train,val}/<class>/<images>` (or `ROOT/<class>/<images>`
-//! with a seeded, stratified split), class names sorted as torchvision's `ImageFolder` sorts them.
-//! Every candidate file is decoded once, in parallel, so unreadable files are reported up front
-//! and never reach a batch.
+//! Scanning an image folder into training and validation samples, with the layout rules in
+//! one place ([`layout`]):
+//!
+//! - `ROOT/train/<class>/<images>` beside a validation folder — `val/`, else `valid/`
+//!   (Roboflow's exports), else `test/` (common on Kaggle), or the one `--val-dir` names;
+//! - `ROOT/<class>/<images>`, optionally with `ROOT/val/<class>/<images>` (or `valid/`,
+//!   `test/`) whose subfolders are the same classes;
+//! - otherwise a seeded, stratified split of the classes' images.
+//!
+//! `ROOT/train` is taken as the training split only when it holds class folders and nothing but
+//! validation folders sits beside it; otherwise it is a class like any other (a data set about
+//! vehicles may have a class called `train`). A folder of labelled images that is not used is
+//! reported, never ignored in silence. Class names are sorted as torchvision's `ImageFolder`
+//! sorts them. Every candidate file is decoded once, in parallel, so unreadable files are
+//! reported up front and never reach a batch.
 
 use std::path::{Path, PathBuf};
 
@@ -10,12 +21,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::DatasetError;
 
-/// Extensions considered images (case-insensitive): torchvision's list plus GIF, which the
-/// decoder reads as well.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp", "gif"];
+/// Folders taken as the validation set, in order of preference (as Ultralytics does).
+pub const VALIDATION_DIRS: &[&str] = &["val", "valid", "test"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sample {
@@ -47,9 +58,11 @@ pub struct Dataset {
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
     pub split: SplitKind,
+    /// How the folders were read.
+    pub layout: Layout,
     /// Image-named files that could not be decoded.
     pub skipped: Vec<Skipped>,
-    /// Files ignored for not having an image extension.
+    /// Files ignored for being neither image-named nor image-like.
     pub ignored: usize,
 }
 
@@ -62,6 +75,42 @@ impl Dataset {
         }
         c
     }
+
+    /// A fingerprint of the data: every sample's split, class, path below the root and size,
+    /// hashed. Two scans of the same files agree; another folder, or files added, removed,
+    /// relabelled or rewritten to another size, do not.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut h = Sha256::new();
+        for (split, samples) in [("train", &self.train), ("val", &self.val)] {
+            for s in samples {
+                let rel = s.path.strip_prefix(&self.root).unwrap_or(&s.path);
+                let size = std::fs::metadata(&s.path).map_or(0, |m| m.len());
+                h.update(format!("{split}\t{}\t{}\t{size}\n", s.label, rel.display()).as_bytes());
+            }
+        }
+        let hash: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Fingerprint { files: self.train.len() + self.val.len(), hash }
+    }
+}
+
+/// What [`Dataset::fingerprint`] gives: enough to tell that a resumed run sees other data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub files: usize,
+    pub hash: String,
+}
+
+/// How the folders of a data set were read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    /// The folder whose subfolders are the classes.
+    pub class_root: PathBuf,
+    /// The validation folder (`<class>/<images>`), if one is used.
+    pub val_dir: Option<PathBuf>,
+    /// Folders of labelled images not used (another validation candidate), for the report.
+    pub unused: Vec<PathBuf>,
+    /// The choice made where the layout was ambiguous, to say once.
+    pub note: Option<String>,
 }
 
 /// Options of [`scan`].
@@ -69,14 +118,11 @@ pub struct ScanOptions<'a> {
     /// Fraction of each class drawn for validation when there is no `val/` folder.
     pub val_fraction: f64,
     pub seed: u64,
+    /// The validation folder's name under ROOT (`--val-dir`); default: the first of
+    /// [`VALIDATION_DIRS`] present.
+    pub val_dir: Option<&'a str>,
     /// Checks that a file is a readable image; returns the reason when it is not.
     pub check: &'a (dyn Fn(&Path) -> Result<(), String> + Sync),
-}
-
-fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 fn is_hidden(path: &Path) -> bool {
@@ -121,7 +167,7 @@ fn files_below(dir: &Path, ignored: &mut usize) -> Result<Vec<PathBuf>, DatasetE
     for path in read_dir_sorted(dir)? {
         if path.is_dir() {
             out.extend(files_below(&path, ignored)?);
-        } else if is_image_name(&path) {
+        } else if infer::files::is_image_file(&path) {
             out.push(path);
         } else {
             *ignored += 1;
@@ -210,25 +256,82 @@ pub fn stratified_split(samples: Vec<Sample>, classes: usize, fraction: f64, see
     (train, val)
 }
 
+/// Names of the subfolders of `dir`.
+fn subfolder_names(dir: &Path) -> Result<Vec<String>, DatasetError> {
+    Ok(class_dirs(dir)?.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Reads the layout of `root` (see the module documentation).
+pub fn layout(root: &Path, val_dir: Option<&str>) -> Result<Layout, DatasetError> {
+    require_dir(root)?;
+    let names = subfolder_names(root)?;
+    if let Some(v) = val_dir {
+        if !names.iter().any(|n| n == v) {
+            return Err(DatasetError::MissingValDir { root: root.to_path_buf(), name: v.to_string() });
+        }
+    }
+    let is_validation = |n: &str| VALIDATION_DIRS.contains(&n) || val_dir == Some(n);
+    let train = root.join("train");
+    let train_has_classes = names.iter().any(|n| n == "train") && !subfolder_names(&train)?.is_empty();
+    let beside: Vec<&String> = names.iter().filter(|n| *n != "train").collect();
+    if train_has_classes && beside.iter().all(|n| is_validation(n)) {
+        let chosen = val_dir
+            .map(str::to_string)
+            .or_else(|| VALIDATION_DIRS.iter().find(|v| names.iter().any(|n| n == *v)).map(|v| v.to_string()));
+        let unused = beside.iter().filter(|n| Some(n.as_str()) != chosen.as_deref()).map(|n| root.join(n)).collect();
+        return Ok(Layout { class_root: train, val_dir: chosen.map(|v| root.join(v)), unused, note: None });
+    }
+    let note = train_has_classes.then(|| {
+        format!(
+            "{} holds folders, but {} sit beside it: every folder of {} is taken as a class; for a train/validation layout keep only train/ and val/ (or valid/, test/) there",
+            train.display(),
+            beside.iter().map(|n| format!("{n}/")).collect::<Vec<_>>().join(", "),
+            root.display()
+        )
+    });
+    // ROOT/<class>/... with a validation folder of the same classes beside them.
+    let classes: Vec<&String> = names.iter().filter(|n| !is_validation(n)).collect();
+    let mut candidates = Vec::new();
+    for n in names.iter().filter(|n| is_validation(n)) {
+        let inner = subfolder_names(&root.join(n))?;
+        let same_classes = !inner.is_empty() && inner.iter().all(|c| classes.contains(&c));
+        if same_classes || val_dir == Some(n.as_str()) {
+            candidates.push(n.clone());
+        }
+    }
+    let order = |n: &String| {
+        if val_dir == Some(n.as_str()) {
+            0
+        } else {
+            1 + VALIDATION_DIRS.iter().position(|v| v == n).unwrap_or(VALIDATION_DIRS.len())
+        }
+    };
+    candidates.sort_by_key(order);
+    let chosen = candidates.first().map(|n| root.join(n));
+    let unused = candidates.iter().skip(1).map(|n| root.join(n)).collect();
+    Ok(Layout { class_root: root.to_path_buf(), val_dir: chosen, unused, note })
+}
+
 /// Scans `root` into a dataset. See the module documentation for the layouts.
 pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
     if !(opts.val_fraction > 0.0 && opts.val_fraction < 1.0) {
         return Err(DatasetError::BadFraction(opts.val_fraction));
     }
-    require_dir(root)?;
-    let train_dir = root.join("train");
-    let val_dir = root.join("val");
-    let has_train = train_dir.is_dir();
-    let class_root = if has_train { train_dir.clone() } else { root.to_path_buf() };
-
-    let classes: Vec<String> = class_dirs(&class_root)?.into_iter().map(|(n, _)| n).collect();
+    let layout = layout(root, opts.val_dir)?;
+    let class_root = &layout.class_root;
+    // Validation folders sitting among the classes are not classes.
+    let not_classes: Vec<&PathBuf> = layout.val_dir.iter().chain(&layout.unused).collect();
+    let classes: Vec<String> =
+        class_dirs(class_root)?.into_iter().filter(|(_, p)| !not_classes.contains(&p)).map(|(n, _)| n).collect();
     if classes.len() < 2 {
-        return Err(DatasetError::TooFewClasses { root: class_root, found: classes });
+        return Err(DatasetError::TooFewClasses { root: class_root.clone(), found: classes });
     }
     let mut ignored = 0;
-    let train_candidates = collect(&class_root, &classes, true, &mut ignored)?;
-    let val_candidates =
-        if has_train && val_dir.is_dir() { Some(collect(&val_dir, &classes, true, &mut ignored)?) } else { None };
+    let train_candidates: Vec<(usize, PathBuf)> = collect(class_root, &classes, false, &mut ignored)?;
+    let val_candidates = match &layout.val_dir {
+        Some(dir) => Some(collect(dir, &classes, true, &mut ignored)?),
+        None => None,
+    };
 
     let (train_ok, mut skipped) = verify(train_candidates, opts);
     let counts = Dataset::counts(&train_ok, classes.len());
@@ -249,7 +352,14 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
     if val.is_empty() {
         return Err(DatasetError::EmptyValidation);
     }
-    Ok(Dataset { root: root.to_path_buf(), classes, train, val, split, skipped, ignored })
+    Ok(Dataset { root: root.to_path_buf(), classes, train, val, split, layout, skipped, ignored })
+}
+
+/// The validation images of a data folder as [`scan`] would choose them (its validation
+/// folder), for checking an export; all images of `root` when it has no such folder.
+pub fn validation_images(root: &Path) -> Vec<PathBuf> {
+    let dir = layout(root, None).ok().and_then(|l| l.val_dir).unwrap_or_else(|| root.to_path_buf());
+    infer::files::collect(&[dir]).files()
 }
 
 #[cfg(test)]
@@ -273,7 +383,7 @@ mod tests {
     }
 
     fn opts() -> ScanOptions<'static> {
-        ScanOptions { val_fraction: 0.2, seed: 7, check: &ok_unless_bad }
+        ScanOptions { val_fraction: 0.2, seed: 7, val_dir: None, check: &ok_unless_bad }
     }
 
     #[test]
@@ -352,5 +462,81 @@ mod tests {
             touch(v.path(), f);
         }
         assert!(matches!(scan(v.path(), &opts()), Err(DatasetError::UnknownValClass { .. })));
+    }
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            touch(d.path(), f);
+        }
+        d
+    }
+
+    fn names(paths: &[PathBuf], root: &Path) -> Vec<String> {
+        paths.iter().map(|p| p.strip_prefix(root).unwrap().display().to_string()).collect()
+    }
+
+    #[test]
+    fn validation_folder_is_val_then_valid_then_test_or_the_one_named() {
+        // Roboflow's export: train/ + valid/ (+ test/, reported unused).
+        let d =
+            tree(&["train/a/1.jpg", "train/b/1.jpg", "valid/a/2.jpg", "valid/b/2.jpg", "test/a/3.jpg", "test/b/3.jpg"]);
+        let ds = scan(d.path(), &opts()).unwrap();
+        assert_eq!(ds.split, SplitKind::Folder);
+        assert!(ds.layout.val_dir.as_ref().unwrap().ends_with("valid"));
+        assert_eq!(names(&ds.layout.unused, d.path()), ["test"]);
+        assert_eq!(ds.val.len(), 2);
+        // Kaggle's train/ + test/.
+        let k = tree(&["train/a/1.jpg", "train/b/1.jpg", "test/a/2.jpg", "test/b/2.jpg"]);
+        let ds = scan(k.path(), &opts()).unwrap();
+        assert!(ds.layout.val_dir.as_ref().unwrap().ends_with("test") && ds.layout.unused.is_empty());
+        // --val-dir chooses; a missing one is an error.
+        let ds = scan(d.path(), &ScanOptions { val_dir: Some("test"), ..opts() }).unwrap();
+        assert!(ds.layout.val_dir.as_ref().unwrap().ends_with("test"));
+        assert_eq!(names(&ds.layout.unused, d.path()), ["valid"]);
+        let err = scan(d.path(), &ScanOptions { val_dir: Some("holdout"), ..opts() }).unwrap_err();
+        assert!(err.to_string().contains("no folder 'holdout' for --val-dir"), "{err}");
+        // Class folders at the root, with val/ of the same classes beside them.
+        let r = tree(&["cats/1.jpg", "dogs/1.jpg", "val/cats/2.jpg", "val/dogs/2.jpg"]);
+        let ds = scan(r.path(), &opts()).unwrap();
+        assert_eq!(ds.classes, ["cats", "dogs"]);
+        assert!(ds.layout.val_dir.as_ref().unwrap().ends_with("val"));
+        assert_eq!(ds.val.len(), 2);
+    }
+
+    #[test]
+    fn a_class_named_train_is_a_class() {
+        // ROOT/{bus,car,train}/*.png: no class folders inside train/, so it is a class.
+        let d = tree(&["bus/1.png", "car/1.png", "train/1.png", "bus/2.png", "car/2.png", "train/2.png"]);
+        let ds = scan(d.path(), &opts()).unwrap();
+        assert_eq!(ds.classes, ["bus", "car", "train"]);
+        assert!(ds.layout.note.is_none());
+        assert!(matches!(ds.split, SplitKind::Random { .. }));
+        // train/ with subfolders beside other classes: ambiguous; taken as classes, said once.
+        let a = tree(&["bus/1.png", "bus/2.png", "train/steam/1.png", "train/steam/2.png", "car/1.png", "car/2.png"]);
+        let ds = scan(a.path(), &opts()).unwrap();
+        assert_eq!(ds.classes, ["bus", "car", "train"]);
+        let note = ds.layout.note.unwrap();
+        assert!(note.contains("taken as a class") && note.contains("bus/, car/"), "{note}");
+    }
+
+    #[test]
+    fn too_few_classes_reads_naturally() {
+        let d = tree(&["only/1.jpg"]);
+        let err = scan(d.path(), &opts()).unwrap_err().to_string();
+        assert!(err.contains("found one class folder (only)"), "{err}");
+        let e = tree(&["loose.jpg"]);
+        let err = scan(e.path(), &opts()).unwrap_err().to_string();
+        assert!(err.contains("found no class folder;"), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_tells_data_apart() {
+        let d = tree(&["a/1.jpg", "a/2.jpg", "b/1.jpg", "b/2.jpg"]);
+        let one = scan(d.path(), &opts()).unwrap().fingerprint();
+        assert_eq!(one, scan(d.path(), &opts()).unwrap().fingerprint());
+        assert_eq!(one.files, 4);
+        std::fs::write(d.path().join("b/2.jpg"), b"longer content").unwrap();
+        assert_ne!(one, scan(d.path(), &opts()).unwrap().fingerprint());
     }
 }

@@ -1,46 +1,12 @@
-//! `--device auto|cpu|cuda[:N]`.
+//! `--device auto|cpu|cuda[:N]`: which libtorch device a choice means on this machine.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
+pub use infer::DeviceSpec;
 use tch::{Cuda, Device};
 
 use crate::error::TrainError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeviceChoice {
-    /// CUDA when libtorch sees a GPU, else the CPU.
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceChoice::Cuda)
-                .ok_or_else(|| format!("'{s}' is not a device: use auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceChoice::Auto => write!(f, "auto"),
-            DeviceChoice::Cpu => write!(f, "cpu"),
-            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
+/// `--device`: the same grammar as `infer --ep` ([`DeviceSpec`]).
+pub type DeviceChoice = DeviceSpec;
 
 /// The device to train on, and a line describing it.
 pub fn resolve(choice: DeviceChoice) -> Result<(Device, String), TrainError> {
@@ -54,23 +20,9 @@ pub fn resolve(choice: DeviceChoice) -> Result<(Device, String), TrainError> {
         DeviceChoice::Cuda(_) if gpus == 0 => Err(TrainError::Device(
             "CUDA requested but libtorch sees no GPU (no driver, no device, or a CPU-only libtorch)".into(),
         )),
-        DeviceChoice::Cuda(n) if n >= gpus => {
+        DeviceChoice::Cuda(n) if n as usize >= gpus => {
             Err(TrainError::Device(format!("cuda:{n} requested but only {gpus} GPU(s) are visible")))
         }
-        DeviceChoice::Cuda(n) => Ok((Device::Cuda(n), format!("cuda:{n} ({gpus} GPUs visible)"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses() {
-        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
-        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
-        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
-        assert!("gpu".parse::<DeviceChoice>().is_err());
-        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+        DeviceChoice::Cuda(n) => Ok((Device::Cuda(n as usize), format!("cuda:{n} ({gpus} GPUs visible)"))),
     }
 }

@@ -16,8 +16,13 @@ pub enum DatasetError {
     NotAFolder(PathBuf),
     #[error("{path}: cannot list: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{root}: found {} class folder(s) ({}); at least two are needed, as ROOT/<class>/<images> or ROOT/train/<class>/<images>", found.len(), found.join(", "))]
+    #[error(
+        "{root}: {}; at least two are needed, as ROOT/<class>/<images> or ROOT/train/<class>/<images>",
+        describe_found(found)
+    )]
     TooFewClasses { root: PathBuf, found: Vec<String> },
+    #[error("{root}: no folder '{name}' for --val-dir")]
+    MissingValDir { root: PathBuf, name: String },
     #[error("{dir}: class '{class}' has no readable image")]
     EmptyClass { class: String, dir: PathBuf },
     #[error("{dir}: class '{class}' is not among the training classes ({})", known.join(", "))]
@@ -51,6 +56,14 @@ pub enum WeightsError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+fn describe_found(found: &[String]) -> String {
+    match found {
+        [] => "found no class folder".to_string(),
+        [one] => format!("found one class folder ({one})"),
+        many => format!("found {} class folders ({})", many.len(), many.join(", ")),
+    }
 }
 
 fn list(names: &[String]) -> String {
@@ -101,7 +114,7 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("export: {0}")]
-    Export(#[from] crate::export::ExportError),
+    Export(#[from] ExportError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error("device: {0}")]
@@ -112,4 +125,33 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("interrupted")]
     Interrupted,
+}
+
+/// Why an export could not be written. Nothing is left at the target then.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("{0}: weights file not found")]
+    NotFound(PathBuf),
+    #[error("{path}: {reason}; for a plain state dict pass --arch and --classes")]
+    NoRecord { path: PathBuf, reason: String },
+    #[error("{path}: holds a {holds} model, not {asked}")]
+    ArchMismatch { path: PathBuf, holds: String, asked: String },
+    #[error("{path}: unknown architecture '{arch}' (known: {})", crate::arch::names().join(", "))]
+    UnknownArch { path: PathBuf, arch: String },
+    #[error("{path}: {found} class name(s); at least two are needed")]
+    TooFewClasses { path: PathBuf, found: usize },
+    #[error("{path}: {reason}")]
+    DoesNotFit { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("verification failed: ONNX Runtime cannot run the exported model: {0}")]
+    Runtime(String),
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
 }

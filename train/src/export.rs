@@ -10,11 +10,10 @@ use infer::atomic::AtomicFile;
 use infer::{Classifier, ExecutionProvider, ModelMetadata};
 use prost::Message;
 use tch::{Device, Kind, Tensor};
-use thiserror::Error;
 
 use crate::arch;
 use crate::checkpoint::ModelInfo;
-use crate::error::{CheckpointError, TrainError, WeightsError};
+use crate::error::{CheckpointError, ExportError, WeightsError};
 use crate::model::{FoldedConv, ResNet};
 use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx_proto::*;
@@ -26,18 +25,6 @@ pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
 /// Largest accepted difference between ONNX Runtime's and libtorch's logits.
 pub const MAX_LOGIT_DIFF: f32 = 1e-4;
-
-#[derive(Debug, Error)]
-pub enum ExportError {
-    #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("verification failed: ONNX Runtime cannot run the exported model: {0}")]
-    Runtime(String),
-    #[error("verification failed: {0}")]
-    Mismatch(String),
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-}
 
 /// What an export wrote and how it checked.
 #[derive(Debug, Clone)]
@@ -249,9 +236,9 @@ pub const VERIFY_IMAGES: usize = 32;
 
 /// Exports a checkpoint (`best.pt`, `last.pt`, or a torchvision state dict with
 /// [`ExportOptions::arch`] and [`ExportOptions::classes`]) to `out`.
-pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportReport, TrainError> {
+pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportReport, ExportError> {
     if !weights.is_file() {
-        return Err(TrainError::Config(format!("{}: weights file not found", weights.display())));
+        return Err(ExportError::NotFound(weights.to_path_buf()));
     }
     let info = match crate::checkpoint::read_info(weights) {
         Ok(info) => info,
@@ -262,34 +249,22 @@ pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Re
             0,
             None,
         ),
-        Err(CheckpointError::Invalid { path, reason }) => {
-            return Err(TrainError::Config(format!(
-                "{}: {reason}; for a plain state dict pass --arch and --classes",
-                path.display()
-            )))
-        }
+        Err(CheckpointError::Invalid { path, reason }) => return Err(ExportError::NoRecord { path, reason }),
         Err(e) => return Err(e.into()),
     };
-    if let Some(a) = &opts.arch {
-        if *a != info.arch {
-            return Err(TrainError::Config(format!("{}: holds a {} model, not {a}", weights.display(), info.arch)));
-        }
+    let file = || weights.to_path_buf();
+    if let Some(a) = opts.arch.as_ref().filter(|a| **a != info.arch) {
+        return Err(ExportError::ArchMismatch { path: file(), holds: info.arch.clone(), asked: a.clone() });
     }
-    let arch = arch::by_name(&info.arch).ok_or_else(|| {
-        TrainError::Config(format!(
-            "{}: unknown architecture '{}' (known: {})",
-            weights.display(),
-            info.arch,
-            arch::names().join(", ")
-        ))
-    })?;
+    let arch =
+        arch::by_name(&info.arch).ok_or_else(|| ExportError::UnknownArch { path: file(), arch: info.arch.clone() })?;
     if info.classes.len() < 2 {
-        return Err(TrainError::Config(format!("{}: needs at least two class names", weights.display())));
+        return Err(ExportError::TooFewClasses { path: file(), found: info.classes.len() });
     }
     let model = ResNet::new(arch, info.classes.len() as i64, Device::Cpu);
     let state = crate::weights::read_state_dict(weights)?;
     model.load_state(&state, false).map_err(|e| match e {
-        WeightsError::Mismatch { .. } => TrainError::Config(format!("{}: {e}", weights.display())),
+        WeightsError::Mismatch { .. } => ExportError::DoesNotFit { path: file(), reason: e.to_string() },
         other => other.into(),
     })?;
     let meta = ModelMetadata {
@@ -303,7 +278,7 @@ pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Re
         classes_from_defaults: false,
     };
     let (inputs, real) = verification_inputs(&opts.images, &info.preprocess);
-    Ok(export(&model, &meta, out, opts.probabilities, &inputs, real)?)
+    export(&model, &meta, out, opts.probabilities, &inputs, real)
 }
 
 /// Up to [`VERIFY_IMAGES`] preprocessed images, or a seeded random batch when none decode.

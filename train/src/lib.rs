@@ -17,6 +17,7 @@ pub mod optim;
 pub mod pickle;
 pub mod plot;
 pub mod report;
+pub mod steps;
 pub mod torch_file;
 pub mod trainer;
 pub mod weights;

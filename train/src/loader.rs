@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::augment::{random_resized_crop, CropParams};
+use crate::augment::{random_resized_crop, Augment};
 use crate::dataset::{Sample, Skipped};
 use crate::error::TrainError;
 
@@ -30,6 +30,8 @@ pub struct Batch {
     /// `labels.len() × 3 × crop × crop` values.
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
+    /// Index of each image's sample in the pass's sample list.
+    pub samples: Vec<usize>,
     /// Files of this batch that failed to load (left out of `images`).
     pub failed: Vec<Skipped>,
 }
@@ -57,7 +59,7 @@ fn lower_priority() {
 pub struct Loader {
     pool: Arc<rayon::ThreadPool>,
     preprocess: Arc<PreprocessConfig>,
-    crop: CropParams,
+    augment: Augment,
     limits: DecodeLimits,
     seed: u64,
     /// Batches assembled ahead of the consumer.
@@ -65,7 +67,14 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(preprocess: PreprocessConfig, workers: usize, prefetch: usize, seed: u64) -> Result<Loader, TrainError> {
+    pub fn new(
+        preprocess: PreprocessConfig,
+        augment: Augment,
+        workers: usize,
+        prefetch: usize,
+        seed: u64,
+    ) -> Result<Loader, TrainError> {
+        augment.validate().map_err(TrainError::Config)?;
         preprocess.validate().map_err(|e| TrainError::Config(e.to_string()))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers.max(1))
@@ -76,7 +85,7 @@ impl Loader {
         Ok(Loader {
             pool: Arc::new(pool),
             preprocess: Arc::new(preprocess),
-            crop: CropParams::default(),
+            augment,
             limits: DecodeLimits::default(),
             seed,
             prefetch: prefetch.max(1),
@@ -100,8 +109,9 @@ impl Loader {
             Phase::Train { epoch } => {
                 let seed = mix(self.seed ^ mix((epoch as u64) << 32 | position as u64));
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let rect = random_resized_crop(img.width(), img.height(), &self.crop, &mut rng);
-                let flip = rng.gen_bool(0.5);
+                let rect = random_resized_crop(img.width(), img.height(), &self.augment, &mut rng);
+                // Drawn even when flips are off, so that the crops stay those of a run with them.
+                let flip = rng.gen_bool(0.5) && self.augment.flip;
                 self.preprocess.resized_crop_into(&img, rect, flip, out)
             }
             Phase::Eval => self.preprocess.eval_into(&img, out),
@@ -154,14 +164,20 @@ impl Iterator for Batches {
     fn next(&mut self) -> Option<Batch> {
         let loaded = self.stream.next()?;
         let per_image = loaded.iter().find_map(|r| r.as_ref().ok().map(Vec::len)).unwrap_or(0);
-        let mut batch =
-            Batch { images: Vec::with_capacity(loaded.len() * per_image), labels: Vec::new(), failed: Vec::new() };
+        let mut batch = Batch {
+            images: Vec::with_capacity(loaded.len() * per_image),
+            labels: Vec::new(),
+            samples: Vec::new(),
+            failed: Vec::new(),
+        };
         for result in loaded {
-            let sample = &self.samples[self.order.next()?];
+            let index = self.order.next()?;
+            let sample = &self.samples[index];
             match result {
                 Ok(buf) => {
                     batch.images.extend_from_slice(&buf);
                     batch.labels.push(sample.label as i64);
+                    batch.samples.push(index);
                 }
                 Err(LoadError(reason)) => batch.failed.push(Skipped { path: sample.path.clone(), reason }),
             }
@@ -200,7 +216,7 @@ mod tests {
         samples.push(Sample { path: bad.clone(), label: 1 });
         let samples = Arc::new(samples);
         let run = |workers| {
-            let loader = Arc::new(Loader::new(small(), workers, 2, 5).unwrap());
+            let loader = Arc::new(Loader::new(small(), Augment::default(), workers, 2, 5).unwrap());
             loader.batches(Arc::clone(&samples), Phase::Train { epoch: 3 }, 4).collect::<Vec<_>>()
         };
         let a = run(1);
@@ -215,7 +231,7 @@ mod tests {
         assert_eq!(failed[0].path, bad);
         assert_eq!(a.iter().map(|b| b.labels.len()).sum::<usize>(), 9);
         // Another epoch shuffles and augments differently.
-        let loader = Arc::new(Loader::new(small(), 2, 2, 5).unwrap());
+        let loader = Arc::new(Loader::new(small(), Augment::default(), 2, 2, 5).unwrap());
         let c: Vec<_> = loader.batches(Arc::clone(&samples), Phase::Train { epoch: 4 }, 4).collect();
         assert_ne!(a[0].images, c[0].images);
     }
@@ -224,7 +240,7 @@ mod tests {
     fn eval_is_ordered_and_matches_the_deployment_transform() {
         let d = tempfile::tempdir().unwrap();
         let samples = Arc::new(write_images(d.path(), 5));
-        let loader = Arc::new(Loader::new(small(), 2, 1, 0).unwrap());
+        let loader = Arc::new(Loader::new(small(), Augment::default(), 2, 1, 0).unwrap());
         let batches: Vec<_> = loader.batches(Arc::clone(&samples), Phase::Eval, 2).collect();
         assert_eq!(batches.iter().map(|b| b.labels.len()).collect::<Vec<_>>(), [2, 2, 1]);
         let img = decode_file(&samples[2].path, DecodeLimits::default()).unwrap();
@@ -236,7 +252,7 @@ mod tests {
     fn dropping_early_stops_the_producer() {
         let d = tempfile::tempdir().unwrap();
         let samples = Arc::new(write_images(d.path(), 8));
-        let loader = Arc::new(Loader::new(small(), 1, 1, 0).unwrap());
+        let loader = Arc::new(Loader::new(small(), Augment::default(), 1, 1, 0).unwrap());
         let mut it = loader.batches(samples, Phase::Eval, 1);
         assert!(it.next().is_some());
         drop(it); // must not hang

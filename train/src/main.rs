@@ -1,4 +1,5 @@
-//! `train`: command-line parsing and console output over the `train` library.
+//! `train`: command-line parsing and console output over the `train` library. The arguments
+//! are mapped onto the library's types here ([`TrainArgs::config`]); the work is the library's.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,20 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use train::augment::Augment;
 use train::device::DeviceChoice;
 use train::export::{ExportOptions, ExportReport};
 use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use train::report::{EpochRecord, PhaseStats};
+use train::trainer::ExportSettings;
 use train::{Hyper, Mode, Observer, StopFlag, TrainConfig, TrainError, WeightsSource};
 
 /// Fine-tune a ResNet image classifier on a folder of labelled images, keep the best model and
 /// export it to ONNX.
 ///
-/// DATA is ROOT/{train,val}/<class>/<images> (validation from val/), or ROOT/<class>/<images>
+/// DATA is ROOT/train/<class>/<images> beside ROOT/val (or valid/, test/), or ROOT/<class>/<images>
 /// (a seeded, stratified split holds out --val-fraction of each class). Writes best.pt,
-/// last.pt, metrics.csv, summary.json, curves.png, train_batch.png and model.onnx into --out.
+/// last.pt, metrics.csv, summary.json, curves.png, train_batch.png, val_predictions.png and
+/// model.onnx into --out.
 #[derive(Parser, Debug)]
 #[command(
     name = "train",
@@ -53,8 +57,8 @@ struct ExportArgs {
     #[arg(long, value_name = "FILE", default_value = "models/model.onnx")]
     out: PathBuf,
 
-    /// Images to verify the export on: a folder (its val/ part when it has one) or files.
-    /// Default: a random batch.
+    /// Images to verify the export on: a data folder (its validation folder when it has one)
+    /// or files. Default: a random batch.
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
 
@@ -71,15 +75,44 @@ struct ExportArgs {
     classes: Option<Vec<String>>,
 }
 
+/// `--mode`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    /// All layers train, starting from the pretrained weights.
+    Finetune,
+    /// Only the new classifier trains; the backbone is a fixed feature extractor.
+    FeatureExtract,
+}
+
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OptimizerArg {
+    /// SGD with momentum (`torch.optim.SGD`).
+    Sgd,
+    /// Adam with decoupled weight decay (`torch.optim.AdamW`).
+    Adamw,
+}
+
+/// `--scheduler`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScheduleArg {
+    /// Multiply the learning rate by --gamma every --step-size epochs (`StepLR`).
+    Step,
+    /// Cosine annealing from the initial rate to zero over the run (`CosineAnnealingLR`).
+    Cosine,
+    /// Keep the learning rate fixed.
+    Constant,
+}
+
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// Image folder to train on.
-    #[arg(required = true)]
+    /// Image folder to train on [with --resume: the checkpoint's].
+    #[arg(required_unless_present = "resume")]
     data: Option<PathBuf>,
 
-    /// Output folder.
-    #[arg(long, default_value = "models")]
-    out: PathBuf,
+    /// Output folder [default: models; with --resume: the checkpoint's folder].
+    #[arg(long)]
+    out: Option<PathBuf>,
 
     /// Network architecture.
     #[arg(long, default_value = "resnet18", value_parser = clap::builder::PossibleValuesParser::new(train::arch::names()))]
@@ -95,8 +128,8 @@ struct TrainArgs {
     no_pretrained: bool,
 
     /// Train every layer, or only the new classifier on a frozen backbone.
-    #[arg(long, value_enum, default_value_t = Mode::Finetune)]
-    mode: Mode,
+    #[arg(long, value_enum, default_value_t = ModeArg::Finetune)]
+    mode: ModeArg,
 
     /// Number of epochs [default: 25; with --resume, the checkpoint's].
     #[arg(long)]
@@ -110,8 +143,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 32)]
     eval_batch_size: usize,
 
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
-    optimizer: OptimizerKind,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    optimizer: OptimizerArg,
 
     /// Initial learning rate.
     #[arg(long, default_value_t = 0.001)]
@@ -126,8 +159,8 @@ struct TrainArgs {
     weight_decay: f64,
 
     /// Learning-rate schedule, stepped once per epoch.
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Step)]
-    scheduler: ScheduleKind,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Step)]
+    scheduler: ScheduleArg,
 
     /// Epochs between learning-rate decays (step schedule).
     #[arg(long, default_value_t = 7)]
@@ -137,9 +170,25 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.1)]
     gamma: f64,
 
-    /// Fraction of each class held out for validation when DATA has no val/ folder.
+    /// Fraction of each class held out for validation when DATA has no validation folder.
     #[arg(long, default_value_t = 0.2)]
     val_fraction: f64,
+
+    /// The validation folder's name in DATA [default: val, else valid, else test].
+    #[arg(long, value_name = "NAME")]
+    val_dir: Option<String>,
+
+    /// Range of the random crops' area, as a fraction of the image (RandomResizedCrop's scale).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [0.08, 1.0])]
+    crop_scale: Vec<f64>,
+
+    /// Range of the random crops' aspect ratio, width/height (RandomResizedCrop's ratio).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [3.0 / 4.0, 4.0 / 3.0])]
+    crop_ratio: Vec<f64>,
+
+    /// No random horizontal flips (for digits, text, anything with a handedness).
+    #[arg(long)]
+    no_flip: bool,
 
     /// Seed for initialisation, shuffling, augmentation and the validation split.
     #[arg(long, default_value_t = 0)]
@@ -153,7 +202,8 @@ struct TrainArgs {
     #[arg(long)]
     amp: bool,
 
-    /// Continue an interrupted run from its last.pt, with that run's settings.
+    /// Continue an interrupted run from its last.pt, with that run's settings, data folder and
+    /// output folder (unless DATA or --out are given).
     #[arg(long, value_name = "LAST_PT")]
     resume: Option<PathBuf>,
 
@@ -179,6 +229,7 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The library's configuration for these arguments.
     fn config(&self) -> TrainConfig {
         let epochs = self.epochs.unwrap_or(25);
         let weights = match (&self.weights, self.no_pretrained) {
@@ -186,28 +237,42 @@ impl TrainArgs {
             (None, true) => WeightsSource::Scratch,
             (None, false) => WeightsSource::Pretrained,
         };
+        let optim = OptimConfig {
+            optimizer: match self.optimizer {
+                OptimizerArg::Sgd => OptimizerKind::Sgd,
+                OptimizerArg::Adamw => OptimizerKind::Adamw,
+            },
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            schedule: match self.scheduler {
+                ScheduleArg::Step => ScheduleKind::Step,
+                ScheduleArg::Cosine => ScheduleKind::Cosine,
+                ScheduleArg::Constant => ScheduleKind::Constant,
+            },
+            step_size: self.step_size,
+            gamma: self.gamma,
+            epochs,
+        };
+        let pair = |v: &[f64]| (v[0], v[1]);
         TrainConfig {
-            data: self.data.clone().unwrap_or_default(),
+            data: self.data.clone(),
             out: self.out.clone(),
             hyper: Hyper {
                 arch: self.arch.clone(),
-                mode: self.mode,
+                mode: match self.mode {
+                    ModeArg::Finetune => Mode::Finetune,
+                    ModeArg::FeatureExtract => Mode::FeatureExtract,
+                },
                 epochs,
                 batch_size: self.batch_size,
                 eval_batch_size: self.eval_batch_size,
-                optim: OptimConfig {
-                    optimizer: self.optimizer,
-                    lr: self.lr,
-                    momentum: self.momentum,
-                    weight_decay: self.weight_decay,
-                    betas: (0.9, 0.999),
-                    eps: 1e-8,
-                    schedule: self.scheduler,
-                    step_size: self.step_size,
-                    gamma: self.gamma,
-                    epochs,
-                },
+                optim,
                 val_fraction: self.val_fraction,
+                val_dir: self.val_dir.clone(),
+                augment: Augment { scale: pair(&self.crop_scale), ratio: pair(&self.crop_ratio), flip: !self.no_flip },
                 seed: self.seed,
                 amp: self.amp,
             },
@@ -218,6 +283,7 @@ impl TrainArgs {
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             threads: self.threads,
             prefetch: self.prefetch,
+            export: (!self.no_export).then_some(ExportSettings { probabilities: self.probabilities }),
         }
     }
 }
@@ -227,8 +293,10 @@ struct Console {
     tty: bool,
     bar: Option<ProgressBar>,
     label: String,
-    last_line: Instant,
     phase_images: usize,
+    /// When the phase started, and when the last plain line was printed.
+    phase_started: Instant,
+    last_line: Instant,
     downloading: bool,
 }
 
@@ -238,8 +306,9 @@ impl Console {
             tty: std::io::stderr().is_terminal(),
             bar: None,
             label: String::new(),
-            last_line: Instant::now(),
             phase_images: 0,
+            phase_started: Instant::now(),
+            last_line: Instant::now(),
             downloading: false,
         }
     }
@@ -254,6 +323,24 @@ impl Console {
 
 fn stats(s: &PhaseStats) -> String {
     format!("loss {:.4} acc {:.4} ({:.1} s, {:.1} img/s)", s.loss, s.acc, s.seconds, s.images_per_sec())
+}
+
+/// Seconds as `1h 02m`, `3m 05s` or `42s`.
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m {sec}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}
+
+/// A plain progress line: the rate is over the whole phase so far (every image since the
+/// phase started, over the time since it started), and the ETA follows from it.
+fn progress_line(label: &str, images: usize, total: usize, loss: f64, acc: f64, elapsed: Duration) -> String {
+    let rate = images as f64 / elapsed.as_secs_f64().max(1e-9);
+    let eta = total.saturating_sub(images) as f64 / rate.max(1e-9);
+    format!("{label} {images}/{total} loss {loss:.4} acc {acc:.4} {rate:.1} img/s eta {}", duration(eta))
 }
 
 impl Observer for Console {
@@ -297,11 +384,12 @@ impl Observer for Console {
     fn phase_start(&mut self, epoch: usize, epochs: usize, phase: &'static str, images: usize) {
         self.label = format!("epoch {epoch}/{epochs} {phase:<5}");
         self.phase_images = images;
+        self.phase_started = Instant::now();
         self.last_line = Instant::now();
         if self.tty {
             let bar = ProgressBar::new(images as u64);
             bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} {msg}")
+                ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} {per_sec} eta {eta} {msg}")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
@@ -311,15 +399,17 @@ impl Observer for Console {
     }
 
     fn batch_done(&mut self, images: usize, loss: f64, acc: f64) {
-        let rate = images as f64 / self.last_line.elapsed().as_secs_f64().max(1e-9);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(images as u64);
                 bar.set_message(format!("loss {loss:.4} acc {acc:.4}"));
             }
-            // Not a terminal: a line every 30 s at most, for long phases.
+            // Not a terminal: a line every 30 s at most, for long phases, with the rate since
+            // the phase started.
             None if self.last_line.elapsed() > Duration::from_secs(30) => {
-                eprintln!("{} {images}/{} loss {loss:.4} acc {acc:.4} {rate:.1} img/s", self.label, self.phase_images);
+                let line =
+                    progress_line(&self.label, images, self.phase_images, loss, acc, self.phase_started.elapsed());
+                eprintln!("{line}");
                 self.last_line = Instant::now();
             }
             None => {}
@@ -385,7 +475,7 @@ fn main() -> ExitCode {
                 bar.finish_and_clear();
             }
             if matches!(e.downcast_ref::<TrainError>(), Some(TrainError::Interrupted)) {
-                eprintln!("interrupted: resume with --resume {}", cli.train.out.join(train::trainer::LAST).display());
+                eprintln!("interrupted: resume with --resume {}", last_pt(&cli.train).display());
                 return ExitCode::from(130);
             }
             eprintln!("error: {}", one_line(&e));
@@ -394,10 +484,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where this run's `last.pt` is.
+fn last_pt(args: &TrainArgs) -> PathBuf {
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+        (None, None) => PathBuf::from(train::trainer::DEFAULT_OUT),
+    };
+    out.join(train::trainer::LAST)
+}
+
 fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let images = match &args.data {
-        Some(d) if d.join("val").is_dir() => infer::files::collect(&[d.join("val")]).files(),
-        Some(d) => infer::files::collect(std::slice::from_ref(d)).files(),
+        Some(d) if d.is_dir() => train::dataset::validation_images(d),
+        Some(f) => vec![f.clone()],
         None => Vec::new(),
     };
     let opts = ExportOptions {
@@ -424,33 +524,49 @@ fn print_export(r: &ExportReport) {
     );
 }
 
-fn run(cli: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
-    let cfg = cli.config();
-    let summary = train::run(&cfg, console, stop).context("training failed")?;
-    let secs = summary.total_seconds.round() as u64;
-    eprintln!("Training complete in {}m {}s", secs / 60, secs % 60);
+fn run(args: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
+    let summary = train::run(&args.config(), console, stop).context("training failed")?;
+    let total = if summary.total_seconds > summary.process_seconds + 1.0 {
+        format!(" ({} over all runs)", duration(summary.total_seconds))
+    } else {
+        String::new()
+    };
+    // The seed tutorial's line, for this process; the whole training's time when resumed.
+    let secs = summary.process_seconds.round() as u64;
+    eprintln!("Training complete in {}m {}s{total}", secs / 60, secs % 60);
     if let Some(best) = summary.best {
         eprintln!("Best val Acc: {:.4} (epoch {})", best.val_acc, best.epoch);
     }
     if !summary.skipped_files.is_empty() {
         eprintln!("{} unreadable file(s) skipped (listed in summary.json)", summary.skipped_files.len());
     }
-    if !cli.no_export && summary.best.is_some() && !summary.interrupted {
-        let best = cfg.out.join(train::trainer::BEST);
-        let images = summary.val_files.clone();
-        let opts = ExportOptions { probabilities: cli.probabilities, images, arch: None, classes: None };
-        let report = train::export::export_checkpoint(&best, &cfg.out.join(train::trainer::MODEL_ONNX), &opts)
-            .context("export failed")?;
-        print_export(&report);
+    if let Some(report) = &summary.export {
+        print_export(report);
     }
-    eprintln!("outputs in {}", cfg.out.display());
+    eprintln!("outputs in {}", summary.out.display());
     if summary.interrupted {
         eprintln!(
             "stopped early after {} epoch(s): resume with --resume {}",
             summary.epochs_completed,
-            cfg.out.join(train::trainer::LAST).display()
+            summary.out.join(train::trainer::LAST).display()
         );
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_report_the_phase_rate() {
+        // 480 of 960 images after 30 s: 16 img/s whatever the time since the previous line.
+        let line = progress_line("epoch 1/2 train", 480, 960, 0.5, 0.75, Duration::from_secs(30));
+        assert_eq!(line, "epoch 1/2 train 480/960 loss 0.5000 acc 0.7500 16.0 img/s eta 30s");
+        let later = progress_line("epoch 1/2 train", 960, 960, 0.5, 0.75, Duration::from_secs(60));
+        assert!(later.contains(" 16.0 img/s eta 0s"), "{later}");
+        assert_eq!(duration(631.0), "10m 31s");
+        assert_eq!(duration(3725.0), "1h 02m");
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// SGD with momentum (`torch.optim.SGD`).
@@ -15,7 +15,7 @@ pub enum OptimizerKind {
     Adamw,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     /// Multiply the learning rate by `gamma` every `step_size` epochs (`StepLR`).
@@ -39,6 +39,24 @@ pub struct OptimConfig {
     pub gamma: f64,
     /// Epochs of the run, for the cosine schedule.
     pub epochs: usize,
+}
+
+impl Default for OptimConfig {
+    /// The seed tutorial's: SGD, learning rate 0.001, momentum 0.9, `StepLR(7, 0.1)`.
+    fn default() -> Self {
+        OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.001,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            schedule: ScheduleKind::Step,
+            step_size: 7,
+            gamma: 0.1,
+            epochs: 25,
+        }
+    }
 }
 
 impl OptimConfig {

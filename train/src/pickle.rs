@@ -188,7 +188,8 @@ impl<'a> Reader<'a> {
 }
 
 impl OpCode {
-    /// Decodes the instruction at the reader's position.
+    /// Decodes the instruction at the reader's position. One arm per opcode, as the pickle
+    /// format lists them: a table to read down, kept in one place on purpose.
     fn read(r: &mut Reader) -> Result<OpCode, PickleError> {
         let at = r.pos;
         let op = r.u8()?;
@@ -375,7 +376,8 @@ impl Machine {
         }
     }
 
-    /// Applies one instruction; returns the result at STOP.
+    /// Applies one instruction; returns the result at STOP. One arm per opcode (a table to
+    /// read down, kept in one place on purpose); the work is in the helpers above.
     fn execute(&mut self, op: OpCode) -> Result<Option<Value>, PickleError> {
         match op {
             OpCode::Proto(_) | OpCode::Frame(_) => {}
@@ -600,6 +602,36 @@ impl Writer {
     /// Appends the items since the last MARK to the list below it.
     pub fn appends(&mut self) {
         self.buf.push(b'e');
+    }
+
+    /// A tensor as `torch.save` pickles it: `torch._utils._rebuild_tensor_v2(storage, 0, size,
+    /// stride, False, OrderedDict())`, the storage being the persistent id
+    /// `("storage", torch.<storage_class>, key, "cpu", numel)`.
+    pub fn rebuild_tensor(&mut self, storage_class: &str, key: &str, numel: i64, size: &[i64], stride: &[i64]) {
+        self.global("torch._utils", "_rebuild_tensor_v2");
+        self.mark();
+        self.mark();
+        self.str("storage");
+        self.global("torch", storage_class);
+        self.str(key);
+        self.str("cpu");
+        self.int(numel);
+        self.tuple();
+        self.binpersid();
+        self.int(0);
+        for dims in [size, stride] {
+            self.mark();
+            for &d in dims {
+                self.int(d);
+            }
+            self.tuple();
+        }
+        self.bool(false);
+        self.global("collections", "OrderedDict");
+        self.empty_tuple();
+        self.reduce();
+        self.tuple();
+        self.reduce();
     }
 }
 

@@ -1,9 +1,9 @@
 //! The run's pictures: `curves.png` (loss and accuracy per epoch) and `train_batch.png` (the
 //! first augmented batch with its class names, as the seed's `imshow(make_grid(...))`).
-//! Drawn directly into an RGB buffer with a built-in bitmap font, so no system fonts are needed.
+//! Drawn directly into an RGB buffer with the embedded font of `infer::canvas`.
 
 use image::{Rgb, RgbImage};
-use infer::canvas::{Canvas, BLACK, BLUE as TRAIN, GRID, ORANGE as VAL, WHITE};
+use infer::canvas::{Canvas, BLACK, BLUE as TRAIN, GRID, LINE, ORANGE as VAL, WHITE};
 
 /// One panel of the curves figure.
 fn panel(cv: &mut Canvas, x0: i64, title: &str, train: &[f64], val: &[f64], fixed_max: Option<f64>) {
@@ -18,13 +18,13 @@ fn panel(cv: &mut Canvas, x0: i64, title: &str, train: &[f64], val: &[f64], fixe
         let y = py + ph - (f64::from(i) / 4.0 * ph as f64) as i64;
         cv.line((px, y), (px + pw, y), GRID, 1);
         let label = format!("{v:.2}");
-        cv.text(px - Canvas::text_width(&label, 1) - 6, y - 4, &label, BLACK, 1);
+        cv.text(px - Canvas::text_width(&label, 1) - 6, y - LINE / 2, &label, BLACK, 1);
     }
     let xs = |i: usize| px + if n == 1 { pw / 2 } else { (i as f64 / (n - 1) as f64 * pw as f64) as i64 };
     let ticks = if n <= 10 { 1 } else { n.div_ceil(10) };
     for i in (0..n).step_by(ticks) {
         let label = (i + 1).to_string();
-        cv.text(xs(i) - Canvas::text_width(&label, 1) / 2, py + ph + 8, &label, BLACK, 1);
+        cv.text(xs(i) - Canvas::text_width(&label, 1) / 2, py + ph + 6, &label, BLACK, 1);
     }
     cv.text(px + pw / 2 - 20, py + ph + 24, "epoch", BLACK, 1);
     cv.line((px, py), (px, py + ph), BLACK, 1);
@@ -64,22 +64,24 @@ pub fn batch_grid(
     size: u32,
     mean: [f32; 3],
     std: [f32; 3],
+    caption: &str,
 ) -> RgbImage {
     let n = labels.len().max(1) as u32;
     let cols = n.min(8);
     let rows = n.div_ceil(cols);
-    let (pad, label_h) = (2u32, 14u32);
+    let (pad, label_h, head) = (2u32, LINE as u32 + 4, LINE as u32 + 8);
     let cell_w = size + pad;
     let cell_h = size + pad + label_h;
-    let mut cv = Canvas::new(cols * cell_w + pad, rows * cell_h + pad);
+    let width = (cols * cell_w + pad).max(Canvas::text_width(caption, 1) as u32 + 8);
+    let mut cv = Canvas::new(width, head + rows * cell_h + pad);
     cv.fill(0, 0, i64::from(cv.img.width()), i64::from(cv.img.height()), BLACK);
+    cv.text(4, 4, caption, WHITE, 1);
     let plane = (size * size) as usize;
     for (k, &label) in labels.iter().enumerate() {
         let (c, r) = (k as u32 % cols, k as u32 / cols);
-        let (x0, y0) = (pad + c * cell_w, pad + r * cell_h);
+        let (x0, y0) = (pad + c * cell_w, head + pad + r * cell_h);
         let name = classes.get(label).map(String::as_str).unwrap_or("?");
-        let shown: String = name.chars().take((size / 8) as usize).collect();
-        cv.text(i64::from(x0), i64::from(y0 + 3), &shown, WHITE, 1);
+        cv.text(i64::from(x0), i64::from(y0 + 2), &Canvas::fit(name, i64::from(size), 1), WHITE, 1);
         let img = &images[k * 3 * plane..(k + 1) * 3 * plane];
         for y in 0..size {
             for x in 0..size {
@@ -114,7 +116,8 @@ mod tests {
         let std = [0.25; 3];
         // One image, value 0 everywhere => pixel 0.5 => 128
         let images = vec![0.0f32; 3 * 16];
-        let img = batch_grid(&images, &[1], &["a".into(), "b".into()], size, mean, std);
-        assert_eq!(img.get_pixel(2, 2 + 14), &Rgb([128, 128, 128]));
+        let img = batch_grid(&images, &[1], &["a".into(), "b".into()], size, mean, std, "");
+        let top = LINE as u32 + 8 + 2 + LINE as u32 + 4;
+        assert_eq!(img.get_pixel(2, top), &Rgb([128, 128, 128]));
     }
 }

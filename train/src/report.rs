@@ -89,24 +89,31 @@ pub struct Summary {
     pub toolkit: String,
     pub toolkit_version: String,
     pub data: PathBuf,
+    /// The output folder.
+    pub out: PathBuf,
     pub classes: Vec<String>,
     pub train_counts: Vec<usize>,
     pub val_counts: Vec<usize>,
     pub split: crate::dataset::SplitKind,
+    /// The folder the validation images came from, when not a split of the training images.
+    pub validation_folder: Option<PathBuf>,
     pub skipped_files: Vec<Skipped>,
     pub ignored_files: usize,
     pub epochs_completed: usize,
     pub interrupted: bool,
     pub best: Option<Best>,
+    /// Training time over every run of this training (resumed runs included).
     pub total_seconds: f64,
+    /// Time of this process alone.
+    pub process_seconds: f64,
     pub device: String,
     pub seed: u64,
     pub weights: String,
     pub hyperparameters: serde_json::Value,
     pub outputs: Vec<PathBuf>,
-    /// Validation images, for the export's verification batch (not written).
+    /// The end-of-training export, when one ran (reported by the caller, not written).
     #[serde(skip)]
-    pub val_files: Vec<PathBuf>,
+    pub export: Option<crate::export::ExportReport>,
 }
 
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {

@@ -55,7 +55,7 @@ impl DType {
         }
     }
 
-    fn storage_class(self) -> &'static str {
+    pub fn storage_class(self) -> &'static str {
         match self {
             DType::F32 => "FloatStorage",
             DType::F64 => "DoubleStorage",
@@ -510,38 +510,11 @@ fn write_obj<'a>(w: &mut pickle::Writer, obj: &'a Obj, storages: &mut Vec<&'a Te
         Obj::Tensor(t) => {
             let key = storages.len();
             storages.push(t);
-            // _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, backward_hooks)
-            w.global("torch._utils", "_rebuild_tensor_v2");
-            w.mark();
-            w.mark();
-            w.str("storage");
-            w.global("torch", t.dtype.storage_class());
-            w.str(&key.to_string());
-            w.str("cpu");
-            w.int(t.numel() as i64);
-            w.tuple();
-            w.binpersid();
-            w.int(0);
-            w.mark();
-            for &d in &t.shape {
-                w.int(d);
-            }
-            w.tuple();
-            w.mark();
             let mut stride = vec![1i64; t.shape.len()];
             for i in (0..t.shape.len().saturating_sub(1)).rev() {
                 stride[i] = stride[i + 1] * t.shape[i + 1].max(1);
             }
-            for s in stride {
-                w.int(s);
-            }
-            w.tuple();
-            w.bool(false);
-            w.global("collections", "OrderedDict");
-            w.empty_tuple();
-            w.reduce();
-            w.tuple();
-            w.reduce();
+            w.rebuild_tensor(t.dtype.storage_class(), &key.to_string(), t.numel() as i64, &t.shape, &stride);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The training run: data, model, weights, then per epoch a training phase and a validation
-//! phase, keeping the best validation accuracy's weights — the seed's `train_model`, plus
-//! checkpoints, resumption, metrics and pictures.
+//! The training run — the seed's `train_model`, plus checkpoints, resumption, metrics,
+//! pictures and the final export — as a few named steps: [`run`] starts (device, settings,
+//! resumed state), reads the data, builds the model, trains epoch by epoch, then finishes
+//! (export and summary).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,22 +10,25 @@ use std::time::Instant;
 
 use infer::{decode_file, DecodeLimits, PreprocessConfig};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use crate::arch::{self, Arch};
-use crate::checkpoint::{self, ModelInfo};
-use crate::dataset::{self, Dataset, Sample, ScanOptions};
+use crate::augment::Augment;
+use crate::checkpoint::{self, ModelInfo, Resume};
+use crate::dataset::{self, Dataset, Fingerprint, ScanOptions};
 use crate::device::{self, DeviceChoice};
 use crate::error::{CheckpointError, TrainError};
+use crate::export::{self, ExportOptions, ExportReport};
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
-use crate::optim::{OptimConfig, Optimizer};
+use crate::optim::{OptimConfig, Optimizer, OptimizerKind, ScheduleKind};
 use crate::plot;
-use crate::report::{self, Best, EpochRecord, PhaseStats, Summary};
+use crate::report::{self, Best, EpochRecord, Summary};
+use crate::steps::{EvalStep, GradScaler, Pass, Predicted, TrainStep};
 use crate::weights;
 
 /// Which layers learn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// All layers train, starting from the pretrained weights.
@@ -53,15 +57,51 @@ pub struct Hyper {
     pub eval_batch_size: usize,
     pub optim: OptimConfig,
     pub val_fraction: f64,
+    /// The validation folder's name under the data folder, when chosen (`--val-dir`).
+    #[serde(default)]
+    pub val_dir: Option<String>,
+    #[serde(default)]
+    pub augment: Augment,
     pub seed: u64,
     pub amp: bool,
+}
+
+impl Hyper {
+    /// The settings as JSON for `summary.json`, leaving out those the chosen optimiser and
+    /// schedule do not use (an SGD run has no Adam betas).
+    pub fn describe(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("hyper-parameters serialise");
+        if let Some(o) = v.get_mut("optim").and_then(|o| o.as_object_mut()) {
+            let unused: &[&str] = match self.optim.optimizer {
+                OptimizerKind::Sgd => &["betas", "eps"],
+                OptimizerKind::Adamw => &["momentum"],
+            };
+            let unused_schedule: &[&str] = match self.optim.schedule {
+                ScheduleKind::Step => &[],
+                ScheduleKind::Cosine | ScheduleKind::Constant => &["step_size", "gamma"],
+            };
+            for k in unused.iter().chain(unused_schedule) {
+                o.remove(*k);
+            }
+        }
+        v
+    }
+}
+
+/// The end-of-training export to `model.onnx`.
+#[derive(Debug, Clone, Default)]
+pub struct ExportSettings {
+    /// Also output softmax probabilities.
+    pub probabilities: bool,
 }
 
 /// A training run's settings.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    pub data: PathBuf,
-    pub out: PathBuf,
+    /// The image folder; with `resume`, the checkpoint's when not given.
+    pub data: Option<PathBuf>,
+    /// Output folder; default: the resumed checkpoint's folder, else [`DEFAULT_OUT`].
+    pub out: Option<PathBuf>,
     pub hyper: Hyper,
     pub weights: WeightsSource,
     /// Continue from this `last.pt` with its settings; `epochs_override` may extend the run.
@@ -74,7 +114,12 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
     /// Batches assembled ahead of training.
     pub prefetch: usize,
+    /// Export the best model to `model.onnx` at the end.
+    pub export: Option<ExportSettings>,
 }
+
+/// Default output folder.
+pub const DEFAULT_OUT: &str = "models";
 
 /// What a person watching the run is told.
 pub trait Observer {
@@ -84,7 +129,7 @@ pub trait Observer {
     fn phase_start(&mut self, _epoch: usize, _epochs: usize, _phase: &'static str, _images: usize) {}
     /// After each batch: images so far in the phase, running loss and accuracy.
     fn batch_done(&mut self, _images: usize, _loss: f64, _acc: f64) {}
-    fn phase_end(&mut self, _stats: &PhaseStats) {}
+    fn phase_end(&mut self, _stats: &report::PhaseStats) {}
     fn epoch_end(&mut self, _record: &EpochRecord, _epochs: usize, _best: bool) {}
 }
 
@@ -113,52 +158,238 @@ struct RunState {
     history: Vec<EpochRecord>,
     elapsed_seconds: f64,
     weights: String,
+    /// The data folder and what it held (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    data: Option<PathBuf>,
+    #[serde(default)]
+    fingerprint: Option<Fingerprint>,
 }
 
-/// Output file names inside `--out`.
+/// Output file names inside the output folder.
 pub const BEST: &str = "best.pt";
 pub const LAST: &str = "last.pt";
 pub const METRICS: &str = "metrics.csv";
 pub const SUMMARY: &str = "summary.json";
 pub const CURVES: &str = "curves.png";
 pub const TRAIN_BATCH: &str = "train_batch.png";
-/// Written by the binary's export step after training.
+pub const VAL_PREDICTIONS: &str = "val_predictions.png";
 pub const MODEL_ONNX: &str = "model.onnx";
-/// Every file a run writes into `--out`.
-pub const OUTPUTS: [&str; 7] = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, MODEL_ONNX];
+/// Every file a run writes into its output folder.
+pub const OUTPUTS: [&str; 8] = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, VAL_PREDICTIONS, MODEL_ONNX];
 
-/// Dynamic loss scaling for float16 autocast (PyTorch's `GradScaler` rule).
-struct GradScaler {
-    scale: f64,
-    good_steps: usize,
+/// Everything fixed before the first epoch.
+struct Start {
+    started: Instant,
+    device: Device,
+    device_desc: String,
+    hyper: Hyper,
+    arch: &'static Arch,
+    data: PathBuf,
+    out: PathBuf,
+    resumed: Option<(PathBuf, Resume, RunState)>,
 }
 
-impl GradScaler {
-    const GROWTH_INTERVAL: usize = 2000;
+/// Runs a training job to completion (or to a stop request) and returns its summary.
+pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer, stop: &StopFlag) -> Result<Summary, TrainError> {
+    let start = start(cfg, obs)?;
+    let ds = read_data(&start, obs)?;
+    let (model, weights_desc) = build_model(cfg, &start, &ds, obs)?;
+    let mut epochs = Epochs::new(cfg, &start, &ds, &model, weights_desc, stop)?;
+    epochs.run(obs)?;
+    finish(cfg, epochs)
+}
 
-    /// Unscales the gradients; steps unless one is not finite; adapts the scale.
-    fn step(&mut self, opt: &mut Optimizer, grads: Vec<Tensor>, lr: f64) -> Result<(), tch::TchError> {
-        let finite = tch::no_grad(|| -> Result<bool, tch::TchError> {
-            let mut bad = Vec::with_capacity(grads.len());
-            for g in grads.iter().filter(|g| g.defined()) {
-                let _ = g.shallow_clone().f_mul_scalar_(1.0 / self.scale)?;
-                bad.push(g.f_isfinite()?.f_logical_not()?.f_any()?);
-            }
-            Ok(bad.is_empty() || Tensor::f_stack(&bad, 0)?.f_any()?.int64_value(&[]) == 0)
-        })?;
-        if finite {
-            opt.step(grads, lr)?;
-            self.good_steps += 1;
-            if self.good_steps == Self::GROWTH_INTERVAL {
-                self.scale *= 2.0;
-                self.good_steps = 0;
-            }
-        } else {
-            self.scale *= 0.5;
-            self.good_steps = 0;
+/// Device, settings (the checkpoint's when resuming), data and output folders.
+fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError> {
+    let started = Instant::now();
+    if let Some(t) = cfg.threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    let (device, device_desc) = device::resolve(cfg.device)?;
+    let resumed = match &cfg.resume {
+        Some(p) => {
+            let r = checkpoint::load_last(p)?;
+            let state: RunState = serde_json::from_str(&r.run_state).map_err(|e| {
+                TrainError::Checkpoint(CheckpointError::Invalid { path: p.clone(), reason: format!("run state: {e}") })
+            })?;
+            Some((p.clone(), r, state))
+        }
+        None => None,
+    };
+    let mut hyper = resumed.as_ref().map_or_else(|| cfg.hyper.clone(), |(_, _, s)| s.hyper.clone());
+    if let Some(e) = cfg.epochs_override {
+        hyper.epochs = e;
+    }
+    hyper.optim.epochs = hyper.epochs;
+    let arch = validate(&hyper, device)?;
+    let recorded = resumed.as_ref().and_then(|(_, _, s)| s.data.clone());
+    let Some(data) = cfg.data.clone().or(recorded) else {
+        return Err(TrainError::Config("no data folder given (and none recorded in the checkpoint)".into()));
+    };
+    // A resumed run continues in its checkpoint's folder unless told otherwise.
+    let out = match (&cfg.out, &resumed) {
+        (Some(o), _) => o.clone(),
+        (None, Some((p, ..))) => {
+            p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+        }
+        (None, None) => PathBuf::from(DEFAULT_OUT),
+    };
+    tch::manual_seed(hyper.seed as i64);
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    obs.info(&format!("device: {device_desc}"));
+    Ok(Start { started, device, device_desc, hyper, arch, data, out, resumed })
+}
+
+fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
+    let arch = arch::by_name(&h.arch).ok_or_else(|| {
+        TrainError::Config(format!("unknown architecture '{}' (known: {})", h.arch, arch::names().join(", ")))
+    })?;
+    if h.epochs == 0 {
+        return Err(TrainError::Config("epochs must be at least 1".into()));
+    }
+    if h.batch_size == 0 || h.eval_batch_size == 0 {
+        return Err(TrainError::Config("batch sizes must be at least 1".into()));
+    }
+    h.optim.validate().map_err(TrainError::Config)?;
+    h.augment.validate().map_err(TrainError::Config)?;
+    if h.amp && !device.is_cuda() {
+        return Err(TrainError::Config("--amp (mixed precision) needs a CUDA device".into()));
+    }
+    Ok(arch)
+}
+
+/// Scans the data (decoding every file once), checks it against a resumed run's, and says
+/// what was found.
+fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainError> {
+    let limits = DecodeLimits::default();
+    let crop = PreprocessConfig::default().crop_size;
+    let small = AtomicUsize::new(0);
+    let check = |p: &Path| {
+        let img = decode_file(p, limits).map_err(|e| e.to_string())?;
+        if img.width().min(img.height()) * 4 < crop {
+            small.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    };
+    let h = &start.hyper;
+    let opts = ScanOptions { val_fraction: h.val_fraction, seed: h.seed, val_dir: h.val_dir.as_deref(), check: &check };
+    let ds = dataset::scan(&start.data, &opts)?;
+    for s in &ds.skipped {
+        obs.warn(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
+    if let Some(note) = &ds.layout.note {
+        obs.warn(note);
+    }
+    if let Some((p, _, state)) = &start.resumed {
+        check_resumed_data(p, state, &ds, obs)?;
+    }
+    obs.info(&describe_data(&ds));
+    let total = ds.train.len() + ds.val.len();
+    if small.load(Ordering::Relaxed) * 2 > total {
+        obs.warn(&format!(
+            "most images are far smaller than the {crop}x{crop} model input and are upscaled a lot; consider a larger --crop-scale (e.g. 0.5 1) so that crops keep enough of each picture"
+        ));
+    }
+    Ok(ds)
+}
+
+/// The classes must be the checkpoint's; other files than the checkpoint's run saw are worth
+/// a warning (same class names in another folder are easy to mix up).
+fn check_resumed_data(path: &Path, state: &RunState, ds: &Dataset, obs: &mut dyn Observer) -> Result<(), TrainError> {
+    if state.classes != ds.classes {
+        return Err(TrainError::Config(format!(
+            "{}: the checkpoint's classes ({}) differ from the data's ({})",
+            path.display(),
+            state.classes.join(", "),
+            ds.classes.join(", ")
+        )));
+    }
+    let now = ds.fingerprint();
+    match &state.fingerprint {
+        Some(before) if before.files != now.files => obs.warn(&format!(
+            "the data has changed since the checkpoint: {} images then, {} now ({})",
+            before.files,
+            now.files,
+            ds.root.display()
+        )),
+        Some(before) if *before != now => obs.warn(&format!(
+            "the data has changed since the checkpoint: same number of images ({}), but other files or sizes ({})",
+            now.files,
+            ds.root.display()
+        )),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn describe_data(ds: &Dataset) -> String {
+    let n = ds.classes.len();
+    let train = Dataset::counts(&ds.train, n);
+    let val = Dataset::counts(&ds.val, n);
+    let per_class: Vec<String> =
+        ds.classes.iter().enumerate().map(|(i, c)| format!("{c} {}/{}", train[i], val[i])).collect();
+    let split = match (&ds.split, &ds.layout.val_dir) {
+        (dataset::SplitKind::Random { fraction, seed }, _) => {
+            format!("{:.0}% of each class, seed {seed}", fraction * 100.0)
+        }
+        (dataset::SplitKind::Folder, Some(dir)) => format!("{}", dir.display()),
+        (dataset::SplitKind::Folder, None) => "a folder".to_string(),
+    };
+    let mut s = format!(
+        "data: {} — {n} classes, {} train / {} val images ({}; validation: {split})",
+        ds.root.display(),
+        ds.train.len(),
+        ds.val.len(),
+        per_class.join(", ")
+    );
+    if !ds.layout.unused.is_empty() {
+        let unused: Vec<String> = ds.layout.unused.iter().map(|p| p.display().to_string()).collect();
+        s.push_str(&format!("; not used: {} (choose with --val-dir)", unused.join(", ")));
+    }
+    if !ds.skipped.is_empty() {
+        s.push_str(&format!("; {} unreadable file(s) skipped", ds.skipped.len()));
+    }
+    if ds.ignored > 0 {
+        s.push_str(&format!("; {} non-image file(s) ignored", ds.ignored));
+    }
+    s
+}
+
+/// The model with its starting weights (the checkpoint's, the pretrained ones, a file's, or
+/// random), frozen below the classifier in feature-extraction mode.
+fn build_model(
+    cfg: &TrainConfig,
+    start: &Start,
+    ds: &Dataset,
+    obs: &mut dyn Observer,
+) -> Result<(ResNet, String), TrainError> {
+    let model = ResNet::new(start.arch, ds.classes.len() as i64, start.device);
+    let desc = match (&start.resumed, &cfg.weights) {
+        (Some((p, r, s)), _) => {
+            model.load_state(&r.model, false)?;
+            obs.info(&format!("resuming from {} after epoch {} of {}", p.display(), s.epochs_done, start.hyper.epochs));
+            s.weights.clone()
+        }
+        (None, WeightsSource::Pretrained) => {
+            let path = weights::pretrained_weights(start.arch, &mut |d, t| obs.download_progress(d, t))?;
+            load_weights(&model, &path, obs)?
+        }
+        (None, WeightsSource::File(p)) => load_weights(&model, p, obs)?,
+        (None, WeightsSource::Scratch) => {
+            obs.info("weights: random initialisation (no pretraining)");
+            "random initialisation".to_string()
+        }
+    };
+    if start.hyper.mode == Mode::FeatureExtract {
+        for (name, t) in model.trainable(false) {
+            if !name.starts_with("fc.") {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+    }
+    Ok((model, desc))
 }
 
 /// Loads a weights file into the model, replacing the classifier when its class count differs.
@@ -178,374 +409,255 @@ fn load_weights(model: &ResNet, path: &Path, obs: &mut dyn Observer) -> Result<S
     Ok(path.display().to_string())
 }
 
-struct PhaseRun<'a> {
+/// The epoch loop and what it keeps between epochs.
+struct Epochs<'a> {
+    start: &'a Start,
+    ds: &'a Dataset,
     model: &'a ResNet,
-    loader: &'a Arc<Loader>,
-    device: Device,
-    amp: bool,
-    crop: i64,
+    weights_desc: String,
+    opt: Optimizer,
+    scaler: Option<GradScaler>,
+    loader: Arc<Loader>,
+    preprocess: PreprocessConfig,
+    train_samples: Arc<Vec<dataset::Sample>>,
+    val_samples: Arc<Vec<dataset::Sample>>,
+    history: Vec<EpochRecord>,
+    best: Option<Best>,
+    first_epoch: usize,
+    prior_seconds: f64,
+    interrupted: bool,
     stop: &'a StopFlag,
 }
 
-impl PhaseRun<'_> {
-    fn to_tensors(&self, batch: &Batch) -> (Tensor, Tensor) {
-        let n = batch.labels.len() as i64;
-        let x = Tensor::from_slice(&batch.images).view([n, 3, self.crop, self.crop]).to_device(self.device);
-        let y = Tensor::from_slice(&batch.labels).to_device(self.device);
-        (x, y)
+impl<'a> Epochs<'a> {
+    fn new(
+        cfg: &TrainConfig,
+        start: &'a Start,
+        ds: &'a Dataset,
+        model: &'a ResNet,
+        weights_desc: String,
+        stop: &'a StopFlag,
+    ) -> Result<Epochs<'a>, TrainError> {
+        let h = &start.hyper;
+        let mut opt = Optimizer::new(h.optim.clone(), model.trainable(h.mode == Mode::FeatureExtract));
+        if let Some((p, r, _)) = &start.resumed {
+            opt.load_state(&r.optimizer, r.optimizer_steps)
+                .map_err(|reason| TrainError::Checkpoint(CheckpointError::Invalid { path: p.clone(), reason }))?;
+        }
+        let preprocess = PreprocessConfig::default();
+        let loader = Arc::new(Loader::new(preprocess.clone(), h.augment, cfg.workers, cfg.prefetch, h.seed)?);
+        let state = start.resumed.as_ref().map(|(_, _, s)| s);
+        Ok(Epochs {
+            start,
+            ds,
+            model,
+            weights_desc,
+            opt,
+            scaler: h.amp.then(GradScaler::new),
+            loader,
+            preprocess,
+            train_samples: Arc::new(ds.train.clone()),
+            val_samples: Arc::new(ds.val.clone()),
+            history: state.map(|s| s.history.clone()).unwrap_or_default(),
+            best: state.and_then(|s| s.best),
+            first_epoch: state.map_or(0, |s| s.epochs_done),
+            prior_seconds: state.map_or(0.0, |s| s.elapsed_seconds),
+            interrupted: false,
+            stop,
+        })
     }
 
-    /// One pass over `samples`. Returns `None` when a second stop request cut it short.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        samples: &Arc<Vec<Sample>>,
-        phase: Phase,
-        batch_size: usize,
-        mut train: Option<(&mut Optimizer, &mut Option<GradScaler>, f64, Mode)>,
-        obs: &mut dyn Observer,
-        first_batch: &mut dyn FnMut(&Batch),
-    ) -> Result<Option<PhaseStats>, TrainError> {
-        let started = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
-        let mut first = true;
-        // Validation runs a BatchNorm-folded snapshot of the current weights: same logits up to
-        // rounding, noticeably faster on the CPU.
-        let folded = if train.is_none() { Some(self.model.folded()?) } else { None };
-        for batch in self.loader.batches(Arc::clone(samples), phase, batch_size) {
-            for f in &batch.failed {
-                obs.warn(&format!("skipped {}: {}", f.path.display(), f.reason));
+    fn out(&self, name: &str) -> PathBuf {
+        self.start.out.join(name)
+    }
+
+    fn run(&mut self, obs: &mut dyn Observer) -> Result<(), TrainError> {
+        let out = &self.start.out;
+        std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.clone(), source })?;
+        let leftovers = infer::atomic::remove_leftovers(out, &OUTPUTS);
+        if leftovers > 0 {
+            obs.info(&format!("removed {leftovers} temporary file(s) left by an interrupted run in {}", out.display()));
+        }
+        for epoch in self.first_epoch..self.start.hyper.epochs {
+            if !self.epoch(epoch, obs)? {
+                self.interrupted = true;
+                break;
             }
-            if batch.labels.is_empty() {
-                continue;
-            }
-            if first {
-                first_batch(&batch);
-                first = false;
-            }
-            let (x, y) = self.to_tensors(&batch);
-            let (loss, logits) = match train.as_mut() {
-                Some((opt, scaler, lr, mode)) => {
-                    let logits = tch::autocast(self.amp, || match mode {
-                        Mode::Finetune => self.model.forward(&x, true),
-                        Mode::FeatureExtract => self.model.forward_frozen_backbone(&x),
-                    });
-                    let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);
-                    match scaler {
-                        Some(s) => {
-                            let grads = opt.backward(&(&loss * s.scale))?;
-                            s.step(opt, grads, *lr)?;
-                        }
-                        None => {
-                            let grads = opt.backward(&loss)?;
-                            opt.step(grads, *lr)?;
-                        }
-                    }
-                    (loss.detach(), logits.detach())
-                }
-                None => tch::no_grad(|| {
-                    let net = folded.as_ref().expect("built for evaluation");
-                    let logits = tch::autocast(self.amp, || net.forward(&x));
-                    (logits.to_kind(Kind::Float).cross_entropy_for_logits(&y), logits)
-                }),
-            };
-            let n = batch.labels.len();
-            loss_sum += loss.double_value(&[]) * n as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-            seen += n;
-            obs.batch_done(seen, loss_sum / seen as f64, correct as f64 / seen as f64);
-            if self.stop.level() >= 2 {
-                return Ok(None);
+            // A first stop request lets the epoch in progress (or during set-up, the first) finish.
+            if self.stop.level() > 0 {
+                self.interrupted = epoch + 1 < self.start.hyper.epochs;
+                break;
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let stats = if seen == 0 {
-            PhaseStats { loss: f64::NAN, acc: 0.0, images: 0, seconds }
-        } else {
-            PhaseStats { loss: loss_sum / seen as f64, acc: correct as f64 / seen as f64, images: seen, seconds }
-        };
-        obs.phase_end(&stats);
-        Ok(Some(stats))
+        Ok(())
     }
-}
 
-fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
-    let arch = arch::by_name(&h.arch).ok_or_else(|| {
-        TrainError::Config(format!("unknown architecture '{}' (known: {})", h.arch, arch::names().join(", ")))
-    })?;
-    if h.epochs == 0 {
-        return Err(TrainError::Config("epochs must be at least 1".into()));
-    }
-    if h.batch_size == 0 || h.eval_batch_size == 0 {
-        return Err(TrainError::Config("batch sizes must be at least 1".into()));
-    }
-    h.optim.validate().map_err(TrainError::Config)?;
-    if h.amp && !device.is_cuda() {
-        return Err(TrainError::Config("--amp (mixed precision) needs a CUDA device".into()));
-    }
-    Ok(arch)
-}
-
-/// Runs a training job to completion (or to a stop request) and returns its summary.
-pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer, stop: &StopFlag) -> Result<Summary, TrainError> {
-    let started = Instant::now();
-    if let Some(t) = cfg.threads {
-        tch::set_num_threads(t.max(1) as i32);
-    }
-    let (device, device_desc) = device::resolve(cfg.device)?;
-
-    let resume = match &cfg.resume {
-        Some(p) => Some((p, checkpoint::load_last(p)?)),
-        None => None,
-    };
-    let state: Option<RunState> = match &resume {
-        Some((p, r)) => Some(serde_json::from_str(&r.run_state).map_err(|e| {
-            TrainError::Checkpoint(CheckpointError::Invalid {
-                path: p.to_path_buf(),
-                reason: format!("run state: {e}"),
-            })
-        })?),
-        None => None,
-    };
-    let mut hyper = state.as_ref().map_or_else(|| cfg.hyper.clone(), |s| s.hyper.clone());
-    if let Some(e) = cfg.epochs_override {
-        hyper.epochs = e;
-    }
-    hyper.optim.epochs = hyper.epochs;
-    let arch = validate(&hyper, device)?;
-    tch::manual_seed(hyper.seed as i64);
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
-    obs.info(&format!("device: {device_desc}"));
-
-    // Data
-    let limits = DecodeLimits::default();
-    let check = |p: &Path| decode_file(p, limits).map(|_| ()).map_err(|e| e.to_string());
-    let opts = ScanOptions { val_fraction: hyper.val_fraction, seed: hyper.seed, check: &check };
-    let ds = dataset::scan(&cfg.data, &opts)?;
-    for s in &ds.skipped {
-        obs.warn(&format!("skipped {}: {}", s.path.display(), s.reason));
-    }
-    if let Some(s) = &state {
-        if s.classes != ds.classes {
-            return Err(TrainError::Config(format!(
-                "the checkpoint's classes ({}) differ from the data's ({})",
-                s.classes.join(", "),
-                ds.classes.join(", ")
-            )));
+    fn pass(&self) -> Pass<'_> {
+        Pass {
+            loader: &self.loader,
+            device: self.start.device,
+            crop: i64::from(self.preprocess.crop_size),
+            stop: self.stop,
         }
     }
-    obs.info(&describe_data(&ds));
 
-    // Model and weights
-    let model = ResNet::new(arch, ds.classes.len() as i64, device);
-    let weights_desc = match (&resume, &state, &cfg.weights) {
-        (Some((p, r)), Some(s), _) => {
-            model.load_state(&r.model, false).map_err(TrainError::from)?;
-            obs.info(&format!("resuming from {} after epoch {} of {}", p.display(), s.epochs_done, hyper.epochs));
-            s.weights.clone()
-        }
-        (_, _, WeightsSource::Pretrained) => {
-            let path = weights::pretrained_weights(arch, &mut |d, t| obs.download_progress(d, t))?;
-            load_weights(&model, &path, obs)?
-        }
-        (_, _, WeightsSource::File(p)) => load_weights(&model, p, obs)?,
-        (_, _, WeightsSource::Scratch) => {
-            obs.info("weights: random initialisation (no pretraining)");
-            "random initialisation".to_string()
-        }
-    };
-    let head_only = hyper.mode == Mode::FeatureExtract;
-    if head_only {
-        for (name, t) in model.trainable(false) {
-            if !name.starts_with("fc.") {
-                let _ = t.set_requires_grad(false);
-            }
-        }
-    }
-    let mut opt = Optimizer::new(hyper.optim.clone(), model.trainable(head_only));
-    if let Some((p, r)) = &resume {
-        opt.load_state(&r.optimizer, r.optimizer_steps)
-            .map_err(|reason| TrainError::Checkpoint(CheckpointError::Invalid { path: p.to_path_buf(), reason }))?;
-    }
-    let mut scaler = hyper.amp.then_some(GradScaler { scale: 65536.0, good_steps: 0 });
-
-    // Loop
-    let preprocess = PreprocessConfig::default();
-    let loader = Arc::new(Loader::new(preprocess.clone(), cfg.workers, cfg.prefetch, hyper.seed)?);
-    let out = &cfg.out;
-    std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.clone(), source })?;
-    let leftovers = infer::atomic::remove_leftovers(out, &OUTPUTS);
-    if leftovers > 0 {
-        obs.info(&format!("removed {leftovers} temporary file(s) left by an interrupted run in {}", out.display()));
-    }
-    let train_samples = Arc::new(ds.train.clone());
-    let val_samples = Arc::new(ds.val.clone());
-    let mut history = state.as_ref().map(|s| s.history.clone()).unwrap_or_default();
-    let mut best = state.as_ref().and_then(|s| s.best);
-    let prior_seconds = state.as_ref().map_or(0.0, |s| s.elapsed_seconds);
-    let start_epoch = state.as_ref().map_or(0, |s| s.epochs_done);
-    let runner = PhaseRun {
-        model: &model,
-        loader: &loader,
-        device,
-        amp: hyper.amp,
-        crop: i64::from(preprocess.crop_size),
-        stop,
-    };
-    let mut interrupted = false;
-
-    for epoch in start_epoch..hyper.epochs {
-        let lr = hyper.optim.lr_at(epoch);
-        obs.phase_start(epoch + 1, hyper.epochs, "train", train_samples.len());
-        let mut grid_result = Ok(());
-        let mut save_grid = |b: &Batch| {
+    /// One epoch: training, validation, then the checkpoints and reports. Returns false when
+    /// a second stop request cut it short.
+    fn epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<bool, TrainError> {
+        let h = &self.start.hyper;
+        let lr = h.optim.lr_at(epoch);
+        obs.phase_start(epoch + 1, h.epochs, "train", self.train_samples.len());
+        let mut first: Option<(Vec<f32>, Vec<i64>)> = None;
+        let mut keep_first = |b: &Batch| {
             if epoch == 0 {
-                let labels: Vec<usize> = b.labels.iter().map(|&l| l as usize).collect();
-                let img = plot::batch_grid(
-                    &b.images,
-                    &labels,
-                    &ds.classes,
-                    preprocess.crop_size,
-                    preprocess.mean,
-                    preprocess.std,
-                );
-                grid_result = report::write_png(&out.join(TRAIN_BATCH), &img);
+                first = Some((b.images.clone(), b.labels.clone()));
             }
         };
-        let train = runner.run(
-            &train_samples,
-            Phase::Train { epoch },
-            hyper.batch_size,
-            Some((&mut opt, &mut scaler, lr, hyper.mode)),
-            obs,
-            &mut save_grid,
-        )?;
-        if let Err(e) = grid_result {
-            obs.warn(&e.to_string());
-        }
-        let Some(train) = train else {
-            interrupted = true;
-            break;
+        let mut step =
+            TrainStep { model: self.model, opt: &mut self.opt, scaler: &mut self.scaler, lr, mode: h.mode, amp: h.amp };
+        let pass = Pass {
+            loader: &self.loader,
+            device: self.start.device,
+            crop: i64::from(self.preprocess.crop_size),
+            stop: self.stop,
         };
-        obs.phase_start(epoch + 1, hyper.epochs, "val", val_samples.len());
-        let Some(val) = runner.run(&val_samples, Phase::Eval, hyper.eval_batch_size, None, obs, &mut |_| {})? else {
-            interrupted = true;
-            break;
+        let train =
+            pass.run(&self.train_samples, Phase::Train { epoch }, h.batch_size, &mut step, obs, &mut keep_first)?;
+        if let Some((images, labels)) = first {
+            if let Err(e) = report::write_png(&self.out(TRAIN_BATCH), &self.batch_grid(&images, &labels)) {
+                obs.warn(&e.to_string());
+            }
+        }
+        let Some(train) = train else { return Ok(false) };
+        obs.phase_start(epoch + 1, h.epochs, "val", self.val_samples.len());
+        let mut eval = EvalStep::new(self.model, h.amp)?;
+        let Some(val) =
+            self.pass().run(&self.val_samples, Phase::Eval, h.eval_batch_size, &mut eval, obs, &mut |_| {})?
+        else {
+            return Ok(false);
         };
         let record = EpochRecord { epoch: epoch + 1, lr, train, val };
-        let improved = best.is_none_or(|b| val.acc > b.val_acc);
+        let improved = self.best.is_none_or(|b| val.acc > b.val_acc);
         if improved {
-            best = Some(Best { epoch: epoch + 1, val_acc: val.acc, val_loss: val.loss });
-            let info = ModelInfo::new(arch.name, ds.classes.clone(), preprocess.clone(), epoch + 1, Some(val.acc));
-            checkpoint::save_best(&out.join(BEST), &model, &info)?;
+            self.best = Some(Best { epoch: epoch + 1, val_acc: val.acc, val_loss: val.loss });
+            checkpoint::save_best(&self.out(BEST), self.model, &self.model_info(epoch + 1, val.acc))?;
+            if let Err(e) = self.write_val_predictions(&eval.predictions) {
+                obs.warn(&e.to_string());
+            }
         }
-        history.push(record);
+        self.history.push(record);
+        self.save_progress(epoch + 1, val.acc)?;
+        obs.epoch_end(&record, h.epochs, improved);
+        Ok(true)
+    }
+
+    fn model_info(&self, epoch: usize, val_acc: f64) -> ModelInfo {
+        ModelInfo::new(self.start.arch.name, self.ds.classes.clone(), self.preprocess.clone(), epoch, Some(val_acc))
+    }
+
+    /// The first augmented batch, as the seed's `imshow(make_grid(...))`.
+    fn batch_grid(&self, images: &[f32], labels: &[i64]) -> image::RgbImage {
+        let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+        let p = &self.preprocess;
+        let caption = format!("training augmentation: {}", self.start.hyper.augment.describe());
+        plot::batch_grid(images, &labels, &self.ds.classes, p.crop_size, p.mean, p.std, &caption)
+    }
+
+    /// `val_predictions.png`: the validation images with their predictions, mistakes first.
+    fn write_val_predictions(&self, predictions: &[Predicted]) -> Result<(), TrainError> {
+        let items: Vec<infer::gallery::Item> = predictions
+            .iter()
+            .map(|p| infer::gallery::Item {
+                path: self.val_samples[p.sample].path.clone(),
+                predicted: p.class,
+                confidence: p.confidence,
+                truth: Some(self.val_samples[p.sample].label),
+            })
+            .collect();
+        let img = infer::gallery::draw(&items, &self.ds.classes, &infer::gallery::Options::default());
+        report::write_png(&self.out(VAL_PREDICTIONS), &img)
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.prior_seconds + self.start.started.elapsed().as_secs_f64()
+    }
+
+    /// `last.pt`, `metrics.csv`, `curves.png` and `summary.json` after an epoch.
+    fn save_progress(&self, epochs_done: usize, val_acc: f64) -> Result<(), TrainError> {
         let run_state = RunState {
-            hyper: hyper.clone(),
-            classes: ds.classes.clone(),
-            epochs_done: epoch + 1,
-            best,
-            history: history.clone(),
-            elapsed_seconds: prior_seconds + started.elapsed().as_secs_f64(),
-            weights: weights_desc.clone(),
+            hyper: self.start.hyper.clone(),
+            classes: self.ds.classes.clone(),
+            epochs_done,
+            best: self.best,
+            history: self.history.clone(),
+            elapsed_seconds: self.elapsed(),
+            weights: self.weights_desc.clone(),
+            data: Some(self.start.data.clone()),
+            fingerprint: Some(self.ds.fingerprint()),
         };
-        let info = ModelInfo::new(arch.name, ds.classes.clone(), preprocess.clone(), epoch + 1, Some(val.acc));
         let json = serde_json::to_string(&run_state).expect("run state serialises");
-        checkpoint::save_last(&out.join(LAST), &model, &opt, &info, &json)?;
-        report::write_metrics(&out.join(METRICS), &history)?;
-        report::write_curves(&out.join(CURVES), &history)?;
-        let summary = make_summary(
-            cfg,
-            &ds,
-            &hyper,
-            &history,
-            best,
-            &device_desc,
-            &weights_desc,
-            prior_seconds + started.elapsed().as_secs_f64(),
-            false,
-        );
-        report::write_summary(&out.join(SUMMARY), &summary)?;
-        obs.epoch_end(&record, hyper.epochs, improved);
-        // A first stop request lets the epoch in progress (or during set-up, the first) finish.
-        if stop.level() > 0 {
-            interrupted = epoch + 1 < hyper.epochs;
-            break;
+        checkpoint::save_last(&self.out(LAST), self.model, &self.opt, &self.model_info(epochs_done, val_acc), &json)?;
+        report::write_metrics(&self.out(METRICS), &self.history)?;
+        report::write_curves(&self.out(CURVES), &self.history)?;
+        report::write_summary(&self.out(SUMMARY), &self.summary(false))
+    }
+
+    fn summary(&self, interrupted: bool) -> Summary {
+        let ds = self.ds;
+        let outputs = OUTPUTS.iter().map(|f| self.out(f)).filter(|p| p.exists() || p.ends_with(SUMMARY)).collect();
+        Summary {
+            toolkit: checkpoint::TOOLKIT_NAME.to_string(),
+            toolkit_version: env!("CARGO_PKG_VERSION").to_string(),
+            data: ds.root.clone(),
+            out: self.start.out.clone(),
+            classes: ds.classes.clone(),
+            train_counts: Dataset::counts(&ds.train, ds.classes.len()),
+            val_counts: Dataset::counts(&ds.val, ds.classes.len()),
+            split: ds.split.clone(),
+            validation_folder: ds.layout.val_dir.clone(),
+            skipped_files: ds.skipped.clone(),
+            ignored_files: ds.ignored,
+            epochs_completed: self.history.len(),
+            interrupted,
+            best: self.best,
+            total_seconds: self.elapsed(),
+            process_seconds: self.start.started.elapsed().as_secs_f64(),
+            device: self.start.device_desc.clone(),
+            seed: self.start.hyper.seed,
+            weights: self.weights_desc.clone(),
+            hyperparameters: self.start.hyper.describe(),
+            outputs,
+            export: None,
         }
     }
-    let total = prior_seconds + started.elapsed().as_secs_f64();
-    let summary = make_summary(cfg, &ds, &hyper, &history, best, &device_desc, &weights_desc, total, interrupted);
-    if !history.is_empty() {
-        report::write_summary(&out.join(SUMMARY), &summary)?;
+}
+
+/// After the last epoch: the export (when asked and there is a best model), then the final
+/// summary, which lists every output.
+fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
+    let stopped_hard = epochs.interrupted && epochs.stop.level() >= 2;
+    let export = match &cfg.export {
+        Some(settings) if epochs.best.is_some() && !epochs.interrupted => {
+            let opts = ExportOptions {
+                probabilities: settings.probabilities,
+                images: epochs.val_samples.iter().map(|s| s.path.clone()).collect(),
+                ..Default::default()
+            };
+            Some(export_best(&epochs.out(BEST), &epochs.out(MODEL_ONNX), &opts)?)
+        }
+        _ => None,
+    };
+    let mut summary = epochs.summary(epochs.interrupted);
+    summary.export = export;
+    if !epochs.history.is_empty() {
+        report::write_summary(&epochs.out(SUMMARY), &summary)?;
     }
-    if interrupted && stop.level() >= 2 {
+    if stopped_hard {
         return Err(TrainError::Interrupted);
     }
     Ok(summary)
 }
 
-fn describe_data(ds: &Dataset) -> String {
-    let n = ds.classes.len();
-    let train = Dataset::counts(&ds.train, n);
-    let val = Dataset::counts(&ds.val, n);
-    let per_class: Vec<String> =
-        ds.classes.iter().enumerate().map(|(i, c)| format!("{c} {}/{}", train[i], val[i])).collect();
-    let split = match ds.split {
-        dataset::SplitKind::Folder => "val/ folder".to_string(),
-        dataset::SplitKind::Random { fraction, seed } => {
-            format!("{:.0}% of each class, seed {seed}", fraction * 100.0)
-        }
-    };
-    let mut s = format!(
-        "data: {} — {n} classes, {} train / {} val images ({}; validation: {split})",
-        ds.root.display(),
-        ds.train.len(),
-        ds.val.len(),
-        per_class.join(", ")
-    );
-    if !ds.skipped.is_empty() {
-        s.push_str(&format!("; {} unreadable file(s) skipped", ds.skipped.len()));
-    }
-    if ds.ignored > 0 {
-        s.push_str(&format!("; {} non-image file(s) ignored", ds.ignored));
-    }
-    s
-}
-
-#[allow(clippy::too_many_arguments)]
-fn make_summary(
-    cfg: &TrainConfig,
-    ds: &Dataset,
-    hyper: &Hyper,
-    history: &[EpochRecord],
-    best: Option<Best>,
-    device: &str,
-    weights: &str,
-    seconds: f64,
-    interrupted: bool,
-) -> Summary {
-    let outputs = OUTPUTS.iter().map(|f| cfg.out.join(f)).filter(|p| p.exists() || p.ends_with(SUMMARY)).collect();
-    Summary {
-        toolkit: checkpoint::TOOLKIT_NAME.to_string(),
-        toolkit_version: env!("CARGO_PKG_VERSION").to_string(),
-        data: ds.root.clone(),
-        classes: ds.classes.clone(),
-        train_counts: Dataset::counts(&ds.train, ds.classes.len()),
-        val_counts: Dataset::counts(&ds.val, ds.classes.len()),
-        split: ds.split.clone(),
-        skipped_files: ds.skipped.clone(),
-        ignored_files: ds.ignored,
-        epochs_completed: history.len(),
-        interrupted,
-        best,
-        total_seconds: seconds,
-        device: device.to_string(),
-        seed: hyper.seed,
-        weights: weights.to_string(),
-        hyperparameters: serde_json::to_value(hyper).expect("hyper-parameters serialise"),
-        outputs,
-        val_files: ds.val.iter().map(|s| s.path.clone()).collect(),
-    }
+fn export_best(best: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportReport, TrainError> {
+    Ok(export::export_checkpoint(best, out, opts)?)
 }

@@ -1,33 +1,20 @@
 //! End-to-end runs of the `train` binary on small generated datasets (and on the seed's
 //! dataset when it is present): outputs, bad input, resumption and Ctrl-C.
 
+#[path = "../../tests/src/common.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use common::{image_folder, seed_data};
 
 fn train() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
     // Never reach the network from tests: a proxy on a closed local port refuses at once.
     cmd.env("ALL_PROXY", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
     cmd
-}
-
-/// `root/{train,val}/<class>/<i>.png`, each class with its own colour.
-fn image_folder(root: &Path, classes: &[&str], train: usize, val: usize) {
-    for (c, class) in classes.iter().enumerate() {
-        for (split, n) in [("train", train), ("val", val)] {
-            let dir = root.join(split).join(class);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(64 + (i as u32 % 3) * 8, 48, |x, y| {
-                    let mut p = [40u8, 40, 40];
-                    p[c % 3] = 200;
-                    image::Rgb([p[0].wrapping_add((x + i as u32) as u8), p[1].wrapping_add(y as u8), p[2]])
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
 }
 
 fn stderr(out: &Output) -> String {
@@ -246,7 +233,7 @@ fn bad_settings_and_inputs_fail_with_one_clear_line() {
 
     let one_class = tmp.path().join("one");
     image_folder(&one_class, &["only"], 2, 1);
-    fails(&mut quick(&one_class, &out, &[]), &["1 class folder(s) (only)", "at least two"]);
+    fails(&mut quick(&one_class, &out, &[]), &["found one class folder (only)", "at least two"]);
 
     let empty_class = tmp.path().join("emptyclass");
     image_folder(&empty_class, &["a", "b"], 2, 1);
@@ -316,13 +303,6 @@ fn binary_keeps_libtorch_cuda_where_libtorch_has_it() {
     // Without it, rustc's --as-needed drops the library and the binary never sees a GPU.
     assert!(dynamic.contains("[libtorch_cuda.so]"), "libtorch_cuda.so not among NEEDED:\n{dynamic}");
     assert!(dynamic.contains("RUNPATH") || dynamic.contains("RPATH"), "no rpath to libtorch:\n{dynamic}");
-}
-
-fn seed_data() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    [root.join("data/hymenoptera_data"), root.join("../shared/data/hymenoptera_data")]
-        .into_iter()
-        .find(|p| p.join("train").is_dir())
 }
 
 #[test]
@@ -398,4 +378,94 @@ fn hostile_weight_files_are_refused_in_one_line() {
         assert!(last.starts_with("error: ") && last.contains("evil.pt") && last.contains("builtins.eval"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// `--resume` alone continues in the checkpoint's folder with the checkpoint's data, reports
+/// this process's time beside the whole training's, and warns when the data changed.
+#[test]
+fn resume_continues_in_its_own_folder_and_says_when_the_data_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 4, 2);
+    let run = tmp.path().join("run");
+    let first = quick(&data, &run, &["--no-export"]).output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let resumed = train()
+        .current_dir(&elsewhere)
+        .arg("--resume")
+        .arg(run.join("last.pt"))
+        .args(["--epochs", "2", "--device", "cpu", "--no-export"])
+        .output()
+        .unwrap();
+    let err = stderr(&resumed);
+    assert!(resumed.status.success(), "{err}");
+    assert_eq!(metrics(&run).len(), 4, "the checkpoint's folder holds both epochs");
+    assert!(!elsewhere.join("models").exists(), "nothing written into the current folder");
+    assert!(err.contains("Training complete in 0m ") && err.contains("over all runs"), "{err}");
+    assert!(!err.contains("data has changed"), "{err}");
+    let s = summary(&run);
+    assert!(s["total_seconds"].as_f64().unwrap() > s["process_seconds"].as_f64().unwrap());
+
+    // Another folder with the same class names but other files: accepted, with a warning.
+    let other = tmp.path().join("other");
+    image_folder(&other, &["a", "b"], 5, 2);
+    let changed = train()
+        .arg(&other)
+        .arg("--resume")
+        .arg(run.join("last.pt"))
+        .args(["--epochs", "3", "--device", "cpu", "--no-export"])
+        .output()
+        .unwrap();
+    let err = stderr(&changed);
+    assert!(changed.status.success(), "{err}");
+    assert!(err.contains("warning: the data has changed since the checkpoint: 12 images then, 14 now"), "{err}");
+}
+
+/// Roboflow's layout (train/ + valid/ + test/), tiny images, and the augmentation options:
+/// the validation folder is named and the unused one reported, the small images warned about,
+/// the settings recorded (without the optimiser's unused ones), and every picture written and
+/// listed — model.onnx and val_predictions.png included.
+#[test]
+fn layouts_augmentation_and_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("digits");
+    for (split, n) in [("train", 6), ("valid", 2), ("test", 2)] {
+        for (c, class) in ["chiffre é 7", "кот"].iter().enumerate() {
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                    image::Luma([((x + y + i) * 20 % 256) as u8 ^ (c as u8 * 200)])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let out = tmp.path().join("out");
+    let run =
+        quick(&data, &out, &["--no-flip", "--crop-scale", "0.5", "1", "--crop-ratio", "1", "1"]).output().unwrap();
+    let err = stderr(&run);
+    assert!(run.status.success(), "{err}");
+    let valid = data.join("valid");
+    assert!(err.contains(&format!("validation: {}", valid.display())), "{err}");
+    assert!(err.contains(&format!("not used: {}", data.join("test").display())), "{err}");
+    assert_eq!(err.matches("far smaller").count(), 1, "{err}");
+    let s = summary(&out);
+    assert_eq!(s["validation_folder"], serde_json::json!(valid));
+    let h = &s["hyperparameters"];
+    assert_eq!(h["augment"], serde_json::json!({"scale": [0.5, 1.0], "ratio": [1.0, 1.0], "flip": false}));
+    assert!(h["optim"].get("betas").is_none() && h["optim"].get("eps").is_none(), "{h}");
+    assert!(h["optim"].get("momentum").is_some());
+    let outputs: Vec<String> =
+        s["outputs"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    for f in ["model.onnx", "val_predictions.png", "train_batch.png"] {
+        assert!(outputs.iter().any(|p| p.ends_with(f)), "{f} not listed: {outputs:?}");
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(image::open(out.join("val_predictions.png")).unwrap().width() > 100);
+    let bad = quick(&data, &tmp.path().join("bad"), &["--crop-scale", "0", "2"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("--crop-scale 0 2"), "{}", stderr(&bad));
 }

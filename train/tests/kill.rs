@@ -7,18 +7,19 @@
 //! decoder panic during the scan) and mutated files that cannot be decoded: training reads the
 //! former and skips the latter by name.
 
-use std::path::{Path, PathBuf};
+#[path = "../../tests/src/common.rs"]
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+use common::{fixtures, Rng};
 use std::time::{Duration, Instant};
 
 fn train() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
     cmd.env("ALL_PROXY", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
     cmd
-}
-
-fn fixtures(folder: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(folder)
 }
 
 /// Two colour classes of small PNGs, plus the fixture TIFFs of separate planes (readable) and
@@ -59,18 +60,6 @@ fn data_set(root: &Path) -> (usize, usize) {
         }
     }
     (planar, crashers)
-}
-
-/// Seeded SplitMix64, for kill times that are the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 fn start(data: &Path, out: &Path, resume: bool) -> Child {
@@ -180,14 +169,14 @@ fn outputs_survive_sigkill_at_any_moment_and_resume_continues() {
 
     let mut rng = Rng(7);
     let mut moments = vec![
-        Moment::After(Duration::from_millis(30 + rng.next() % 200)), // the scan
+        Moment::After(Duration::from_millis(30 + rng.next_u64() % 200)), // the scan
         Moment::Writing("best.pt"),
         Moment::Writing("last.pt"),
         Moment::Writing("model.onnx"),
     ];
     // Random moments over the whole run (scan, epochs, checkpoints, export).
     for _ in 0..3 {
-        moments.push(Moment::After(duration.mul_f64(0.15 + (rng.next() % 800) as f64 / 1000.0)));
+        moments.push(Moment::After(duration.mul_f64(0.15 + (rng.next_u64() % 800) as f64 / 1000.0)));
     }
     let mut killed_with_last = 0;
     for (i, moment) in moments.into_iter().enumerate() {

@@ -251,12 +251,9 @@ fn read_pixels<R: Read + Seek>(
 ) -> Result<RgbImage, DecodeError> {
     let file_len = file.seek(SeekFrom::End(0))?;
     let across = l.width.div_ceil(l.chunk_w) as usize;
-    let down = l.height.div_ceil(l.chunk_h) as usize;
-    let per_plane = across * down;
+    let per_plane = across * l.height.div_ceil(l.chunk_h) as usize;
     let planes = if l.planar { l.colour.used_samples() } else { 1 };
-    // Samples of one pixel inside a chunk.
-    let step = if l.planar { 1 } else { l.samples };
-    let row_bytes = (l.chunk_w as usize * step * usize::from(l.bits)).div_ceil(8);
+    let row_bytes = (l.chunk_w as usize * l.step() * usize::from(l.bits)).div_ceil(8);
     if (row_bytes as u64).saturating_mul(u64::from(l.chunk_h)) > limits.max_alloc() {
         return Err(corrupt(format!("{}x{} strips or tiles exceed the decoding limits", l.chunk_w, l.chunk_h)));
     }
@@ -268,78 +265,114 @@ fn read_pixels<R: Read + Seek>(
             l.byte_counts.len()
         )));
     }
-
     let (w, h) = (l.width as usize, l.height as usize);
     let mut rgb = vec![0u8; w * h * 3];
-    let mut chunks: Vec<Vec<u16>> = Vec::with_capacity(planes);
     for unit in 0..per_plane {
         let x0 = (unit % across) * l.chunk_w as usize;
         let y0 = (unit / across) * l.chunk_h as usize;
-        let cw = (l.chunk_w as usize).min(w - x0);
-        let ch = (l.chunk_h as usize).min(h - y0);
-        chunks.clear();
-        for plane in 0..planes {
-            let index = unit + plane * per_plane;
-            let (offset, count) = (l.offsets[index], l.byte_counts[index]);
-            if offset.checked_add(count).is_none_or(|end| end > file_len) {
-                return Err(DecodeError::Corrupt(format!("truncated file (chunk {index} lies beyond its end)")));
-            }
-            let mut raw = Vec::with_capacity(count as usize);
-            file.seek(SeekFrom::Start(offset))?;
-            file.by_ref().take(count).read_to_end(&mut raw)?;
-            let data =
-                decompress(&raw, l.compression, row_bytes * ch).map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
-            if data.len() < row_bytes * ch {
-                return Err(corrupt(format!("chunk {index} holds {} bytes, {} needed", data.len(), row_bytes * ch)));
-            }
-            chunks.push(samples_of(&data[..row_bytes * ch], l, row_bytes, step));
+        let region = Region { x0, y0, w: (l.chunk_w as usize).min(w - x0), h: (l.chunk_h as usize).min(h - y0) };
+        let chunks = (0..planes)
+            .map(|plane| read_chunk(file, file_len, l, unit + plane * per_plane, row_bytes, region.h))
+            .collect::<Result<Vec<_>, _>>()?;
+        place(&mut rgb, w, l, palette, &chunks, row_bytes, region)?;
+    }
+    Ok(RgbImage::from_raw(l.width, l.height, rgb).expect("buffer sized for the image"))
+}
+
+/// Where a strip or tile lands in the image (clipped to it).
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+}
+
+impl Layout {
+    /// Samples of one pixel inside a chunk.
+    fn step(&self) -> usize {
+        if self.planar {
+            1
+        } else {
+            self.samples
         }
-        let row_len = if l.bits < 8 { row_bytes } else { row_bytes / (usize::from(l.bits) / 8) };
-        for y in 0..ch {
-            let out_row = &mut rgb[((y0 + y) * w + x0) * 3..][..cw * 3];
-            for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
-                let at = y * row_len;
-                let sample = |s: usize| -> u16 {
-                    if l.planar {
-                        chunks[s][at + x]
-                    } else {
-                        chunks[0][at + x * step + s]
+    }
+}
+
+/// The first `rows` rows of strip or tile `index`, as samples (see [`samples_of`]).
+fn read_chunk<R: Read + Seek>(
+    file: &mut R,
+    file_len: u64,
+    l: &Layout,
+    index: usize,
+    row_bytes: usize,
+    rows: usize,
+) -> Result<Vec<u16>, DecodeError> {
+    let (offset, count) = (l.offsets[index], l.byte_counts[index]);
+    if offset.checked_add(count).is_none_or(|end| end > file_len) {
+        return Err(DecodeError::Corrupt(format!("truncated file (chunk {index} lies beyond its end)")));
+    }
+    let mut raw = Vec::with_capacity(count as usize);
+    file.seek(SeekFrom::Start(offset))?;
+    file.by_ref().take(count).read_to_end(&mut raw)?;
+    let want = row_bytes * rows;
+    let data = decompress(&raw, l.compression, want).map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
+    if data.len() < want {
+        return Err(corrupt(format!("chunk {index} holds {} bytes, {want} needed", data.len())));
+    }
+    Ok(samples_of(&data[..want], l, row_bytes, l.step()))
+}
+
+/// Converts the pixels of one strip or tile (a sample array per plane) into `rgb`.
+fn place(
+    rgb: &mut [u8],
+    width: usize,
+    l: &Layout,
+    palette: Option<&[[u8; 3]]>,
+    chunks: &[Vec<u16>],
+    row_bytes: usize,
+    r: Region,
+) -> Result<(), DecodeError> {
+    let step = l.step();
+    let row_len = if l.bits < 8 { row_bytes } else { row_bytes / (usize::from(l.bits) / 8) };
+    let to8 = |v: u16| -> u8 {
+        if l.bits == 16 {
+            (v >> 8) as u8
+        } else {
+            v as u8
+        }
+    };
+    for y in 0..r.h {
+        let at = y * row_len;
+        let out_row = &mut rgb[((r.y0 + y) * width + r.x0) * 3..][..r.w * 3];
+        for (x, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let sample = |s: usize| if l.planar { chunks[s][at + x] } else { chunks[0][at + x * step + s] };
+            match l.colour {
+                Colour::Gray | Colour::Palette if l.bits < 8 => {
+                    let v = unpack(&chunks[0][at..], x, l.bits);
+                    match palette {
+                        Some(map) => px.copy_from_slice(&map[usize::from(v)]),
+                        None => px.fill(scale_low_bits(v, l.bits)),
                     }
-                };
-                let to8 = |v: u16| -> u8 {
-                    if l.bits == 16 {
-                        (v >> 8) as u8
-                    } else {
-                        v as u8
+                }
+                Colour::Gray => px.fill(to8(sample(0))),
+                Colour::Palette => {
+                    let map = palette.ok_or_else(|| corrupt("no colour map"))?;
+                    px.copy_from_slice(&map[usize::from(sample(0)).min(map.len() - 1)]);
+                }
+                Colour::Rgb => {
+                    for (c, p) in px.iter_mut().enumerate() {
+                        *p = to8(sample(c));
                     }
-                };
-                match l.colour {
-                    Colour::Gray | Colour::Palette if l.bits < 8 => {
-                        let v = unpack(&chunks[0][at..], x, l.bits);
-                        match palette {
-                            Some(map) => px.copy_from_slice(&map[usize::from(v)]),
-                            None => px.fill(scale_low_bits(v, l.bits)),
-                        }
-                    }
-                    Colour::Gray => px.fill(to8(sample(0))),
-                    Colour::Palette => {
-                        let map = palette.ok_or_else(|| corrupt("no colour map"))?;
-                        px.copy_from_slice(&map[usize::from(sample(0)).min(map.len() - 1)]);
-                    }
-                    Colour::Rgb => {
-                        for (c, p) in px.iter_mut().enumerate() {
-                            *p = to8(sample(c));
-                        }
-                    }
-                    Colour::Cmyk => {
-                        let [c, m, y, k] = [0, 1, 2, 3].map(|s| to8(sample(s)));
-                        px.copy_from_slice(&cmyk_to_rgb(c, m, y, k));
-                    }
+                }
+                Colour::Cmyk => {
+                    let [c, m, y, k] = [0, 1, 2, 3].map(|s| to8(sample(s)));
+                    px.copy_from_slice(&cmyk_to_rgb(c, m, y, k));
                 }
             }
         }
     }
-    Ok(RgbImage::from_raw(l.width, l.height, rgb).expect("buffer sized for the image"))
+    Ok(())
 }
 
 /// Decompresses one strip or tile, producing at most `want` bytes.

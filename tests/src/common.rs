@@ -1,0 +1,117 @@
+//! Helpers shared by every test crate of the workspace: the `toolkit-tests` crate exports
+//! them, and the `infer` and `train` tests include this file with
+//! `#[path = "../../tests/src/common.rs"] mod common;` (those crates cannot depend on
+//! `toolkit-tests`, which depends on them).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a crate folder has a parent").to_path_buf()
+}
+
+/// The project's venv Python (made by `scripts/setup.sh`), with unbuffered output.
+pub fn python() -> Command {
+    let exe = repo_root().join(".venv/bin/python");
+    assert!(exe.exists(), "{} missing: run scripts/setup.sh first", exe.display());
+    let mut cmd = Command::new(exe);
+    cmd.env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// Runs a script from `tests/python/` with the venv's Python and panics with its output on failure.
+pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = python().arg(repo_root().join("tests/python").join(script)).args(args).output().expect("start python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The seed's dataset, when present (`data/hymenoptera_data`, else `../shared/data/...`).
+pub fn seed_data() -> Option<PathBuf> {
+    let root = repo_root();
+    [root.join("data/hymenoptera_data"), root.join("../shared/data/hymenoptera_data")]
+        .into_iter()
+        .find(|p| p.join("train").is_dir() && p.join("val").is_dir())
+}
+
+/// A folder of `tests/fixtures/`.
+pub fn fixtures(folder: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(folder)
+}
+
+/// The files of a fixtures folder (not its scripts and notes), sorted.
+pub fn fixture_files(folder: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures(folder))
+        .expect("fixtures folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| !p.extension().is_some_and(|e| e == "py" || e == "md"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A tiny 3-class (red, green, blue) ONNX model, see `tests/python/make_tiny_onnx.py`.
+pub fn tiny_model(dir: &Path, kind: &str) -> PathBuf {
+    let out = dir.join(format!("tiny_{kind}.onnx"));
+    run_python("make_tiny_onnx.py", &[out.as_os_str(), "--kind".as_ref(), kind.as_ref()]);
+    out
+}
+
+/// A solid-colour image with a little texture.
+pub fn colour_image(rgb: [u8; 3], w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let t = ((x * 7 + y * 3) % 16) as u8;
+        image::Rgb([rgb[0].saturating_add(t), rgb[1].saturating_add(t), rgb[2].saturating_add(t)])
+    })
+}
+
+pub const RED: [u8; 3] = [220, 30, 30];
+pub const GREEN: [u8; 3] = [30, 200, 40];
+pub const BLUE: [u8; 3] = [20, 40, 220];
+
+/// `root/{train,val}/<class>/<i>.png`, each class with its own colour.
+pub fn image_folder(root: &Path, classes: &[&str], train: usize, val: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        for (split, n) in [("train", train), ("val", val)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).expect("create class folder");
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(64 + (i as u32 % 3) * 8, 48, |x, y| {
+                    let mut p = [40u8, 40, 40];
+                    p[c % 3] = 200;
+                    image::Rgb([p[0].wrapping_add((x + i as u32) as u8), p[1].wrapping_add(y as u8), p[2]])
+                });
+                img.save(dir.join(format!("{i}.png"))).expect("save image");
+            }
+        }
+    }
+}
+
+/// SplitMix64: seeded choices that are the same on every machine.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
