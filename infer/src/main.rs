@@ -375,8 +375,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     sink.commit()?;
     let secs = inference_started.elapsed().as_secs_f64();
     report(cli, &classifier, &tally, &classes)?;
+    // An int8 model says so: its numbers differ slightly from the float model's.
+    let int8 = match &classifier.metadata().quantization {
+        Some(q) => {
+            format!(", int8 model (validation accuracy {:.4} vs {:.4} in fp32)", q.int8_accuracy, q.fp32_accuracy)
+        }
+        None => String::new(),
+    };
     eprintln!(
-        "{} images classified, {} failed, {:.1} images/s ({:.2} s in all), {}",
+        "{} images classified, {} failed, {:.1} images/s ({:.2} s in all), {}{int8}",
         tally.total - tally.failures,
         tally.failures,
         tally.files as f64 / secs.max(1e-9),

@@ -32,6 +32,25 @@ pub mod keys {
     pub const LAYOUT: &str = "layout";
     pub const BEST_VAL_ACC: &str = "best_val_acc";
     pub const EPOCH: &str = "epoch";
+    /// JSON object: how an int8 model was quantized and how it measured (see [`super::Quantization`]).
+    pub const QUANTIZATION: &str = "quantization";
+}
+
+/// How an int8 model was made from its float one, and how the two compared on the validation
+/// images when it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    /// E.g. `int8 QDQ: per-channel symmetric int8 weights, per-tensor uint8 activations`.
+    pub scheme: String,
+    /// How activation ranges were measured, e.g. `percentile 99.999`.
+    pub calibration: String,
+    pub calibration_images: usize,
+    pub validation_images: usize,
+    /// Top-1 accuracy of the float model and of this one on those images.
+    pub fp32_accuracy: f64,
+    pub int8_accuracy: f64,
+    /// Fraction of those images given the same class by both.
+    pub top1_agreement: f64,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -54,6 +73,9 @@ pub struct ModelMetadata {
     pub toolkit_version: Option<String>,
     /// True when the file carried no class names (they are then `class_0`, `class_1`, ...).
     pub classes_from_defaults: bool,
+    /// Present for an int8 model made by `train export --quantize int8`.
+    #[serde(default)]
+    pub quantization: Option<Quantization>,
 }
 
 impl ModelMetadata {
@@ -82,6 +104,7 @@ impl ModelMetadata {
             (keys::ARCH, self.arch.clone()),
             (keys::BEST_VAL_ACC, self.best_val_acc.map(|a| a.to_string())),
             (keys::EPOCH, self.epoch.map(|e| e.to_string())),
+            (keys::QUANTIZATION, self.quantization.as_ref().map(json)),
         ];
         props.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
@@ -158,6 +181,7 @@ impl ModelMetadata {
             toolkit: get(keys::TOOLKIT),
             toolkit_version: get(keys::TOOLKIT_VERSION),
             classes_from_defaults,
+            quantization: get(keys::QUANTIZATION).map(|v| parse(keys::QUANTIZATION, &v)).transpose()?,
         })
     }
 }
@@ -177,6 +201,7 @@ mod tests {
             toolkit: Some("t".into()),
             toolkit_version: Some("0.1.0".into()),
             classes_from_defaults: false,
+            quantization: None,
         }
     }
 
@@ -190,6 +215,23 @@ mod tests {
         assert_eq!(props["classes"], r#"["ants","bees"]"#);
         assert_eq!(props["mean"], "[0.485,0.456,0.406]");
         assert_eq!(read(&props, Some(2)).unwrap(), meta());
+    }
+
+    #[test]
+    fn quantization_round_trips() {
+        let q = Quantization {
+            scheme: "int8 QDQ".into(),
+            calibration: "percentile 99.999".into(),
+            calibration_images: 300,
+            validation_images: 153,
+            fp32_accuracy: 0.93,
+            int8_accuracy: 0.92,
+            top1_agreement: 0.99,
+        };
+        let m = ModelMetadata { quantization: Some(q), ..meta() };
+        let props: HashMap<String, String> = m.to_props().into_iter().collect();
+        assert!(props["quantization"].contains("\"calibration\":\"percentile 99.999\""));
+        assert_eq!(read(&props, Some(2)).unwrap(), m);
     }
 
     #[test]

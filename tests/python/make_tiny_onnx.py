@@ -1,7 +1,7 @@
 """Small ONNX classifiers for testing `infer` without training one.
 
 Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities
-                              |odd_names|huge_batch|huge_classes|huge_initializer|dims_vs_data]
+                              |odd_names|int8_metadata|huge_batch|huge_classes|huge_initializer|dims_vs_data]
 
 The hostile kinds declare absurd sizes: a fixed batch of a billion images, a billion classes,
 an initializer of 2^40 values backed by a few bytes, an initializer whose dims disagree with
@@ -83,6 +83,11 @@ meta = {
     "std": "[0.229, 0.224, 0.225]",
     "toolkit": "tests",
 }
+if args.kind == "int8_metadata":
+    meta["quantization"] = json.dumps({
+        "scheme": "int8 QDQ", "calibration": "minmax", "calibration_images": 10, "validation_images": 9,
+        "fp32_accuracy": 0.9, "int8_accuracy": 0.89, "top1_agreement": 0.99,
+    })
 if args.kind != "no_metadata":
     helper.set_model_props(model, meta)
 if not args.kind.startswith(("huge", "dims")):

@@ -152,6 +152,10 @@ pub enum ExportError {
     Runtime(String),
     #[error("verification failed: {0}")]
     Mismatch(String),
+    #[error("int8: {0}")]
+    Quantize(String),
+    #[error("int8 model refused: top-1 accuracy {:.4} against {:.4} for fp32, top-1 agreement {:.2}% on {} validation images (the int8 model may lose at most 1 point and must agree on 98%); nothing written, --force keeps it anyway", .0.int8_accuracy, .0.fp32_accuracy, 100.0 * .0.top1_agreement, .0.validation_images)]
+    GateRefused(infer::Quantization),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -17,6 +17,7 @@ use crate::error::{CheckpointError, ExportError, WeightsError};
 use crate::model::{FoldedConv, ResNet};
 use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx_proto::*;
+use crate::quantize::{self, Calibration};
 use crate::weights::from_tch;
 
 /// ONNX operator set of the exported graph (ONNX Runtime supports it since 1.14).
@@ -36,6 +37,18 @@ pub struct ExportReport {
     pub real_images: bool,
     pub max_abs_diff: f32,
     pub provider: String,
+    /// The int8 model, when one was asked for.
+    pub int8: Option<Int8Report>,
+}
+
+/// What the int8 export wrote (or refused to) and how it measured.
+#[derive(Debug, Clone)]
+pub struct Int8Report {
+    pub path: PathBuf,
+    pub bytes: usize,
+    pub quantization: infer::Quantization,
+    /// False when the gate refused the model and `force` kept it anyway.
+    pub passed: bool,
 }
 
 struct Graph {
@@ -214,6 +227,7 @@ pub fn export(
         real_images,
         max_abs_diff,
         provider,
+        int8: None,
     })
 }
 
@@ -229,7 +243,28 @@ pub struct ExportOptions {
     /// architecture and class names. With a record, `arch` must agree with it.
     pub arch: Option<String>,
     pub classes: Option<Vec<String>>,
+    /// Also write an int8 model beside the float one.
+    pub quantize: Option<QuantizeOptions>,
 }
+
+/// The int8 export's inputs and settings.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizeOptions {
+    pub calibration: Calibration,
+    /// Training images whose activations set the ranges.
+    pub calibration_images: Vec<PathBuf>,
+    /// Labelled validation images for the accuracy gate...
+    pub validation: Vec<(PathBuf, usize)>,
+    /// ...labelled with indices into these classes, which must be the model's.
+    pub classes: Vec<String>,
+    /// Keep a model the gate refuses.
+    pub force: bool,
+}
+
+/// The accuracy gate: the int8 model may lose at most this much top-1 accuracy...
+pub const MAX_ACCURACY_DROP: f64 = 0.01;
+/// ...and must agree with the float model's top-1 on at least this fraction of images.
+pub const MIN_AGREEMENT: f64 = 0.98;
 
 /// Images in the verification batch at most.
 pub const VERIFY_IMAGES: usize = 32;
@@ -276,9 +311,145 @@ pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Re
         toolkit: Some(crate::checkpoint::TOOLKIT_NAME.into()),
         toolkit_version: Some(env!("CARGO_PKG_VERSION").into()),
         classes_from_defaults: false,
+        quantization: None,
     };
     let (inputs, real) = verification_inputs(&opts.images, &info.preprocess);
-    export(&model, &meta, out, opts.probabilities, &inputs, real)
+    let mut report = export(&model, &meta, out, opts.probabilities, &inputs, real)?;
+    if let Some(q) = &opts.quantize {
+        report.int8 = Some(export_int8(&model, &meta, out, opts.probabilities, q)?);
+    }
+    Ok(report)
+}
+
+impl QuantizeOptions {
+    /// Calibration and gate images from a scanned data set: `count` training images drawn with
+    /// a fixed seed, and every validation image.
+    pub fn from_dataset(ds: &crate::dataset::Dataset, count: usize, calibration: Calibration, force: bool) -> Self {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut train: Vec<PathBuf> = ds.train.iter().map(|s| s.path.clone()).collect();
+        train.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x1A78));
+        train.truncate(count);
+        QuantizeOptions {
+            calibration,
+            calibration_images: train,
+            validation: ds.val.iter().map(|s| (s.path.clone(), s.label)).collect(),
+            classes: ds.classes.clone(),
+            force,
+        }
+    }
+}
+
+/// Where the int8 model of `out` goes: `model.onnx` → `model.int8.onnx`.
+pub fn int8_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    out.with_file_name(format!("{stem}.int8.onnx"))
+}
+
+/// Calibrates, quantizes and gates the int8 model of `model` (whose float export is at
+/// `fp32`), and writes it beside it when the gate passes (or `force`).
+fn export_int8(
+    model: &ResNet,
+    meta: &ModelMetadata,
+    fp32: &Path,
+    probabilities: bool,
+    q: &QuantizeOptions,
+) -> Result<Int8Report, ExportError> {
+    if q.classes != meta.classes {
+        return Err(ExportError::Quantize(format!(
+            "the data's classes ({}) differ from the model's ({})",
+            q.classes.join(", "),
+            meta.classes.join(", ")
+        )));
+    }
+    let float = onnx_model(model, meta, probabilities)?;
+    let (inputs, used) = preprocessed(&q.calibration_images, &meta.preprocess);
+    if used == 0 {
+        return Err(ExportError::Quantize("no readable calibration image".into()));
+    }
+    let side = meta.preprocess.crop_size as usize;
+    let tensors = quantize::calibrated_tensors(&float);
+    let measured = quantize::calibrate(&float, &tensors, &inputs, side, 8)?;
+    let (mut int8, method, error) = quantize::best_quantized(&float, &measured, q.calibration, &inputs, side)?;
+    let out = int8_path(fp32);
+    let write_err = |source| ExportError::Write { path: out.clone(), source };
+
+    // The gate compares the two models as deployed, on the validation images.
+    let mut trial = AtomicFile::create(&out).map_err(write_err)?;
+    std::io::Write::write_all(trial.file(), &int8.encode_to_vec()).map_err(write_err)?;
+    let gate = compare(fp32, trial.temp_path(), &q.validation)?;
+    drop(trial);
+    let quantization = infer::Quantization {
+        scheme: "int8 QDQ: per-channel symmetric int8 weights, per-tensor uint8 activations".into(),
+        calibration: match q.calibration {
+            Calibration::Auto => {
+                format!("{method} (auto; mean |logit difference| {error:.4} on the calibration images)")
+            }
+            _ => format!("{method} (mean |logit difference| {error:.4} on the calibration images)"),
+        },
+        calibration_images: used,
+        validation_images: gate.images,
+        fp32_accuracy: gate.fp32_accuracy,
+        int8_accuracy: gate.int8_accuracy,
+        top1_agreement: gate.agreement,
+    };
+    let passed =
+        gate.fp32_accuracy - gate.int8_accuracy <= MAX_ACCURACY_DROP + 1e-12 && gate.agreement >= MIN_AGREEMENT;
+    if !passed && !q.force {
+        return Err(ExportError::GateRefused(quantization));
+    }
+    let meta = ModelMetadata { quantization: Some(quantization.clone()), ..meta.clone() };
+    int8.metadata_props =
+        meta.to_props().into_iter().map(|(key, value)| StringStringEntryProto { key, value }).collect();
+    let bytes = int8.encode_to_vec();
+    let mut file = AtomicFile::create(&out).map_err(write_err)?;
+    std::io::Write::write_all(file.file(), &bytes).map_err(write_err)?;
+    file.commit().map_err(write_err)?;
+    Ok(Int8Report { path: out, bytes: bytes.len(), quantization, passed })
+}
+
+/// Top-1 of the float and int8 models on labelled images.
+struct Gate {
+    images: usize,
+    fp32_accuracy: f64,
+    int8_accuracy: f64,
+    agreement: f64,
+}
+
+fn compare(fp32: &Path, int8: &Path, images: &[(PathBuf, usize)]) -> Result<Gate, ExportError> {
+    let runtime_err = |e: infer::InferError| ExportError::Runtime(e.to_string());
+    let predict = |model: &Path| -> Result<Vec<Option<usize>>, ExportError> {
+        let c = Classifier::builder(model).execution_provider(ExecutionProvider::Cpu).build().map_err(runtime_err)?;
+        let files = images.iter().map(|(p, _)| p.clone()).collect();
+        Ok(c.classify_files(files).into_iter().map(|r| r.result.ok().map(|p| p.class_index)).collect())
+    };
+    let (a, b) = (predict(fp32)?, predict(int8)?);
+    let rows: Vec<(usize, usize, usize)> =
+        images.iter().zip(a.iter().zip(&b)).filter_map(|((_, truth), (x, y))| Some((*truth, (*x)?, (*y)?))).collect();
+    if rows.is_empty() {
+        return Err(ExportError::Quantize("no readable validation image for the accuracy gate".into()));
+    }
+    let n = rows.len() as f64;
+    let share = |f: &dyn Fn(&(usize, usize, usize)) -> bool| rows.iter().filter(|r| f(r)).count() as f64 / n;
+    Ok(Gate {
+        images: rows.len(),
+        fp32_accuracy: share(&|r| r.0 == r.1),
+        int8_accuracy: share(&|r| r.0 == r.2),
+        agreement: share(&|r| r.1 == r.2),
+    })
+}
+
+/// Preprocessed images (the deployment transform) of the readable files, and how many.
+fn preprocessed(images: &[PathBuf], preprocess: &infer::PreprocessConfig) -> (Vec<f32>, usize) {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for path in images {
+        if let Ok(t) = infer::prepare_file(path, preprocess, infer::DecodeLimits::default()) {
+            out.extend(t);
+            n += 1;
+        }
+    }
+    (out, n)
 }
 
 /// Up to [`VERIFY_IMAGES`] preprocessed images, or a seeded random batch when none decode.
@@ -346,6 +517,7 @@ mod tests {
             toolkit: Some(crate::checkpoint::TOOLKIT_NAME.into()),
             toolkit_version: Some(env!("CARGO_PKG_VERSION").into()),
             classes_from_defaults: false,
+            quantization: None,
         }
     }
 

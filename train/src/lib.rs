@@ -16,6 +16,7 @@ pub mod onnx_proto;
 pub mod optim;
 pub mod pickle;
 pub mod plot;
+pub mod quantize;
 pub mod report;
 pub mod steps;
 pub mod torch_file;

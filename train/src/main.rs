@@ -14,8 +14,9 @@ use train::augment::Augment;
 use train::device::DeviceChoice;
 use train::export::{ExportOptions, ExportReport};
 use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
+use train::quantize::Calibration;
 use train::report::{EpochRecord, PhaseStats};
-use train::trainer::ExportSettings;
+use train::trainer::{ExportSettings, QuantizeSettings};
 use train::{Hyper, Mode, Observer, StopFlag, TrainConfig, TrainError, WeightsSource};
 
 /// Fine-tune a ResNet image classifier on a folder of labelled images, keep the best model and
@@ -73,6 +74,49 @@ struct ExportArgs {
     /// Comma-separated class names in index order, for a state dict without this toolkit's record.
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
+
+    #[command(flatten)]
+    quantize: QuantizeArgs,
+}
+
+/// `--quantize int8` and its settings, for `train` and `train export` alike.
+#[derive(clap::Args, Debug, Clone)]
+struct QuantizeArgs {
+    /// Also write an int8 model beside model.onnx (model.int8.onnx), calibrated on training
+    /// images and kept only when it loses at most 1 point of validation accuracy and agrees
+    /// with the float model on 98% of the validation images.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    quantize: Option<QuantizeArg>,
+
+    /// Training images drawn (with a fixed seed) to calibrate the int8 model.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    calibration_images: usize,
+
+    /// How activation ranges are set: auto (the better of minmax and percentile on the
+    /// calibration images), minmax, percentile (99.999) or percentile:P.
+    #[arg(long, value_name = "METHOD", default_value = "auto")]
+    calibration: Calibration,
+
+    /// Keep the int8 model even when the accuracy gate refuses it.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `--quantize`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QuantizeArg {
+    /// Per-channel int8 weights, uint8 activations (ONNX QDQ), for CPUs with VNNI.
+    Int8,
+}
+
+impl QuantizeArgs {
+    fn settings(&self) -> Option<QuantizeSettings> {
+        self.quantize.map(|QuantizeArg::Int8| QuantizeSettings {
+            calibration: self.calibration,
+            calibration_images: self.calibration_images,
+            force: self.force,
+        })
+    }
 }
 
 /// `--mode`.
@@ -226,6 +270,9 @@ struct TrainArgs {
     /// Export with a softmax `probabilities` output besides `logits`.
     #[arg(long)]
     probabilities: bool,
+
+    #[command(flatten)]
+    quantize: QuantizeArgs,
 }
 
 impl TrainArgs {
@@ -283,7 +330,8 @@ impl TrainArgs {
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             threads: self.threads,
             prefetch: self.prefetch,
-            export: (!self.no_export).then_some(ExportSettings { probabilities: self.probabilities }),
+            export: (!self.no_export)
+                .then(|| ExportSettings { probabilities: self.probabilities, quantize: self.quantize.settings() }),
         }
     }
 }
@@ -500,15 +548,44 @@ fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         Some(f) => vec![f.clone()],
         None => Vec::new(),
     };
+    let quantize = match (args.quantize.settings(), &args.data) {
+        (None, _) => None,
+        (Some(_), None) => {
+            anyhow::bail!("--quantize int8 needs --data: a data folder for calibration and the accuracy gate")
+        }
+        (Some(q), Some(d)) => {
+            let opts = train::dataset::ScanOptions { val_fraction: 0.2, seed: 0, val_dir: None, check: &|_| Ok(()) };
+            let ds = train::dataset::scan(d, &opts).context("export failed")?;
+            Some(train::export::QuantizeOptions::from_dataset(&ds, q.calibration_images, q.calibration, q.force))
+        }
+    };
     let opts = ExportOptions {
         probabilities: args.probabilities,
         images,
         arch: args.arch.clone(),
         classes: args.classes.clone(),
+        quantize,
     };
-    let report = train::export::export_checkpoint(&args.weights, &args.out, &opts).context("export failed")?;
-    print_export(&report);
+    let result = train::export::export_checkpoint(&args.weights, &args.out, &opts);
+    if let Err(train::error::ExportError::GateRefused(q)) = &result {
+        print_quantization(q, false);
+    }
+    print_export(&result.context("export failed")?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The int8 model's gate figures, one line.
+fn print_quantization(q: &infer::Quantization, passed: bool) {
+    eprintln!(
+        "int8 {}: validation top-1 accuracy fp32 {:.4}, int8 {:.4}, agreement {:.2}% ({} images); calibration {} on {} images",
+        if passed { "gate passed" } else { "gate refused" },
+        q.fp32_accuracy,
+        q.int8_accuracy,
+        100.0 * q.top1_agreement,
+        q.validation_images,
+        q.calibration,
+        q.calibration_images
+    );
 }
 
 fn print_export(r: &ExportReport) {
@@ -522,6 +599,11 @@ fn print_export(r: &ExportReport) {
         if r.real_images { "validation images" } else { "random inputs" },
         r.max_abs_diff
     );
+    if let Some(q) = &r.int8 {
+        print_quantization(&q.quantization, q.passed);
+        let note = if q.passed { "" } else { " (kept by --force)" };
+        eprintln!("exported {} ({:.1} MB){note}", q.path.display(), q.bytes as f64 / 1e6);
+    }
 }
 
 fn run(args: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {

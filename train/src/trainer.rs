@@ -18,7 +18,7 @@ use crate::checkpoint::{self, ModelInfo, Resume};
 use crate::dataset::{self, Dataset, Fingerprint, ScanOptions};
 use crate::device::{self, DeviceChoice};
 use crate::error::{CheckpointError, TrainError};
-use crate::export::{self, ExportOptions, ExportReport};
+use crate::export::{self, ExportOptions};
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
 use crate::optim::{OptimConfig, Optimizer, OptimizerKind, ScheduleKind};
@@ -93,6 +93,18 @@ impl Hyper {
 pub struct ExportSettings {
     /// Also output softmax probabilities.
     pub probabilities: bool,
+    /// Also write `model.int8.onnx`, calibrated on training images and gated on validation.
+    pub quantize: Option<QuantizeSettings>,
+}
+
+/// The int8 export's settings.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizeSettings {
+    pub calibration: crate::quantize::Calibration,
+    /// Training images drawn (with a fixed seed) for calibration.
+    pub calibration_images: usize,
+    /// Keep an int8 model the accuracy gate refuses.
+    pub force: bool,
 }
 
 /// A training run's settings.
@@ -174,8 +186,11 @@ pub const CURVES: &str = "curves.png";
 pub const TRAIN_BATCH: &str = "train_batch.png";
 pub const VAL_PREDICTIONS: &str = "val_predictions.png";
 pub const MODEL_ONNX: &str = "model.onnx";
+/// Written with `--quantize int8` (see [`crate::export::int8_path`]).
+pub const MODEL_INT8: &str = "model.int8.onnx";
 /// Every file a run writes into its output folder.
-pub const OUTPUTS: [&str; 8] = [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, VAL_PREDICTIONS, MODEL_ONNX];
+pub const OUTPUTS: [&str; 9] =
+    [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, VAL_PREDICTIONS, MODEL_ONNX, MODEL_INT8];
 
 /// Everything fixed before the first epoch.
 struct Start {
@@ -636,14 +651,23 @@ impl<'a> Epochs<'a> {
 /// summary, which lists every output.
 fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
     let stopped_hard = epochs.interrupted && epochs.stop.level() >= 2;
+    let mut failed = None;
     let export = match &cfg.export {
         Some(settings) if epochs.best.is_some() && !epochs.interrupted => {
+            let quantize = settings.quantize.as_ref().map(|q| {
+                export::QuantizeOptions::from_dataset(epochs.ds, q.calibration_images, q.calibration, q.force)
+            });
             let opts = ExportOptions {
                 probabilities: settings.probabilities,
                 images: epochs.val_samples.iter().map(|s| s.path.clone()).collect(),
+                quantize,
                 ..Default::default()
             };
-            Some(export_best(&epochs.out(BEST), &epochs.out(MODEL_ONNX), &opts)?)
+            // A failed export (an int8 model the gate refuses, say) still leaves a complete
+            // summary of the training behind it.
+            export::export_checkpoint(&epochs.out(BEST), &epochs.out(MODEL_ONNX), &opts)
+                .map_err(|e| failed = Some(e))
+                .ok()
         }
         _ => None,
     };
@@ -652,12 +676,11 @@ fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
     if !epochs.history.is_empty() {
         report::write_summary(&epochs.out(SUMMARY), &summary)?;
     }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     if stopped_hard {
         return Err(TrainError::Interrupted);
     }
     Ok(summary)
-}
-
-fn export_best(best: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportReport, TrainError> {
-    Ok(export::export_checkpoint(best, out, opts)?)
 }

@@ -339,6 +339,94 @@ fn one_epoch_on_the_seed_dataset() {
     let deployed = correct as f64 / truth.len() as f64;
     let trained = s["best"]["val_acc"].as_f64().unwrap();
     assert!((deployed - trained).abs() < 1e-9, "deployed accuracy {deployed} vs validation {trained}");
+
+    // int8 on real photographs: a valid ONNX file whose logits follow the float model's.
+    let export = train()
+        .args(["export", "--weights"])
+        .arg(out.join("best.pt"))
+        .arg("--out")
+        .arg(out.join("model.onnx"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--quantize", "int8", "--calibration-images", "64", "--force"])
+        .output()
+        .unwrap();
+    let err = stderr(&export);
+    assert!(export.status.success(), "{err}");
+    println!("{err}");
+    let int8 = out.join("model.int8.onnx");
+    println!("{}", common::run_python("onnx_check.py", &[int8.as_os_str()]));
+    let q = infer::Classifier::builder(&int8).execution_provider(infer::ExecutionProvider::Cpu).build().unwrap();
+    let quantization = q.metadata().quantization.clone().expect("int8 metadata");
+    assert_eq!((quantization.calibration_images, quantization.validation_images), (64, 153));
+    let (mut agree, mut diff, mut spread, mut n) = (0, 0.0f64, 0.0f64, 0);
+    for path in truth.iter().zip(&labelled_paths(&data, &classifier)).map(|(_, p)| p) {
+        let x = infer::prepare_file(path, &classifier.metadata().preprocess, Default::default()).unwrap();
+        let (a, b) = (classifier.run(&x).unwrap(), q.run(&x).unwrap());
+        let top = |v: &[f32]| if v[0] >= v[1] { 0 } else { 1 };
+        agree += usize::from(top(&a) == top(&b));
+        diff += a.iter().zip(&b).map(|(x, y)| f64::from((x - y).abs())).sum::<f64>();
+        spread += f64::from((a[0] - a[1]).abs());
+        n += 1;
+    }
+    let (mean_diff, mean_margin) = (diff / (2 * n) as f64, spread / n as f64);
+    println!("int8 vs fp32 on {n} val images: top-1 agreement {agree}/{n}, mean |logit difference| {mean_diff:.4}, mean fp32 margin {mean_margin:.4}");
+    // uint8 steps over ~20 layers add up to about 1-2 % of the logits' scale (0.021 mean
+    // difference for a 1.5 logit spread on a 12-epoch model, README): allow 10 % of the mean
+    // margin between the two logits, and a top-1 that follows except for near-ties.
+    assert!(agree as f64 >= 0.95 * n as f64, "{agree}/{n}");
+    assert!(mean_diff <= 0.1 * mean_margin + 0.01, "{mean_diff} vs margin {mean_margin}");
+}
+
+fn labelled_paths(data: &Path, c: &infer::Classifier) -> Vec<PathBuf> {
+    infer::evaluation::labelled_files(&data.join("val"), &c.metadata().classes)
+        .unwrap()
+        .files
+        .into_iter()
+        .map(|f| f.0)
+        .collect()
+}
+
+/// The int8 gate in both directions, on a model that tells colours apart: a sound
+/// calibration passes it and writes model.int8.onnx (reported by infer); one that clips
+/// every activation is refused with both accuracies and the agreement, and leaves no file.
+#[test]
+fn int8_gate_passes_sound_calibration_and_refuses_a_broken_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("colours");
+    image_folder(&data, &["red", "green", "blue"], 8, 4);
+    let out = tmp.path().join("out");
+    let trained = quick(&data, &out, &["--epochs", "2", "--lr", "0.01"]).output().unwrap();
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let export = |calibration: &str| {
+        train()
+            .args(["export", "--weights"])
+            .arg(out.join("best.pt"))
+            .arg("--out")
+            .arg(out.join("model.onnx"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--quantize", "int8", "--calibration", calibration])
+            .output()
+            .unwrap()
+    };
+    let int8 = out.join("model.int8.onnx");
+    let broken = export("percentile:0.5");
+    let err = stderr(&broken);
+    assert_eq!(broken.status.code(), Some(1), "{err}");
+    assert!(err.contains("int8 gate refused: validation top-1 accuracy fp32 "), "{err}");
+    assert!(err.lines().last().unwrap().contains("int8 model refused"), "{err}");
+    assert!(!int8.exists(), "a refused model is not written");
+    assert!(out.join("model.onnx").is_file(), "the float model stays");
+
+    let sound = export("auto");
+    let err = stderr(&sound);
+    assert!(sound.status.success(), "{err}");
+    assert!(err.contains("int8 gate passed") && err.contains("agreement 100.00%"), "{err}");
+    let c = infer::Classifier::builder(&int8).execution_provider(infer::ExecutionProvider::Cpu).build().unwrap();
+    let q = c.metadata().quantization.clone().expect("the int8 model says how it was made");
+    assert_eq!((q.top1_agreement, q.validation_images), (1.0, 12));
+    assert!(q.scheme.contains("per-channel symmetric int8 weights"), "{q:?}");
 }
 
 /// A weights file from elsewhere that names code to run (`builtins.eval`): `train --weights`,
@@ -444,8 +532,8 @@ fn layouts_augmentation_and_pictures() {
         }
     }
     let out = tmp.path().join("out");
-    let run =
-        quick(&data, &out, &["--no-flip", "--crop-scale", "0.5", "1", "--crop-ratio", "1", "1"]).output().unwrap();
+    let args = ["--no-flip", "--crop-scale", "0.5", "1", "--crop-ratio", "1", "1", "--quantize", "int8", "--force"];
+    let run = quick(&data, &out, &args).output().unwrap();
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
     let valid = data.join("valid");
@@ -460,7 +548,8 @@ fn layouts_augmentation_and_pictures() {
     assert!(h["optim"].get("momentum").is_some());
     let outputs: Vec<String> =
         s["outputs"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    for f in ["model.onnx", "val_predictions.png", "train_batch.png"] {
+    assert!(err.contains("int8 gate"), "the end-of-training export made the int8 model too: {err}");
+    for f in ["model.onnx", "model.int8.onnx", "val_predictions.png", "train_batch.png"] {
         assert!(outputs.iter().any(|p| p.ends_with(f)), "{f} not listed: {outputs:?}");
         assert!(out.join(f).is_file(), "{f} missing");
     }
