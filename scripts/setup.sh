@@ -27,6 +27,8 @@ requirements=(
     "$ort_pkg"
     "onnx==1.19.1"
     "safetensors==0.6.2"
+    # A real client of the Open Inference Protocol, for the tests of `infer serve`.
+    "tritonclient[http]==2.73.0"
 )
 want="${requirements[*]}"
 

@@ -231,6 +231,34 @@ impl Classifier {
         self.ranker.predictions(outputs)
     }
 
+    /// Predictions from model outputs, listing `top_k` classes each (instead of the
+    /// builder's number).
+    pub fn predictions_top(&self, outputs: &[f32], top_k: usize) -> Vec<Prediction> {
+        self.ranker.predictions_top(outputs, top_k)
+    }
+
+    /// Class probabilities (`n × classes`) from model outputs.
+    pub fn probabilities(&self, outputs: &[f32]) -> Vec<f32> {
+        self.ranker.probabilities(outputs)
+    }
+
+    /// Decodes and preprocesses encoded image files (their bytes) in parallel on the decoding
+    /// threads, each under the panic guard: one model input, or one error, per image.
+    pub fn prepare_encoded(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>, ItemError>> {
+        let limits = self.limits;
+        self.pool.install(|| {
+            images
+                .par_iter()
+                .map(|bytes| {
+                    guard::isolate("preparing an image", || {
+                        Ok(self.preprocess(&crate::decode::decode_bytes(bytes, limits)?)?)
+                    })
+                    .unwrap_or_else(|p| Err(ItemError::Crashed(p)))
+                })
+                .collect()
+        })
+    }
+
     /// Preprocesses one decoded image into model input.
     pub fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>, crate::preprocess::PreprocessError> {
         self.contract.meta.preprocess.eval(img)

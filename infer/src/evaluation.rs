@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "draw")]
 use image::{Rgb, RgbImage};
 
 use crate::files;

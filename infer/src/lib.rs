@@ -44,6 +44,8 @@ pub mod preprocess;
 pub mod probe;
 pub mod provider;
 pub mod runtime;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod stream;
 
 pub use classifier::{Classifier, ClassifierBuilder};

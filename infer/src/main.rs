@@ -26,7 +26,67 @@ use infer::{Classifier, ExecutionProvider, FileResult};
 /// --output), one per input in order; problems with single files are reported in the results
 /// and the rest is classified.
 #[derive(Parser, Debug)]
-#[command(name = "infer", version, max_term_width = 100)]
+#[command(
+    name = "infer",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    cli: Cli,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Serve the model over HTTP: the Open Inference Protocol (KServe v2), /v1/classify and
+    /// /metrics, with concurrent requests batched together.
+    #[cfg(feature = "server")]
+    Serve(ServeArgs),
+}
+
+#[cfg(feature = "server")]
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The exported model.
+    #[arg(long, default_value = "models/model.onnx")]
+    model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0: any free port (the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Images per model call at most.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// How long a request waits for others to share its batch.
+    #[arg(long, default_value_t = 5)]
+    max_delay_ms: u64,
+    /// Requests waiting for the model at most; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body in megabytes; larger ones are answered 413.
+    #[arg(long, default_value_t = 20)]
+    max_body_mb: usize,
+    /// The model's name in the protocol's routes (/v2/models/NAME/...) [default: the model
+    /// file's name without .onnx].
+    #[arg(long)]
+    name: Option<String>,
+    /// ONNX Runtime compute threads [default: one per core].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Execution provider: auto, cuda, cuda:N or cpu.
+    #[arg(long, default_value = "auto")]
+    ep: ExecutionProvider,
+    /// Log every request (by default: starts, stops and errors only).
+    #[arg(long)]
+    log_requests: bool,
+}
+
+#[derive(clap::Args, Debug)]
 struct Cli {
     /// Images or folders to classify.
     #[arg(required = true, value_name = "PATH")]
@@ -457,17 +517,48 @@ fn report(cli: &Cli, classifier: &Classifier, tally: &Tally, classes: &[String])
 fn main() -> ExitCode {
     infer::guard::install_cli_panic_hook();
     // Usage errors exit with 1 like other fatal errors: 2 means "some inputs failed".
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let args = match Args::try_parse() {
+        Ok(args) => args,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
     };
+    #[cfg(feature = "server")]
+    if let Some(Command::Serve(s)) = args.command {
+        return serve(s);
+    }
+    let cli = args.cli;
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").lines().next().unwrap_or("unknown error"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "server")]
+fn serve(a: ServeArgs) -> ExitCode {
+    let name =
+        a.name.unwrap_or_else(|| a.model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
+    let config = infer::serve::ServeConfig {
+        model: a.model,
+        host: a.host,
+        port: a.port,
+        max_batch: a.max_batch.max(1),
+        max_delay: std::time::Duration::from_millis(a.max_delay_ms),
+        max_queue: a.max_queue.max(1),
+        max_body: a.max_body_mb.max(1) << 20,
+        name,
+        threads: a.threads,
+        provider: a.ep,
+        log_requests: a.log_requests,
+    };
+    match infer::serve::serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -71,16 +71,29 @@ pub(crate) struct Ranker {
 impl Ranker {
     /// Predictions from model outputs (`n × classes`).
     pub fn predictions(&self, outputs: &[f32]) -> Vec<Prediction> {
-        outputs.chunks(self.classes.len().max(1)).map(|row| self.rank(row)).collect()
+        self.predictions_top(outputs, self.top_k)
     }
 
-    fn rank(&self, row: &[f32]) -> Prediction {
+    /// Predictions listing `top_k` classes each.
+    pub fn predictions_top(&self, outputs: &[f32], top_k: usize) -> Vec<Prediction> {
+        outputs.chunks(self.classes.len().max(1)).map(|row| self.rank(row, top_k)).collect()
+    }
+
+    /// Probabilities from model outputs (softmax of logits; a probabilities output as it is).
+    pub fn probabilities(&self, outputs: &[f32]) -> Vec<f32> {
+        if self.probabilities {
+            return outputs.to_vec();
+        }
+        outputs.chunks(self.classes.len().max(1)).flat_map(softmax).collect()
+    }
+
+    fn rank(&self, row: &[f32], top_k: usize) -> Prediction {
         let probs = if self.probabilities { row.to_vec() } else { softmax(row) };
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
         let top_k: Vec<Scored> = order
             .iter()
-            .take(self.top_k.max(1))
+            .take(top_k.max(1))
             .map(|&i| Scored { class_index: i, label: self.classes[i].clone(), probability: probs[i] })
             .collect();
         Prediction {

@@ -1,7 +1,7 @@
 """Small ONNX classifiers for testing `infer` without training one.
 
 Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities
-                              |odd_names|int8_metadata|huge_batch|huge_classes|huge_initializer|dims_vs_data]
+                              |odd_names|int8_metadata|slow|huge_batch|huge_classes|huge_initializer|dims_vs_data]
 
 The hostile kinds declare absurd sizes: a fixed batch of a billion images, a billion classes,
 an initializer of 2^40 values backed by a few bytes, an initializer whose dims disagree with
@@ -41,6 +41,16 @@ if args.kind == "rank3":
     src = "x4"
 else:
     src = "input"
+if args.kind == "slow":
+    # A heavy convolution whose result is added back as zero: the same outputs as "good",
+    # about a gigaflop more per image, for tests that need the model busy.
+    nodes += [
+        helper.make_node("Conv", [src, "heavy_w"], ["heavy"], kernel_shape=[7, 7], pads=[3, 3, 3, 3]),
+        helper.make_node("ReduceMean", ["heavy"], ["heavy_mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["heavy_mean", "zero"], ["nothing"]),
+        helper.make_node("Add", [src, "nothing"], ["busy"]),
+    ]
+    src = "busy"
 nodes += [
     helper.make_node("AveragePool", [src], ["pooled"], kernel_shape=[28, 28], strides=[28, 28]),
     helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
@@ -61,6 +71,9 @@ def raw_tensor(name, dims, data):
     return t
 
 
+if args.kind == "slow":
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.01, size=(384, 3, 7, 7)).astype(np.float32), "heavy_w"))
+    inits.append(numpy_helper.from_array(np.zeros(1, dtype=np.float32), "zero"))
 if args.kind == "huge_initializer":
     inits[1] = raw_tensor("b", [1 << 40], b"\0" * 12)
 if args.kind == "dims_vs_data":

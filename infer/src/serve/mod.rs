@@ -1,0 +1,193 @@
+//! `infer serve`: the model behind HTTP — the Open Inference Protocol (KServe v2 REST) that
+//! KServe, Triton clients and load balancers speak, a plain `/v1/classify` for curl, and
+//! Prometheus metrics — with concurrent requests merged into batches ([`batcher`]).
+//!
+//! Live as soon as it listens; ready once the model is loaded and has run (warm-up). SIGTERM or
+//! SIGINT stop it accepting; requests in flight are finished, then it exits.
+
+pub mod batcher;
+pub mod metrics;
+pub mod protocol;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::provider::ExecutionProvider;
+use crate::Classifier;
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model: PathBuf,
+    pub host: String,
+    /// 0 lets the system choose (the address is printed).
+    pub port: u16,
+    /// Images per model call at most.
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others.
+    pub max_delay: Duration,
+    /// Requests waiting for the model at most; more are answered 503.
+    pub max_queue: usize,
+    /// Largest request body, in bytes; larger ones are answered 413.
+    pub max_body: usize,
+    /// The model's name in the protocol's routes.
+    pub name: String,
+    pub threads: Option<usize>,
+    pub provider: ExecutionProvider,
+    /// One log line per request, besides starts, stops and errors.
+    pub log_requests: bool,
+}
+
+/// What exists once the model is loaded.
+struct Ready {
+    classifier: Arc<Classifier>,
+    queue: batcher::Queue,
+    metadata: Value,
+}
+
+/// Shared by every request.
+pub(crate) struct App {
+    config: ServeConfig,
+    ready: OnceLock<Ready>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+/// One log line on stderr, with the time since the server started.
+fn log(started: Instant, msg: &str) {
+    eprintln!("[{:>9.3}s] {msg}", started.elapsed().as_secs_f64());
+}
+
+/// The model metadata of the protocol, with the classes and the preprocessing contract.
+fn model_metadata(name: &str, c: &Classifier) -> Value {
+    let m = c.metadata();
+    let side = m.preprocess.crop_size;
+    json!({
+        "name": name,
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": protocol::TENSOR_INPUT, "datatype": "FP32", "shape": [-1, 3, side, side]},
+            {"name": protocol::IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}
+        ],
+        "outputs": [
+            {"name": protocol::PROBABILITIES, "datatype": "FP32", "shape": [-1, m.classes.len()]},
+            {"name": protocol::LABELS, "datatype": "BYTES", "shape": [-1]}
+        ],
+        "parameters": {
+            "classes": m.classes,
+            "preprocessing": m.preprocess,
+            "execution_provider": c.provider(),
+            "quantization": m.quantization,
+            "arch": m.arch,
+        }
+    })
+}
+
+/// Loads the model, warms it up (a full batch and a single image) and starts batching.
+fn load(config: &ServeConfig, metrics: &Arc<metrics::Metrics>) -> Result<(Ready, std::thread::JoinHandle<()>), String> {
+    let mut builder = Classifier::builder(&config.model).execution_provider(config.provider);
+    if let Some(t) = config.threads {
+        builder = builder.intra_threads(t);
+    }
+    let classifier = Arc::new(builder.build().map_err(|e| e.to_string())?);
+    let len = classifier.metadata().preprocess.input_len();
+    for n in [config.max_batch, 1] {
+        classifier.run(&vec![0.0; n * len]).map_err(|e| format!("warm-up failed: {e}"))?;
+    }
+    let (queue, handle) = batcher::start(
+        Arc::clone(&classifier),
+        config.max_batch,
+        config.max_delay,
+        config.max_queue,
+        Arc::clone(metrics),
+    );
+    let metadata = model_metadata(&config.name, &classifier);
+    Ok((Ready { classifier, queue, metadata }, handle))
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = async { if let Some(t) = term.as_mut() { t.recv().await } else { std::future::pending().await } } => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT (`Ok`) or until it cannot serve (`Err`: the address is
+/// taken, the model does not load).
+pub fn serve(config: ServeConfig) -> Result<(), String> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .map_err(|e| format!("cannot start the server's threads: {e}"))?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let app = Arc::new(App { config: config.clone(), ready: OnceLock::new(), metrics: Arc::clone(&metrics) });
+    let result = runtime.block_on(async {
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+        log(
+            started,
+            &format!("listening on http://{local} (model '{}': {}; loading)", config.name, config.model.display()),
+        );
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let loader = {
+            let (app, metrics) = (Arc::clone(&app), Arc::clone(&metrics));
+            tokio::task::spawn_blocking(move || match load(&app.config, &metrics) {
+                Ok((ready, handle)) => {
+                    let provider = ready.classifier.provider().to_string();
+                    let _ = app.ready.set(ready);
+                    log(started, &format!("ready: model loaded and warmed up on {provider}"));
+                    Some(handle)
+                }
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                    None
+                }
+            })
+        };
+        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let shutdown = {
+            let failure = Arc::clone(&failure);
+            async move {
+                tokio::select! {
+                    why = stop_signal() => log(started, &format!("{why}: stopping; finishing the requests in flight")),
+                    Ok(e) = failed_rx => {
+                        log(started, &format!("error: {e}"));
+                        if let Ok(mut f) = failure.lock() { *f = Some(e); }
+                    }
+                }
+            }
+        };
+        axum::serve(listener, routes::router(Arc::clone(&app)))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| format!("server error: {e}"))?;
+        let batcher = loader.await.ok().flatten();
+        let failed = failure.lock().ok().and_then(|mut f| f.take());
+        Ok::<_, String>((batcher, failed))
+    });
+    // Dropping the queue's last sender lets the batching thread finish what is queued.
+    drop(app);
+    let (batcher, failed) = result?;
+    if let Some(handle) = batcher {
+        let _ = handle.join();
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            log(started, "stopped");
+            Ok(())
+        }
+    }
+}

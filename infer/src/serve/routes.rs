@@ -1,0 +1,288 @@
+//! The HTTP routes: the protocol's health, metadata and inference endpoints, `/v1/classify`,
+//! and `/metrics`, with every response counted and timed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::batcher::{Job, Refused};
+use super::protocol::{self, Payload, Results};
+use super::{App, Ready};
+use crate::error::ItemError;
+use crate::prediction::FileResult;
+
+type Shared = Arc<App>;
+
+pub(super) fn router(app: Shared) -> Router {
+    let limit = app.config.max_body;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_versioned))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_versioned))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_versioned))
+        .route("/v1/classify", post(classify))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
+        .with_state(app)
+}
+
+/// Counts and times every response; logs errors (and every request when asked).
+async fn track(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let target = req.uri().path().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    app.metrics.request(&route, status, secs);
+    if app.config.log_requests || status >= 500 || status == 413 {
+        eprintln!("{status} {target} {:.1} ms", secs * 1e3);
+    }
+    response
+}
+
+/// A refused request: its status and the protocol's error object.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: bool,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError { status, message: msg.into(), retry_after: false }
+}
+
+fn ready(app: &App) -> Result<&Ready, ApiError> {
+    app.ready.get().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading"))
+}
+
+fn model<'a>(app: &'a App, name: &str) -> Result<&'a Ready, ApiError> {
+    if name != app.config.name {
+        return Err(error(StatusCode::NOT_FOUND, format!("no model '{name}' (this server has '{}')", app.config.name)));
+    }
+    ready(app)
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(
+        json!({"name": "infer", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data", "classification"]}),
+    )
+}
+
+async fn server_ready(State(app): State<Shared>) -> StatusCode {
+    if app.ready.get().is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn model_metadata(State(app): State<Shared>, Path(name): Path<String>) -> Response {
+    match model(&app, &name) {
+        Ok(r) => Json(r.metadata.clone()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_metadata_versioned(state: State<Shared>, Path((name, _)): Path<(String, String)>) -> Response {
+    model_metadata(state, Path(name)).await
+}
+
+async fn model_ready(State(app): State<Shared>, Path(name): Path<String>) -> Response {
+    match model(&app, &name) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_ready_versioned(state: State<Shared>, Path((name, _)): Path<(String, String)>) -> Response {
+    model_ready(state, Path(name)).await
+}
+
+async fn metrics(State(app): State<Shared>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
+/// Decodes and preprocesses encoded images on the decoding threads; each image's input or
+/// error.
+async fn prepare(ready: &Ready, images: Vec<Vec<u8>>) -> Result<Vec<Result<Vec<f32>, ItemError>>, ApiError> {
+    let classifier = Arc::clone(&ready.classifier);
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+        classifier.prepare_encoded(&refs)
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("preparing images: {e}")))
+}
+
+/// Runs `n` preprocessed images through the batching queue; their model outputs.
+async fn run(app: &App, ready: &Ready, inputs: Vec<f32>, n: usize) -> Result<Vec<f32>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    match ready.queue.submit(Job { inputs, n, reply: tx }, &app.metrics) {
+        Ok(()) => {}
+        Err(Refused::Full) => {
+            let mut e = error(StatusCode::SERVICE_UNAVAILABLE, "the queue is full; retry shortly");
+            e.retry_after = true;
+            return Err(e);
+        }
+        Err(Refused::Closed) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping")),
+    }
+    match rx.await {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping")),
+    }
+}
+
+async fn infer(State(app): State<Shared>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    infer_inner(&app, &name, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn infer_versioned(
+    state: State<Shared>,
+    Path((name, _)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer(state, Path(name), headers, body).await
+}
+
+async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    let ready = model(app, name)?;
+    let c = &ready.classifier;
+    let json_len = match headers.get(protocol::HEADER_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| error(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length must be a number"))?,
+        ),
+        None => None,
+    };
+    if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
+        return Err(error(StatusCode::BAD_REQUEST, "compressed request bodies are not supported"));
+    }
+    let side = c.metadata().preprocess.crop_size as usize;
+    let req = protocol::parse(body, json_len, side).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
+    let (inputs, n) = match &req.payload {
+        Payload::Tensor { values, n } => (values.clone(), *n),
+        Payload::Images(images) => {
+            let prepared = prepare(ready, images.clone()).await?;
+            let mut inputs = Vec::with_capacity(prepared.len() * c.metadata().preprocess.input_len());
+            for (i, p) in prepared.into_iter().enumerate() {
+                // The protocol has no per-element errors: the request fails, naming the image.
+                let p = p.map_err(|e| error(StatusCode::BAD_REQUEST, format!("image {i}: {e}")))?;
+                inputs.extend(p);
+            }
+            (inputs, images.len())
+        }
+    };
+    if n == 0 {
+        return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
+    }
+    let outputs = run(app, ready, inputs, n).await?;
+    let k = req.top_k.min(c.metadata().classes.len());
+    let labels =
+        c.predictions_top(&outputs, k).into_iter().map(|p| p.top_k.into_iter().map(|s| s.label).collect()).collect();
+    let results = Results { n, classes: c.metadata().classes.len(), probabilities: c.probabilities(&outputs), labels };
+    let (body, json_len) = protocol::encode(&app.config.name, &req, &results);
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    match json_len {
+        Some(len) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(protocol::HEADER_LENGTH, HeaderValue::from(len));
+        }
+        None => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct ClassifyQuery {
+    top_k: Option<usize>,
+    name: Option<String>,
+}
+
+/// `POST /v1/classify`: one image as the body, or several as `multipart/form-data`; answers
+/// the records of `infer --format jsonl`, one per line, in order.
+async fn classify(State(app): State<Shared>, Query(q): Query<ClassifyQuery>, req: Request) -> Response {
+    classify_inner(&app, q, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<Response, ApiError> {
+    let ready = ready(app)?;
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let mut named: Vec<(String, Vec<u8>)> = Vec::new();
+    if multipart {
+        // axum's own rejections (multipart syntax, body limit) keep their status and text.
+        let mut form = Multipart::from_request(req, app).await.map_err(|e| error(e.status(), e.body_text()))?;
+        while let Some(field) = form.next_field().await.map_err(|e| error(e.status(), e.body_text()))? {
+            let name = field.file_name().or(field.name()).unwrap_or("image").to_string();
+            named.push((name, field.bytes().await.map_err(|e| error(e.status(), e.body_text()))?.to_vec()));
+        }
+    } else {
+        let body = Bytes::from_request(req, app).await.map_err(|e| error(e.status(), e.body_text()))?;
+        named.push((q.name.clone().unwrap_or_else(|| "image".into()), body.to_vec()));
+    }
+    if named.is_empty() {
+        return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
+    }
+    let c = &ready.classifier;
+    let prepared = prepare(ready, named.iter().map(|(_, b)| b.clone()).collect()).await?;
+    let good: Vec<f32> = prepared.iter().flatten().flatten().copied().collect();
+    let n = prepared.iter().filter(|p| p.is_ok()).count();
+    let mut predictions =
+        if n > 0 { c.predictions_top(&run(app, ready, good, n).await?, q.top_k.unwrap_or(1)) } else { vec![] }
+            .into_iter();
+    let mut body = String::new();
+    let mut failures = 0;
+    for ((name, _), p) in named.iter().zip(prepared) {
+        let result = match p {
+            Ok(_) => predictions.next().ok_or_else(|| ItemError::Path("missing output".into())),
+            Err(e) => {
+                failures += 1;
+                Err(e)
+            }
+        };
+        let record = FileResult { path: PathBuf::from(name), result };
+        body.push_str(&serde_json::to_string(&record).expect("records serialise"));
+        body.push('\n');
+    }
+    // One image that cannot be read is the request's fault; in a set, the others are answered.
+    let status = if failures == named.len() && named.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    Ok((status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}

@@ -1,0 +1,296 @@
+//! `infer serve` as clients use it: NVIDIA's tritonclient over the Open Inference Protocol
+//! (binary and JSON), curl-style `/v1/classify`, `/metrics`, and the server's behaviour under
+//! pressure: a full queue (503 + Retry-After), a body over the limit (413), bad images (400
+//! naming the reason), SIGTERM with requests in flight (they finish, exit 0). Every server
+//! listens on 127.0.0.1 on a port the system chooses.
+
+#![cfg(feature = "server")]
+
+#[path = "../../tests/src/common.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running server and its address.
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(model: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infer"))
+            .args(["serve", "--port", "0", "--name", "m", "--model"])
+            .arg(model)
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(60)).expect("the server says where it listens");
+        let addr = first.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).expect(&first).to_string();
+        Server { child, addr, log: rx }
+    }
+
+    /// Waits (at most 60 s) until the model is ready.
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        while http(&self.addr, "GET", "/v2/health/ready", &[], b"").0 != 200 {
+            assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM; returns the exit code and the rest of the log.
+    fn stop(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        let log: Vec<String> = self.log.try_iter().collect();
+        (status.code(), log.join("\n"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// One HTTP/1.1 request: status, headers (lower-case names), body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    // A server may answer (413) before the whole body is sent and close: not an error here.
+    let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: HashMap<String, String> =
+        lines.filter_map(|l| l.split_once(": ").map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))).collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers.get("transfer-encoding").is_some_and(|v| v == "chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend(&rest[nl + 2..nl + 2 + size]);
+            rest = &rest[nl + 4 + size..];
+        }
+        body = out;
+    }
+    (status, headers, body)
+}
+
+fn images(dir: &Path) -> Vec<PathBuf> {
+    match seed_data() {
+        Some(d) => {
+            let mut files: Vec<PathBuf> = ["ants", "bees"]
+                .iter()
+                .flat_map(|c| std::fs::read_dir(d.join("val").join(c)).unwrap().map(|e| e.unwrap().path()))
+                .collect();
+            files.sort();
+            files
+        }
+        None => (0..24u32)
+            .map(|i| {
+                let p = dir.join(format!("{i:02}.png"));
+                colour_image([(i * 40 % 256) as u8, (i * 90 % 256) as u8, 120], 60 + i, 50).save(&p).unwrap();
+                p
+            })
+            .collect(),
+    }
+}
+
+/// tritonclient, binary and JSON, image bytes and preprocessed tensors: the same classes and
+/// probabilities as `infer` on the command line.
+#[test]
+fn a_triton_client_gets_what_the_cli_gets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let files = images(tmp.path());
+    let cli = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["--ep", "cpu", "--format", "jsonl", "--top-k", "3", "--model"])
+        .arg(&model)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(0));
+    let expected: HashMap<String, (String, Vec<f64>)> = String::from_utf8_lossy(&cli.stdout)
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut probs = vec![0.0; 3];
+            for s in r["top_k"].as_array().unwrap() {
+                probs[s["class_index"].as_u64().unwrap() as usize] = s["probability"].as_f64().unwrap();
+            }
+            let name = Path::new(r["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+            (name, (r["label"].as_str().unwrap().to_string(), probs))
+        })
+        .collect();
+
+    let server = Server::start(&model, &["--ep", "cpu"]);
+    server.wait_ready();
+    let mut args: Vec<&std::ffi::OsStr> = vec![server.addr.as_ref(), "m".as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let out: serde_json::Value = serde_json::from_str(&run_python("v2_client.py", &args)).unwrap();
+    assert_eq!(out["live"], true);
+    assert_eq!(out["ready"], true);
+    assert_eq!(out["metadata"]["parameters"]["classes"], serde_json::json!(["red", "green", "blue"]));
+    for mode in ["binary", "json"] {
+        let got = out[mode].as_object().unwrap();
+        assert_eq!(got.len(), expected.len(), "{mode}");
+        for (name, (label, probs)) in &expected {
+            let r = &got[name];
+            assert_eq!(r["label"], label.as_str(), "{mode} {name}");
+            for (a, b) in r["probabilities"].as_array().unwrap().iter().zip(probs) {
+                assert!((a.as_f64().unwrap() - b).abs() < 1e-6, "{mode} {name}: {a} vs {b}");
+            }
+        }
+    }
+    // Preprocessed by torchvision on the client: the same classes, probabilities within PIL's
+    // JPEG decoding differences.
+    for (name, r) in out["tensor"].as_object().unwrap() {
+        let (_, probs) = &expected[name];
+        for (a, b) in r["probabilities"].as_array().unwrap().iter().zip(probs) {
+            assert!((a.as_f64().unwrap() - b).abs() < 0.02, "tensor {name}: {a} vs {b}");
+        }
+    }
+    assert_eq!(out["top3"][0].as_array().unwrap().len(), 3);
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// `/v1/classify` with one image and with several (one of them bad), bad input and sizes,
+/// unknown models, metrics.
+#[test]
+fn plain_endpoint_limits_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let server = Server::start(&model, &["--ep", "cpu", "--max-body-mb", "1"]);
+    // Live at once; ready only once loaded (a fresh server is usually still loading).
+    assert_eq!(http(&server.addr, "GET", "/v2/health/live", &[], b"").0, 200);
+    server.wait_ready();
+    let mut png = Vec::new();
+    colour_image(RED, 50, 40).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+
+    let (status, _, body) = http(&server.addr, "POST", "/v1/classify?top_k=2&name=red.png", &[], &png);
+    assert_eq!(status, 200);
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((r["path"].as_str(), r["label"].as_str()), (Some("red.png"), Some("red")));
+    assert_eq!(r["top_k"].as_array().unwrap().len(), 2);
+
+    let boundary = "XbOuNdArY";
+    let mut form = Vec::new();
+    for (name, data) in [("a.png", &png[..]), ("notes.txt", b"not an image"), ("b.png", &png[..])] {
+        form.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{name}\"\r\n\r\n")
+                .as_bytes(),
+        );
+        form.extend(data);
+        form.extend(b"\r\n");
+    }
+    form.extend(format!("--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[("Content-Type", &ct)], &form);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let records: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&body).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0]["label"], "red");
+    assert!(records[1]["error"].as_str().unwrap().contains("not an image"), "{:?}", records[1]);
+    assert_eq!(records[2]["path"], "b.png");
+
+    let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[], b"garbage");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("not an image"));
+    let v2_bad = br#"{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["Z2FyYmFnZQ=="]}]}"#;
+    let (status, _, body) = http(&server.addr, "POST", "/v2/models/m/infer", &[], v2_bad);
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("image 0: not an image"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(http(&server.addr, "POST", "/v2/models/other/infer", &[], v2_bad).0, 404);
+    assert_eq!(http(&server.addr, "GET", "/v2/models/m/ready", &[], b"").0, 200);
+    let big = vec![0u8; 2 << 20];
+    assert_eq!(http(&server.addr, "POST", "/v1/classify", &[], &big).0, 413);
+
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"200\"} 2"), "{metrics}");
+    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"413\"} 1"), "{metrics}");
+    assert!(metrics.contains("infer_images_total 3"), "{metrics}");
+    assert!(metrics.contains("infer_batch_size_bucket") && metrics.contains("infer_queue_depth"));
+    let (code, _) = server.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// A slow model, one image per batch, a queue of one: concurrent requests beyond what waits
+/// are answered 503 with Retry-After; then SIGTERM with requests in flight lets them finish.
+#[test]
+fn a_full_queue_answers_503_and_sigterm_drains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "slow");
+    let mut png = Vec::new();
+    colour_image(BLUE, 40, 40).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let fire = |addr: &str, n: usize| -> Vec<std::thread::JoinHandle<(u16, HashMap<String, String>)>> {
+        (0..n)
+            .map(|_| {
+                let (addr, png) = (addr.to_string(), png.clone());
+                std::thread::spawn(move || {
+                    let (s, h, _) = http(&addr, "POST", "/v1/classify", &[], &png);
+                    (s, h)
+                })
+            })
+            .collect()
+    };
+
+    let server = Server::start(&model, &["--ep", "cpu", "--max-batch", "1", "--max-queue", "1", "--threads", "1"]);
+    server.wait_ready();
+    let results: Vec<_> = fire(&server.addr, 12).into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert!(ok >= 2 && !busy.is_empty(), "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(busy.iter().all(|r| r.1.get("retry-after").map(String::as_str) == Some("1")));
+    drop(server);
+
+    let server = Server::start(&model, &["--ep", "cpu", "--max-batch", "1", "--max-queue", "8", "--threads", "1"]);
+    server.wait_ready();
+    let in_flight = fire(&server.addr, 4);
+    std::thread::sleep(Duration::from_millis(150));
+    let (code, log) = server.stop();
+    let statuses: Vec<u16> = in_flight.into_iter().map(|h| h.join().unwrap().0).collect();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(statuses, [200; 4], "{log}");
+    assert!(log.contains("SIGTERM: stopping") && log.contains("stopped"), "{log}");
+}
