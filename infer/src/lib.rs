@@ -43,9 +43,11 @@ pub mod prepare;
 pub mod preprocess;
 pub mod probe;
 pub mod provider;
+pub mod records;
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod shard;
 pub mod stream;
 
 pub use classifier::{Classifier, ClassifierBuilder};

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use infer::atomic::{self, AtomicFile};
 use infer::evaluation::{labelled_files, Evaluation};
 use infer::files::Input;
+use infer::records::{Format, RecordWriter};
+use infer::shard::ShardSpec;
 use infer::{Classifier, ExecutionProvider, FileResult};
 
 /// Classify images with a model.onnx exported by `train`, in batches, on CUDA or the CPU.
@@ -112,6 +114,16 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
 
+    /// Continue --output FILE (jsonl or csv): skip the files it already holds a record for and
+    /// append the others as they come, so a killed or pre-empted job restarts where it was.
+    #[arg(long, requires = "output", conflicts_with = "eval")]
+    resume: bool,
+
+    /// Classify only part K of N (K from 0) of the sorted input list; `auto` takes K and N
+    /// from a Slurm job array, `auto/N` K from a Kubernetes indexed Job of N completions.
+    #[arg(long, value_name = "K/N|auto|auto/N", conflicts_with = "eval")]
+    shard: Option<ShardSpec>,
+
     /// ONNX Runtime compute threads [default: one per core].
     #[arg(long)]
     threads: Option<usize>,
@@ -149,81 +161,13 @@ struct Cli {
     verbose: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// Aligned columns: label, confidence, path.
-    Table,
-    /// One JSON object per line.
-    Jsonl,
-    Csv,
-}
-
-/// Writes records in the chosen format.
-struct Records {
-    format: Format,
-    out: Box<dyn Write>,
-    label_width: usize,
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r', ';']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-impl Records {
-    fn header(&mut self) -> std::io::Result<()> {
-        match self.format {
-            Format::Csv => writeln!(self.out, "path,label,class_index,confidence,top_k,error"),
-            _ => Ok(()),
-        }
-    }
-
-    fn write(&mut self, r: &FileResult) -> std::io::Result<()> {
-        let path = r.path.to_string_lossy();
-        match (self.format, &r.result) {
-            (Format::Jsonl, _) => {
-                serde_json::to_writer(&mut self.out, r)?;
-                writeln!(self.out)
-            }
-            (Format::Csv, Ok(p)) => {
-                // top_k as a JSON array in one field: unambiguous whatever the class names hold.
-                let top = serde_json::to_string(&p.top_k).map_err(std::io::Error::other)?;
-                writeln!(
-                    self.out,
-                    "{},{},{},{:.6},{},",
-                    csv_field(&path),
-                    csv_field(&p.label),
-                    p.class_index,
-                    p.confidence,
-                    csv_field(&top)
-                )
-            }
-            (Format::Csv, Err(e)) => writeln!(self.out, "{},,,,,{}", csv_field(&path), csv_field(&e.to_string())),
-            (Format::Table, Ok(p)) => {
-                let w = self.label_width;
-                let mut line = format!("{:<w$}  {:>6.2}%  {path}", p.label, 100.0 * p.confidence);
-                if p.top_k.len() > 1 {
-                    let top: Vec<String> =
-                        p.top_k.iter().map(|s| format!("{} {:.2}%", s.label, 100.0 * s.probability)).collect();
-                    line.push_str(&format!("  [{}]", top.join(", ")));
-                }
-                writeln!(self.out, "{line}")
-            }
-            (Format::Table, Err(e)) => {
-                writeln!(self.out, "{:<w$}  {:>7}  {path}: {e}", "ERROR", "", w = self.label_width)
-            }
-        }
-    }
-}
-
 /// Where results go: stdout, or a temporary file renamed over `--output` when the run
 /// completes (or to `--output`.partial when it does not).
 enum Sink {
     Stdout,
     File(AtomicFile),
+    /// `--resume`: records are appended to the file itself, line by line.
+    Append(PathBuf),
 }
 
 impl Sink {
@@ -253,6 +197,9 @@ impl Sink {
     fn keep_partial(self, done: usize, total: usize) -> String {
         match self {
             Sink::Stdout => format!("{done} of {total} results were written"),
+            Sink::Append(target) => {
+                format!("{done} of {total} results were added to {}; run again to continue", target.display())
+            }
             Sink::File(file) => {
                 let target = file.target().to_path_buf();
                 let partial = partial_path(&target);
@@ -385,6 +332,16 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let classifier = classifier(cli)?;
     let classes = classifier.metadata().classes.clone();
     let (items, truth) = inputs(cli, &classes)?;
+    let items = match cli.shard {
+        Some(spec) => {
+            let shard = spec.resolve(|k| std::env::var(k).ok())?;
+            let part = shard.select(items);
+            eprintln!("shard {shard}: {} inputs", part.len());
+            part
+        }
+        None => items,
+    };
+    let Destination { sink, out, items, skipped } = open_output(cli, items)?;
     let n_files = items.iter().filter(|i| matches!(i, Input::File(_))).count();
     let mut tally = Tally {
         total: items.len(),
@@ -393,14 +350,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
 
-    // With --eval the report is the output; per-image records go only to --output.
-    let (sink, out) = match (cli.eval, cli.output.as_deref()) {
-        (true, None) => (Sink::Stdout, Box::new(std::io::sink()) as Box<dyn Write>),
-        (_, output) => Sink::open(output)?,
-    };
     let label_width = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(5);
-    let mut records = Records { format: cli.format, out, label_width };
-    records.header()?;
+    let mut records = RecordWriter { format: cli.format, out, label_width };
+    if !matches!(sink, Sink::Append(_)) || skipped.is_none() {
+        records.header()?;
+    }
+    if let (Some(n @ 1..), 0) = (skipped, tally.total) {
+        eprintln!("nothing to do: the {n} inputs already have records in {}", path_text(cli.output.as_deref()));
+        return Ok(ExitCode::SUCCESS);
+    }
     if n_files == 0 {
         for item in items {
             if let Input::Error(e) = item {
@@ -442,8 +400,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         None => String::new(),
     };
+    let resumed = match skipped {
+        Some(n @ 1..) => format!(" (and {n} done before)"),
+        _ => String::new(),
+    };
     eprintln!(
-        "{} images classified, {} failed, {:.1} images/s ({:.2} s in all), {}{int8}",
+        "{} images classified{resumed}, {} failed, {:.1} images/s ({:.2} s in all), {}{int8}",
         tally.total - tally.failures,
         tally.failures,
         tally.files as f64 / secs.max(1e-9),
@@ -453,6 +415,58 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(if tally.failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
+fn path_text(p: Option<&Path>) -> String {
+    p.map_or("-".into(), |p| p.display().to_string())
+}
+
+/// Where records go and what is left to classify.
+struct Destination {
+    sink: Sink,
+    out: Box<dyn Write>,
+    items: Vec<Input>,
+    /// With `--resume`, how many inputs `--output` already held (`None`: it was empty).
+    skipped: Option<usize>,
+}
+
+/// Opens the results' destination; with `--resume`, drops the inputs `--output` already holds.
+fn open_output(cli: &Cli, mut items: Vec<Input>) -> anyhow::Result<Destination> {
+    let target = match (cli.eval, cli.output.as_deref()) {
+        // With --eval the report is the output; per-image records go only to --output.
+        (true, None) => {
+            return Ok(Destination { sink: Sink::Stdout, out: Box::new(std::io::sink()), items, skipped: None })
+        }
+        (_, Some(target)) if cli.resume => target,
+        (_, output) => {
+            let (sink, out) = Sink::open(output)?;
+            return Ok(Destination { sink, out, items, skipped: None });
+        }
+    };
+    let resumed = infer::records::resume(target, cli.format)?;
+    if resumed.torn_bytes > 0 {
+        eprintln!(
+            "{}: removed an incomplete last record ({} bytes) left by a stopped run",
+            target.display(),
+            resumed.torn_bytes
+        );
+    }
+    let before = items.len();
+    items.retain(|i| {
+        let path = match i {
+            Input::File(p) => p,
+            Input::Error(r) => &r.path,
+        };
+        !resumed.done.contains(path.to_string_lossy().as_ref())
+    });
+    let skipped = before - items.len();
+    if skipped > 0 {
+        eprintln!("resuming: {skipped} of {before} inputs already have records in {}", target.display());
+    }
+    // Line by line: a kill loses at most the line being written, which the next run cuts off.
+    let out = Box::new(std::io::LineWriter::new(resumed.file));
+    let sink = Sink::Append(target.to_path_buf());
+    Ok(Destination { sink, out, items, skipped: (!resumed.empty).then_some(skipped) })
+}
+
 /// Classifies `items`, writing each record as it comes, until the end, a write error or a
 /// stop signal (SIGINT, SIGTERM).
 fn write_results(
@@ -460,7 +474,7 @@ fn write_results(
     classifier: &Classifier,
     items: Vec<Input>,
     tally: &mut Tally,
-    records: &mut Records,
+    records: &mut RecordWriter<Box<dyn Write>>,
     stop: &AtomicUsize,
 ) -> anyhow::Result<()> {
     // Which yielded record is a file's (the others are path errors), in order.
@@ -472,7 +486,8 @@ fn write_results(
         if let Some(b) = &bar {
             b.set_position(tally.files as u64);
         }
-        if !cli.quiet || r.result.is_err() {
+        // --quiet quiets the terminal; a results file always gets every record.
+        if !cli.quiet || cli.output.is_some() || r.result.is_err() {
             let written = match &bar {
                 Some(b) => b.suspend(|| records.write(&r)),
                 None => records.write(&r),
