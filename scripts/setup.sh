@@ -29,6 +29,8 @@ requirements=(
     "safetensors==0.6.2"
     # A real client of the Open Inference Protocol, for the tests of `infer serve`.
     "tritonclient[http]==2.73.0"
+    # Reads the Kubernetes manifests in deploy/ for their tests.
+    "PyYAML==6.0.3"
 )
 want="${requirements[*]}"
 
