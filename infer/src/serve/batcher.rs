@@ -2,7 +2,12 @@
 //! the first, gathers more for up to `max_delay` or until `max_batch` images, runs the model
 //! once on all of them, and hands each request its rows. Inference calls thus take turns on
 //! the one session, and concurrent requests share its batches.
+//!
+//! It waits only for requests that are on their way (announced, still being decoded): a lone
+//! request goes to the model at once instead of paying `max_delay` for company that is not
+//! coming.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,6 +32,19 @@ pub struct Job {
 #[derive(Clone)]
 pub struct Queue {
     tx: Sender<Job>,
+    /// Requests announced and not yet queued (or given up).
+    coming: Arc<AtomicUsize>,
+}
+
+/// A request on its way to the queue; dropping it (queued or failed) withdraws it.
+pub struct Announced {
+    coming: Arc<AtomicUsize>,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.coming.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Why a job was not queued.
@@ -38,12 +56,19 @@ pub enum Refused {
 }
 
 impl Queue {
-    /// Queues a job without waiting.
-    pub fn submit(&self, job: Job, metrics: &Metrics) -> Result<(), Refused> {
+    /// Says a request will be submitted soon, so that a batch forming now waits for it.
+    pub fn announce(&self) -> Announced {
+        self.coming.fetch_add(1, Ordering::SeqCst);
+        Announced { coming: Arc::clone(&self.coming) }
+    }
+
+    /// Queues a job without waiting; its announcement ends once it is in the queue.
+    pub fn submit(&self, job: Job, announced: Announced, metrics: &Metrics) -> Result<(), Refused> {
         let r = self.tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => Refused::Full,
             TrySendError::Disconnected(_) => Refused::Closed,
         });
+        drop(announced);
         metrics.set_queue(self.tx.len());
         r
     }
@@ -58,23 +83,35 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> (Queue, JoinHandle<()>) {
     let (tx, rx) = bounded::<Job>(max_queue.max(1));
+    let coming = Arc::new(AtomicUsize::new(0));
+    let limits = Limits { max_batch: max_batch.max(1), max_delay, coming: Arc::clone(&coming) };
     let handle = std::thread::Builder::new()
         .name("batcher".into())
-        .spawn(move || run(&classifier, &rx, max_batch.max(1), max_delay, &metrics))
+        .spawn(move || run(&classifier, &rx, &limits, &metrics))
         .expect("spawn the batching thread");
-    (Queue { tx }, handle)
+    (Queue { tx, coming }, handle)
 }
 
-fn run(classifier: &Classifier, rx: &Receiver<Job>, max_batch: usize, max_delay: Duration, metrics: &Metrics) {
+struct Limits {
+    max_batch: usize,
+    max_delay: Duration,
+    coming: Arc<AtomicUsize>,
+}
+
+fn run(classifier: &Classifier, rx: &Receiver<Job>, limits: &Limits, metrics: &Metrics) {
     let mut carried: Option<Job> = None;
     loop {
         let Some(first) = carried.take().or_else(|| rx.recv().ok()) else { return };
-        let deadline = Instant::now() + max_delay;
+        let deadline = Instant::now() + limits.max_delay;
         let mut images = first.n;
         let mut jobs = vec![first];
-        while images < max_batch {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(job) if images + job.n > max_batch => {
+        while images < limits.max_batch {
+            let wait = match limits.coming.load(Ordering::SeqCst) {
+                0 => Duration::ZERO,
+                _ => deadline.saturating_duration_since(Instant::now()),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(job) if images + job.n > limits.max_batch => {
                     carried = Some(job);
                     break;
                 }

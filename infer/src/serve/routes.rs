@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::batcher::{Job, Refused};
+use super::batcher::{Announced, Job, Refused};
 use super::protocol::{self, Payload, Results};
 use super::{App, Ready};
 use crate::error::ItemError;
@@ -143,9 +143,9 @@ async fn prepare(ready: &Ready, images: Vec<Vec<u8>>) -> Result<Vec<Result<Vec<f
 }
 
 /// Runs `n` preprocessed images through the batching queue; their model outputs.
-async fn run(app: &App, ready: &Ready, inputs: Vec<f32>, n: usize) -> Result<Vec<f32>, ApiError> {
+async fn run(app: &App, ready: &Ready, on_way: Announced, inputs: Vec<f32>, n: usize) -> Result<Vec<f32>, ApiError> {
     let (tx, rx) = oneshot::channel();
-    match ready.queue.submit(Job { inputs, n, reply: tx }, &app.metrics) {
+    match ready.queue.submit(Job { inputs, n, reply: tx }, on_way, &app.metrics) {
         Ok(()) => {}
         Err(Refused::Full) => {
             let mut e = error(StatusCode::SERVICE_UNAVAILABLE, "the queue is full; retry shortly");
@@ -176,6 +176,7 @@ async fn infer_versioned(
 
 async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
     let ready = model(app, name)?;
+    let on_way = ready.queue.announce();
     let c = &ready.classifier;
     let json_len = match headers.get(protocol::HEADER_LENGTH) {
         Some(v) => Some(
@@ -207,7 +208,7 @@ async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) ->
     if n == 0 {
         return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
     }
-    let outputs = run(app, ready, inputs, n).await?;
+    let outputs = run(app, ready, on_way, inputs, n).await?;
     let k = req.top_k.min(c.metadata().classes.len());
     let labels =
         c.predictions_top(&outputs, k).into_iter().map(|p| p.top_k.into_iter().map(|s| s.label).collect()).collect();
@@ -241,6 +242,7 @@ async fn classify(State(app): State<Shared>, Query(q): Query<ClassifyQuery>, req
 
 async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<Response, ApiError> {
     let ready = ready(app)?;
+    let on_way = ready.queue.announce();
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -266,7 +268,7 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
     let good: Vec<f32> = prepared.iter().flatten().flatten().copied().collect();
     let n = prepared.iter().filter(|p| p.is_ok()).count();
     let mut predictions =
-        if n > 0 { c.predictions_top(&run(app, ready, good, n).await?, q.top_k.unwrap_or(1)) } else { vec![] }
+        if n > 0 { c.predictions_top(&run(app, ready, on_way, good, n).await?, q.top_k.unwrap_or(1)) } else { vec![] }
             .into_iter();
     let mut body = String::new();
     let mut failures = 0;
