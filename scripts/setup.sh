@@ -31,6 +31,9 @@ requirements=(
     "tritonclient[http]==2.73.0"
     # Reads the Kubernetes manifests in deploy/ for their tests.
     "PyYAML==6.0.3"
+    # The Python service that scripts/bench_serve.py compares `infer serve` with.
+    "fastapi==0.121.0"
+    "uvicorn==0.38.0"
 )
 want="${requirements[*]}"
 
