@@ -5,7 +5,20 @@
 #    that `ort` loads at run time);
 #  - data/hymenoptera_data, linked from ../shared/data when present, else downloaded and checked.
 # A second run finds everything in place and returns in seconds.
+#
+#   scripts/setup.sh         onnxruntime-gpu where nvidia-smi lists a GPU, else onnxruntime
+#   scripts/setup.sh --gpu   onnxruntime-gpu in any case (to check its libraries resolve on a
+#                            machine without a GPU: `infer doctor --ep cuda`)
 set -euo pipefail
+
+gpu=auto
+for arg in "$@"; do
+    case "$arg" in
+        --gpu) gpu=yes ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) printf 'setup: unknown option %s (see --help)\n' "$arg" >&2; exit 1 ;;
+    esac
+done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,7 +31,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- Python wheels -------------------------------------------------------------------------
 ort_pkg="onnxruntime==1.31.1"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+if [[ "$gpu" == yes ]] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }; then
     ort_pkg="onnxruntime-gpu==1.31.1"
 fi
 requirements=(
@@ -61,6 +74,8 @@ fi
 
 # Stable paths into the venv, independent of its Python version: tch builds against
 # .venv/libtorch (see .cargo/config.toml) and `infer` loads .venv/onnxruntime/libonnxruntime.so.
+# ONNX Runtime looks for its provider libraries (libonnxruntime_providers_*.so) beside the path
+# it was loaded from, so they are linked there too.
 "$venv/bin/python" - "$venv" <<'PY' || die "the venv's torch or onnxruntime does not import; delete .venv and rerun"
 import glob, os, sys
 import torch, onnxruntime
@@ -79,8 +94,15 @@ capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
 libs = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so.*")))
 if not libs:
     sys.exit("no libonnxruntime.so.* in " + capi)
-os.makedirs(os.path.join(venv, "onnxruntime"), exist_ok=True)
+folder = os.path.join(venv, "onnxruntime")
+os.makedirs(folder, exist_ok=True)
+for name in os.listdir(folder):  # links left by the other wheel
+    path = os.path.join(folder, name)
+    if os.path.islink(path) and not os.path.exists(path):
+        os.remove(path)
 link(libs[-1], os.path.join("onnxruntime", "libonnxruntime.so"))
+for provider in sorted(glob.glob(os.path.join(capi, "libonnxruntime_providers_*.so"))):
+    link(provider, os.path.join("onnxruntime", os.path.basename(provider)))
 PY
 
 # --- Dataset -------------------------------------------------------------------------------

@@ -44,10 +44,28 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// What this machine offers inference: ONNX Runtime's library and version, the NVIDIA
+    /// driver and devices, the CUDA libraries and where each was found, and which execution
+    /// providers work (and why not). Exit 0 when the one asked for with --ep works.
+    Doctor(DoctorArgs),
     /// Serve the model over HTTP: the Open Inference Protocol (KServe v2), /v1/classify and
     /// /metrics, with concurrent requests batched together.
     #[cfg(feature = "server")]
     Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DoctorArgs {
+    /// The execution provider that must work: auto (either), cuda or cpu.
+    #[arg(long, default_value = "auto")]
+    ep: ExecutionProvider,
+    /// Also load this model on each provider.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Exit 0 when every library ONNX Runtime's CUDA provider needs, except the driver's
+    /// libcuda.so.1, resolves through infer's search: the check that needs no GPU.
+    #[arg(long)]
+    libraries: bool,
 }
 
 #[cfg(feature = "server")]
@@ -539,9 +557,11 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
     };
-    #[cfg(feature = "server")]
-    if let Some(Command::Serve(s)) = args.command {
-        return serve(s);
+    match args.command {
+        Some(Command::Doctor(d)) => return doctor(&d),
+        #[cfg(feature = "server")]
+        Some(Command::Serve(s)) => return serve(s),
+        None => {}
     }
     let cli = args.cli;
     match run(&cli) {
@@ -550,6 +570,31 @@ fn main() -> ExitCode {
             eprintln!("error: {}", format!("{e:#}").lines().next().unwrap_or("unknown error"));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(a: &DoctorArgs) -> ExitCode {
+    let report = infer::doctor::report(a.model.as_deref());
+    print!("{}", infer::doctor::Report::render(&report.lines));
+    let ok = if a.libraries {
+        match &report.cuda_libraries {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                eprintln!("error: the CUDA provider's libraries do not all resolve: {e}");
+                false
+            }
+            None => {
+                eprintln!("error: this ONNX Runtime has no CUDA provider library to check (scripts/setup.sh --gpu)");
+                false
+            }
+        }
+    } else {
+        report.works(a.ep)
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -31,6 +31,38 @@ fn base_builder(threads: Option<usize>) -> Result<SessionBuilder, String> {
     }
 }
 
+/// A session builder with the CUDA provider registered on device `id`, or why not: the driver,
+/// device, ONNX Runtime build and CUDA libraries are checked first, so the reason names the
+/// missing piece.
+fn cuda_builder(id: u32, threads: Option<usize>) -> Result<SessionBuilder, String> {
+    if let Some(problem) = crate::cuda::problem() {
+        return Err(problem);
+    }
+    let devices = crate::cuda::driver().map(|d| d.devices).unwrap_or_default();
+    if id as usize >= devices.len() {
+        return Err(format!("no CUDA device {id}: the driver sees {} ({})", devices.len(), devices.join(", ")));
+    }
+    let id = i32::try_from(id).map_err(|_| format!("no CUDA device {id}"))?;
+    base_builder(threads)?
+        .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+        .map_err(one_line)
+}
+
+/// Whether `provider` can be created (and, given a model, load it): `doctor`'s test.
+pub fn check(provider: ExecutionProvider, model: Option<&Path>) -> Result<(), String> {
+    let mut builder = match provider {
+        ExecutionProvider::Cuda(id) => cuda_builder(id, None)?,
+        ExecutionProvider::Cpu => base_builder(None)?,
+        ExecutionProvider::Auto => {
+            return check(ExecutionProvider::Cuda(0), model).or_else(|_| check(ExecutionProvider::Cpu, model))
+        }
+    };
+    match model {
+        Some(m) => builder.commit_from_file(m).map(drop).map_err(one_line),
+        None => Ok(()),
+    }
+}
+
 /// Starts a session of the model at `path` on the requested provider.
 pub(crate) fn start_session(
     path: &Path,
@@ -43,13 +75,8 @@ pub(crate) fn start_session(
     let cpu = || -> Result<Session, InferError> {
         base_builder(threads).map_err(load_err)?.commit_from_file(path).map_err(|e| load_err(one_line(e)))
     };
-    let cuda = |id: u32| -> Result<Session, String> {
-        let id = i32::try_from(id).map_err(|_| format!("no CUDA device {id}"))?;
-        let mut b = base_builder(threads)?
-            .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
-            .map_err(one_line)?;
-        b.commit_from_file(path).map_err(one_line)
-    };
+    let cuda =
+        |id: u32| -> Result<Session, String> { cuda_builder(id, threads)?.commit_from_file(path).map_err(one_line) };
     let on_cpu = |session, note| Started { session, provider: "CPUExecutionProvider".into(), note };
     match provider {
         ExecutionProvider::Cpu => Ok(on_cpu(cpu()?, None)),

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use crate::error::{one_line, InferError};
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+static LOADED: OnceLock<PathBuf> = OnceLock::new();
 
 const LIB_NAME: &str = "libonnxruntime.so";
 
@@ -22,7 +23,8 @@ pub fn candidates() -> Vec<PathBuf> {
     if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_path_buf())) {
         out.push(dir.join(LIB_NAME));
     }
-    out.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/onnxruntime").join(LIB_NAME));
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    out.push(crate_dir.parent().unwrap_or(&crate_dir).join(".venv/onnxruntime").join(LIB_NAME));
     out
 }
 
@@ -35,12 +37,37 @@ fn load() -> Result<ort::environment::Environment, String> {
         }
         match ort::init_from(&path) {
             Ok(builder) => {
+                let _ = LOADED.set(path.clone());
                 return builder.with_name("infer").build().map_err(|e| format!("{}: {}", path.display(), one_line(e)));
             }
             Err(e) => tried.push(format!("{} ({})", path.display(), one_line(e))),
         }
     }
     Err(format!("tried {}; set ORT_DYLIB_PATH to libonnxruntime.so, or run scripts/setup.sh", tried.join(", ")))
+}
+
+/// The library file ONNX Runtime was loaded from (as found, before following links: ONNX Runtime
+/// looks for its provider libraries beside this path).
+pub fn loaded_library() -> Option<PathBuf> {
+    LOADED.get().cloned()
+}
+
+/// ONNX Runtime's version, from the loaded library itself.
+pub fn version() -> Option<String> {
+    let path = loaded_library()?;
+    // SAFETY: the library is already loaded (this only takes another reference to it), and
+    // OrtGetApiBase and GetVersionString are ONNX Runtime's stable C entry points.
+    unsafe {
+        let lib = libloading::Library::new(&path).ok()?;
+        let base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase\0").ok()?;
+        let base = base();
+        if base.is_null() {
+            return None;
+        }
+        let v = ((*base).GetVersionString)();
+        Some(std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
 }
 
 /// The process-wide ONNX Runtime environment.

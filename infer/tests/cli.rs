@@ -287,6 +287,10 @@ fn unusable_models_and_inputs_are_fatal() {
     let good = tiny_model(tmp.path(), "good");
     fatal(infer(&good).arg(&empty), "no images found");
     fatal(infer(&good).args(["--ep", "cuda"]).arg(&img), "execution provider cuda:0");
+    if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        // The reason is the missing driver, not whatever ONNX Runtime says after.
+        fatal(infer(&good).args(["--ep", "cuda"]).arg(&img), "no NVIDIA driver (libcuda.so.1");
+    }
     // A model made by the int8 export says so in the summary.
     let int8 = stderr(&infer(&tiny_model(tmp.path(), "int8_metadata")).arg(&img).output().unwrap());
     assert!(int8.contains("int8 model (validation accuracy 0.8900 vs 0.9000 in fp32)"), "{int8}");

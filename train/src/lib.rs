@@ -8,6 +8,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod dataset;
 pub mod device;
+pub mod doctor;
 pub mod error;
 pub mod export;
 pub mod loader;

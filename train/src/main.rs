@@ -43,8 +43,19 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// What this machine offers training and inference: libtorch's version and location,
+    /// whether libtorch_cuda is linked, the CUDA devices and cuDNN it sees, then ONNX Runtime's
+    /// library, version and execution providers. Exit 0 when --device works.
+    Doctor(DoctorArgs),
     /// Export a checkpoint (best.pt) to a self-describing ONNX model, verified with ONNX Runtime.
     Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DoctorArgs {
+    /// The device that must work: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: train::device::DeviceChoice,
 }
 
 #[derive(clap::Args, Debug)]
@@ -514,6 +525,7 @@ fn main() -> ExitCode {
     let mut console = Console::new();
     let result = match &cli.command {
         Some(Command::Export(args)) => export(args),
+        Some(Command::Doctor(args)) => Ok(doctor(args)),
         None => run(&cli.train, &mut console, &stop),
     };
     match result {
@@ -527,6 +539,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(130);
             }
             eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor(args: &DoctorArgs) -> ExitCode {
+    let (mut lines, works) = train::doctor::libtorch(args.device);
+    let ort = infer::doctor::report(None);
+    lines.extend(ort.lines.into_iter().filter(|(label, _)| label != "infer"));
+    print!("{}", infer::doctor::Report::render(&lines));
+    match works {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
