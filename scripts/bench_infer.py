@@ -14,7 +14,7 @@ With an int8 model (`--int8`, default: `model.int8.onnx` beside `--model` when i
   - `infer` end to end on the int8 model against the Python pipeline on the fp32 model;
   - where `infer`'s time goes with int8: decoding, preprocessing and the model, per image.
 
-Run by hand after `scripts/setup.sh` and `cargo build --release -p train -p infer --examples`:
+Run by hand after `scripts/setup.sh` and `cargo build --release -p train -p infer --bins --examples`:
     .venv/bin/python scripts/bench_infer.py [--model models/model.onnx] [--threads 2]
 Without --model, a ResNet-18 (2 classes, random weights) is exported for the run.
 

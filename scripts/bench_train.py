@@ -8,7 +8,7 @@ The two alternate for --rounds rounds and the ratio is taken round by round, so 
 the machine's speed does not decide it. It also times `train`'s data loader alone against the
 images/s that training consumed.
 
-Run by hand after `scripts/setup.sh` and `cargo build --release -p train --examples`:
+Run by hand after `scripts/setup.sh` and `cargo build --release -p train --bins --examples`:
     .venv/bin/python scripts/bench_train.py [--epochs 5] [--data data/hymenoptera_data]
 """
 
@@ -139,7 +139,7 @@ def main():
     example = os.path.join(args.target_dir, "examples/loader_throughput")
     for exe in (binary, example):
         if not os.path.exists(exe):
-            sys.exit(f"{exe} missing: run `cargo build --release -p train --examples` first")
+            sys.exit(f"{exe} missing: run `cargo build --release -p train --bins --examples` first")
 
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; {args.epochs} epochs x {args.rounds} rounds, {args.mode}, "

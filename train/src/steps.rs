@@ -138,6 +138,15 @@ pub(crate) struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Host to device: on a GPU through pinned memory with a non-blocking copy, so the
+    /// transfer overlaps the kernels already queued instead of stalling the host.
+    fn upload(&self, t: Tensor) -> Tensor {
+        match self.device {
+            Device::Cuda(_) => t.pin_memory(self.device).to_device_(self.device, t.kind(), true, false),
+            _ => t,
+        }
+    }
+
     /// One pass over `samples` with `step`; `first_batch` sees the first batch. Returns `None`
     /// when a second stop request cut the pass short.
     pub fn run(
@@ -163,8 +172,8 @@ impl Pass<'_> {
                 first_batch(&batch);
             }
             let n = batch.labels.len();
-            let x = Tensor::from_slice(&batch.images).view([n as i64, 3, self.crop, self.crop]).to_device(self.device);
-            let y = Tensor::from_slice(&batch.labels).to_device(self.device);
+            let x = self.upload(Tensor::from_slice(&batch.images).view([n as i64, 3, self.crop, self.crop]));
+            let y = self.upload(Tensor::from_slice(&batch.labels));
             let (loss, logits) = step.step(&batch, &x, &y)?;
             loss_sum += loss.double_value(&[]) * n as f64;
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);

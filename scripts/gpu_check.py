@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""GPU acceptance check: `train` and `infer` on a GPU against the seed's PyTorch loop and
+torchvision, in one run that prints one table. Run through scripts/gpu_check.sh, which points
+the binaries at this machine's libtorch and ONNX Runtime.
+
+  1. seconds per epoch and best validation accuracy, `train --device cuda` against the seed
+     tutorial's PyTorch loop (same data, same random initial weights, same GPU), at batch 4
+     fp32, batch 64 fp32 and batch 64 with mixed precision (`--amp`; `torch.autocast` +
+     `GradScaler` in PyTorch);
+  2. the GPU-bound limit at batch 64: forward+backward+SGD on in-memory random images;
+  3. `train`'s data loader alone (`--workers` = all cores) against what training consumed;
+  4. `best.pt` evaluated by torchvision on the GPU against `train`'s reported accuracy;
+  5. `model.onnx` through `infer --ep cuda` against `--ep cpu` (top-1 and probabilities), where
+     this machine's ONNX Runtime has the CUDA provider, and `infer` images/s on each.
+Works on the CPU too (`--device cpu`), which is how it is tested without a GPU.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torchvision
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_train import MEAN, STD, make_initial_weights  # noqa: E402
+
+
+def pytorch_loop(data, weights, epochs, batch, device, amp, seed):
+    """The tutorial's train_model on `device`, timed per epoch: [(seconds, val acc)]."""
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(seed)
+    tfs = {
+        "train": transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                     transforms.ToTensor(), transforms.Normalize(MEAN, STD)]),
+        "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                   transforms.Normalize(MEAN, STD)]),
+    }
+    sets = {x: datasets.ImageFolder(os.path.join(data, x), tfs[x]) for x in ["train", "val"]}
+    loaders = {x: torch.utils.data.DataLoader(sets[x], batch_size=batch, shuffle=True, num_workers=4,
+                                              pin_memory=device.startswith("cuda")) for x in sets}
+    model = torchvision.models.resnet18()
+    model.fc = nn.Linear(512, 2)
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    model = model.to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    scaler = torch.amp.GradScaler(enabled=amp)
+    rows = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        acc = {}
+        for phase in ["train", "val"]:
+            model.train() if phase == "train" else model.eval()
+            corrects = 0
+            for inputs, labels in loaders[phase]:
+                inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                optimizer.zero_grad()
+                with torch.set_grad_enabled(phase == "train"), torch.autocast(device.split(":")[0], enabled=amp):
+                    outputs = model(inputs)
+                    loss = criterion(outputs, labels)
+                if phase == "train":
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                corrects += (outputs.argmax(1) == labels).sum().item()
+            if phase == "train":
+                scheduler.step()
+            acc[phase] = corrects / len(sets[phase])
+        rows.append((time.perf_counter() - start, acc["val"]))
+    return rows
+
+
+def train_run(binary, data, weights, epochs, batch, device, amp, out, seed):
+    """`train` with the same settings: ([(seconds, val acc, train images/s)], best val acc)."""
+    cmd = [binary, data, "--weights", weights, "--epochs", str(epochs), "--batch-size", str(batch), "--out", out,
+           "--device", device, "--seed", str(seed)] + (["--amp"] if amp else [])
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    by_epoch = {}
+    with open(os.path.join(out, "metrics.csv")) as f:
+        for r in csv.DictReader(f):
+            by_epoch.setdefault(int(r["epoch"]), {})[r["phase"]] = r
+    rows = [(float(e["train"]["seconds"]) + float(e["val"]["seconds"]), float(e["val"]["acc"]),
+             float(e["train"]["images_per_s"])) for _, e in sorted(by_epoch.items())]
+    with open(os.path.join(out, "summary.json")) as f:
+        best = json.load(f)["best"]["val_acc"]
+    return rows, best
+
+
+def gpu_bound_limit(device, batch, amp):
+    """Training images/s with the data already on the device: the ceiling for any loader."""
+    cuda = device.startswith("cuda")
+    steps, warm = (30, 5) if cuda else (2, 1)
+    model = torchvision.models.resnet18(num_classes=2).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    scaler = torch.amp.GradScaler(enabled=amp)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    for i in range(steps + warm):
+        if i == warm:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        opt.zero_grad()
+        with torch.autocast(device.split(":")[0], enabled=amp):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def torchvision_accuracy(best_pt, data, device):
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize(MEAN, STD)])
+    val = datasets.ImageFolder(os.path.join(data, "val"), tf)
+    model = torchvision.models.resnet18(num_classes=len(val.classes))
+    model.load_state_dict(torch.load(best_pt, map_location="cpu"))
+    model = model.to(device).eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(val, batch_size=64, num_workers=4):
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    return correct / len(val)
+
+
+def infer_run(binary, model, ep, images):
+    out = subprocess.run([binary, "--model", model, "--ep", ep, "--format", "jsonl", "--top-k", "2", images],
+                         capture_output=True, text=True)
+    if out.returncode not in (0, 2):
+        return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+    records = {}
+    for line in out.stdout.splitlines():
+        r = json.loads(line)
+        if "label" in r:
+            records[r["path"]] = (r["class_index"], {s["class_index"]: s["probability"] for s in r["top_k"]})
+    rate = next((float(w) for w, n in zip(out.stderr.split(), out.stderr.split()[1:]) if n == "images/s"), 0.0)
+    return records, rate
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = os.path.dirname(HERE)
+    ap.add_argument("--bin", default=os.path.join(root, "target/release"),
+                    help="folder with the release train, infer and loader_throughput (its examples/ also searched)")
+    ap.add_argument("--data", default=next((p for p in [os.path.join(root, "data/hymenoptera_data"),
+                                                         os.path.join(root, "../shared/data/hymenoptera_data")]
+                                            if os.path.isdir(p)), None), help="the seed's hymenoptera_data folder")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    dev = a.device
+    loader_exe = os.path.join(a.bin, "loader_throughput")
+    if not os.path.exists(loader_exe):
+        loader_exe = os.path.join(a.bin, "examples", "loader_throughput")
+    name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {name}, {a.epochs} epochs per run",
+          flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "init.pth")
+        make_initial_weights(weights, None, a.seed)
+        runs = {}
+        # Mixed precision is a GPU feature (train refuses --amp elsewhere).
+        for batch, amp in [(4, False), (64, False)] + ([(64, True)] if dev.startswith("cuda") else []):
+            label = f"batch {batch} {'amp' if amp else 'fp32'}"
+            print(f"{label}: PyTorch loop ...", flush=True)
+            py = pytorch_loop(a.data, weights, a.epochs, batch, dev, amp, a.seed)
+            print(f"{label}: train ...", flush=True)
+            out = os.path.join(tmp, f"b{batch}{'amp' if amp else ''}")
+            ours, best = train_run(os.path.join(a.bin, "train"), a.data, weights, a.epochs, batch, dev, amp, out, a.seed)
+            runs[(batch, amp)] = (out, ours, best)
+            py_s, rs_s = median([r[0] for r in py]), median([r[0] for r in ours])
+            rows.append((f"s/epoch, {label} (PyTorch / train)", f"{py_s:.2f} / {rs_s:.2f}", f"{rs_s / py_s:.2f}",
+                         "<= 0.70" if batch == 4 else ""))
+            rows.append((f"best val acc, {label}", f"{max(r[1] for r in py):.4f} / {best:.4f}", "", ""))
+            if batch == 64:
+                limit = gpu_bound_limit(dev, 64, amp)
+                consumed = median([r[2] for r in ours])
+                rows.append((f"train images/s vs in-memory limit, {label}", f"{consumed:.0f} / {limit:.0f}",
+                             f"{consumed / limit:.2f}", ">= 0.90"))
+        for batch in (4, 64):
+            out = subprocess.run([loader_exe, os.path.join(a.data, "train"), "2",
+                                  str(os.cpu_count()), str(batch)], capture_output=True, text=True, check=True)
+            rate = float(out.stdout.split("images/s")[1].split()[0])
+            consumed = median([r[2] for r in runs[(batch, False)][1]])
+            rows.append((f"loader alone vs train consumption, batch {batch}", f"{rate:.0f} / {consumed:.0f}",
+                         f"{rate / consumed:.1f}x", "> 1"))
+        out64, _, best64 = runs[(64, False)]
+        acc = torchvision_accuracy(os.path.join(out64, "best.pt"), a.data, dev)
+        rows.append(("best.pt: torchvision acc / train's", f"{acc:.4f} / {best64:.4f}", f"{acc - best64:+.4f}", "equal"))
+        model = os.path.join(out64, "model.onnx")
+        val = os.path.join(a.data, "val")
+        cpu, cpu_rate = infer_run(os.path.join(a.bin, "infer"), model, "cpu", val)
+        gpu, gpu_rate = infer_run(os.path.join(a.bin, "infer"), model, "cuda", val)
+        if gpu is None:
+            rows.append(("infer --ep cuda", f"not run: {gpu_rate}", "", ""))
+        else:
+            same = sum(cpu[p][0] == gpu[p][0] for p in cpu)
+            worst = max(abs(cpu[p][1][k] - gpu[p][1].get(k, 0.0)) for p in cpu for k in cpu[p][1])
+            rows.append(("infer cuda vs cpu: top-1 agree, max |dp|", f"{same}/{len(cpu)}, {worst:.1e}", "",
+                         "all, <= 1e-3"))
+            rows.append(("infer images/s, cuda", f"{gpu_rate:.1f}", "", ""))
+        rows.append((f"infer images/s, cpu ({os.cpu_count()} cores)", f"{cpu_rate:.1f}", "", ""))
+
+    print()
+    print("| check | value | ratio | target |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
