@@ -164,8 +164,9 @@ pub fn parse(body: &[u8], json_len: Option<usize>, side: usize) -> Result<Reques
                 }
                 (None, None) => return Err(bad("the input has no data")),
             };
-            if values.len() != n * 3 * side * side {
-                return Err(bad(format!("'{TENSOR_INPUT}' holds {} values; its shape needs {}", values.len(), n * 3 * side * side)));
+            let needed = n.checked_mul(3 * side * side).ok_or_else(|| bad("the input's batch size is absurd"))?;
+            if values.len() != needed {
+                return Err(bad(format!("'{TENSOR_INPUT}' holds {} values; its shape needs {needed}", values.len())));
             }
             Payload::Tensor { values, n }
         }
@@ -319,5 +320,58 @@ mod tests {
         assert_eq!(head["outputs"][0]["data"], json!([0.25, 0.75]));
         assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 5);
         assert_eq!(&body[len..], &[1, 0, 0, 0, b'b']);
+    }
+
+    /// Seeded mutations of valid JSON and binary requests (byte flips, truncations, numbers
+    /// made extreme, header lengths that lie): each parses or is refused with a reason, never
+    /// a panic.
+    #[test]
+    fn mutated_requests_are_refused_not_fatal() {
+        let head = br#"{"inputs":[{"name":"image","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}}],"outputs":[{"name":"labels","parameters":{"binary_data":true,"classification":3}}],"parameters":{"top_k":2}}"#;
+        let mut binary = head.to_vec();
+        binary.extend([2, 0, 0, 0, b'h', b'i', 1, 0, 0, 0, b'!']);
+        let tensor = br#"{"id":"7","inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","data":[[1,2,3,4],[5,6,7,8],[9,10,11,12]]}]}"#;
+        let b64 = br#"{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["aGk="]}]}"#;
+        let seeds: [(&[u8], Option<usize>); 3] = [(&binary, Some(head.len())), (tensor, None), (b64, None)];
+        let extremes: [&[u8]; 6] = [b"-1", b"0", b"18446744073709551615", b"9223372036854775807", b"1e308", b"\"\""];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let (seed, len) = seeds[next(3)];
+            let mut body = seed.to_vec();
+            let mut len = len;
+            match next(5) {
+                0 => {
+                    let at = next(body.len());
+                    body[at] ^= 1 << next(8);
+                }
+                1 => body.truncate(next(body.len())),
+                2 => {
+                    // A number in the JSON made extreme.
+                    let digits: Vec<usize> = (0..body.len()).filter(|&i| body[i].is_ascii_digit()).collect();
+                    let at = digits[next(digits.len())];
+                    body.splice(at..=at, extremes[next(extremes.len())].iter().copied());
+                }
+                3 => len = Some(next(body.len() * 2)),
+                _ => {
+                    let at = next(body.len());
+                    let chunk = body[at..(at + next(16)).min(body.len())].to_vec();
+                    body.splice(at..at, chunk);
+                }
+            }
+            let outcome = std::panic::catch_unwind(|| parse(&body, len, 2).map(drop));
+            match outcome {
+                Ok(Ok(())) => ok += 1,
+                Ok(Err(_)) => refused += 1,
+                Err(_) => panic!("parse panicked on {:?} (header length {len:?})", String::from_utf8_lossy(&body)),
+            }
+        }
+        assert!(ok > 100 && refused > 1000, "{ok} parsed, {refused} refused");
     }
 }
