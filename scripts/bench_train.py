@@ -43,8 +43,9 @@ def make_initial_weights(path, pretrained, seed):
     torch.save(model.state_dict(), path)
 
 
-def pytorch_seed_training(data, weights, epochs, mode, seed):
-    """The tutorial's train_model, timed per epoch."""
+def pytorch_seed_training(data, weights, epochs, mode, seed, batch=4, device="cpu", amp=False):
+    """The tutorial's train_model, timed per epoch (on `device`; with `amp`, torch.autocast and
+    a GradScaler as PyTorch's mixed-precision recipe has them)."""
     torch.manual_seed(seed)
     tfs = {
         "train": transforms.Compose(
@@ -59,12 +60,15 @@ def pytorch_seed_training(data, weights, epochs, mode, seed):
             [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
         ),
     }
+    cuda = device.startswith("cuda")
     sets = {x: datasets.ImageFolder(os.path.join(data, x), tfs[x]) for x in ["train", "val"]}
-    loaders = {x: torch.utils.data.DataLoader(sets[x], batch_size=4, shuffle=True, num_workers=4) for x in sets}
+    loaders = {x: torch.utils.data.DataLoader(sets[x], batch_size=batch, shuffle=True, num_workers=4, pin_memory=cuda)
+               for x in sets}
     sizes = {x: len(sets[x]) for x in sets}
     model = torchvision.models.resnet18()
     model.fc = nn.Linear(512, 2)
     model.load_state_dict(torch.load(weights, map_location="cpu"))
+    model = model.to(device)
     if mode == "feature-extract":
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
@@ -72,6 +76,7 @@ def pytorch_seed_training(data, weights, epochs, mode, seed):
     params = model.fc.parameters() if mode == "feature-extract" else model.parameters()
     optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    scaler = torch.amp.GradScaler(enabled=amp)
     rows = []
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -80,14 +85,16 @@ def pytorch_seed_training(data, weights, epochs, mode, seed):
             model.train() if phase == "train" else model.eval()
             corrects = 0
             for inputs, labels in loaders[phase]:
+                inputs, labels = inputs.to(device, non_blocking=cuda), labels.to(device, non_blocking=cuda)
                 optimizer.zero_grad()
-                with torch.set_grad_enabled(phase == "train"):
+                with torch.set_grad_enabled(phase == "train"), torch.autocast(device.split(":")[0], enabled=amp):
                     outputs = model(inputs)
                     _, preds = torch.max(outputs, 1)
                     loss = criterion(outputs, labels)
-                    if phase == "train":
-                        loss.backward()
-                        optimizer.step()
+                if phase == "train":
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 corrects += torch.sum(preds == labels.data).item()
             if phase == "train":
                 scheduler.step()

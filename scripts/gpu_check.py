@@ -30,54 +30,7 @@ from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_train import MEAN, STD, make_initial_weights  # noqa: E402
-
-
-def pytorch_loop(data, weights, epochs, batch, device, amp, seed):
-    """The tutorial's train_model on `device`, timed per epoch: [(seconds, val acc)]."""
-    from torchvision import datasets, transforms
-
-    torch.manual_seed(seed)
-    tfs = {
-        "train": transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                     transforms.ToTensor(), transforms.Normalize(MEAN, STD)]),
-        "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                   transforms.Normalize(MEAN, STD)]),
-    }
-    sets = {x: datasets.ImageFolder(os.path.join(data, x), tfs[x]) for x in ["train", "val"]}
-    loaders = {x: torch.utils.data.DataLoader(sets[x], batch_size=batch, shuffle=True, num_workers=4,
-                                              pin_memory=device.startswith("cuda")) for x in sets}
-    model = torchvision.models.resnet18()
-    model.fc = nn.Linear(512, 2)
-    model.load_state_dict(torch.load(weights, map_location="cpu"))
-    model = model.to(device)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
-    scaler = torch.amp.GradScaler(enabled=amp)
-    rows = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        acc = {}
-        for phase in ["train", "val"]:
-            model.train() if phase == "train" else model.eval()
-            corrects = 0
-            for inputs, labels in loaders[phase]:
-                inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                optimizer.zero_grad()
-                with torch.set_grad_enabled(phase == "train"), torch.autocast(device.split(":")[0], enabled=amp):
-                    outputs = model(inputs)
-                    loss = criterion(outputs, labels)
-                if phase == "train":
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                corrects += (outputs.argmax(1) == labels).sum().item()
-            if phase == "train":
-                scheduler.step()
-            acc[phase] = corrects / len(sets[phase])
-        rows.append((time.perf_counter() - start, acc["val"]))
-    return rows
+from bench_train import MEAN, STD, make_initial_weights, pytorch_seed_training  # noqa: E402
 
 
 def train_run(binary, data, weights, epochs, batch, device, amp, out, seed):
@@ -184,7 +137,7 @@ def main():
         for batch, amp in [(4, False), (64, False)] + ([(64, True)] if dev.startswith("cuda") else []):
             label = f"batch {batch} {'amp' if amp else 'fp32'}"
             print(f"{label}: PyTorch loop ...", flush=True)
-            py = pytorch_loop(a.data, weights, a.epochs, batch, dev, amp, a.seed)
+            py, _ = pytorch_seed_training(a.data, weights, a.epochs, "finetune", a.seed, batch, dev, amp)
             print(f"{label}: train ...", flush=True)
             out = os.path.join(tmp, f"b{batch}{'amp' if amp else ''}")
             ours, best = train_run(os.path.join(a.bin, "train"), a.data, weights, a.epochs, batch, dev, amp, out, a.seed)
