@@ -198,3 +198,37 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
     assert_eq!(statuses, [200; 4], "{log}");
     assert!(log.contains("SIGTERM: stopping") && log.contains("stopped"), "{log}");
 }
+
+/// A model that fails at run time on some inputs (here any white pixel): that request gets 500
+/// with ONNX Runtime's reason, the log says it in one line, and the server stays ready and
+/// answers the next requests.
+#[test]
+fn a_model_error_fails_its_batch_not_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "fails_on_white");
+    let png = |rgb: [u8; 3]| {
+        let mut v = Vec::new();
+        colour_image(rgb, 40, 40).write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png).unwrap();
+        v
+    };
+    let server = Server::start(&model, &["--ep", "cpu", "--max-batch", "4"]);
+    server.wait_ready();
+    for _ in 0..2 {
+        let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[], &png([255, 255, 255]));
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("out of data bounds"), "{body}");
+        let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[], &png(RED));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["label"], "red");
+    }
+    assert_eq!(http(&server.addr, "GET", "/v2/health/ready", &[], b"").0, 200);
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"500\"} 2"), "{metrics}");
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("500 /v1/classify")).collect();
+    assert_eq!(errors.len(), 2, "{log}");
+    assert!(errors.iter().all(|l| l.contains("out of data bounds")), "{log}");
+}

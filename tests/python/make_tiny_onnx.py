@@ -1,7 +1,7 @@
 """Small ONNX classifiers for testing `infer` without training one.
 
 Usage: make_tiny_onnx.py OUT [--kind good|rank3|class_mismatch|no_metadata|probabilities
-                              |odd_names|int8_metadata|slow|huge_batch|huge_classes|huge_initializer|dims_vs_data]
+                              |odd_names|int8_metadata|slow|fails_on_white|huge_batch|huge_classes|huge_initializer|dims_vs_data]
 
 The hostile kinds declare absurd sizes: a fixed batch of a billion images, a billion classes,
 an initializer of 2^40 values backed by a few bytes, an initializer whose dims disagree with
@@ -10,6 +10,10 @@ its data. None of them may make the loader allocate what they declare.
 The "good" model averages 28x28 blocks of a 224x224 RGB input (an 8x8 grid per channel) and
 maps the 192 values to 3 classes (red, green, blue) with weights that mostly follow each
 channel's mean and partly the spatial layout, so rotations change the output.
+
+"fails_on_white" is "good" until an input value exceeds 2.5 (a white or saturated-blue pixel
+after normalisation): then its last Gather picks columns out of range and ONNX Runtime fails
+the run. Zeros (a warm-up) pass, so it loads; it is for testing what a model error at run time does.
 """
 import argparse
 import json
@@ -54,8 +58,17 @@ if args.kind == "slow":
 nodes += [
     helper.make_node("AveragePool", [src], ["pooled"], kernel_shape=[28, 28], strides=[28, 28]),
     helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-    helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+    helper.make_node("Gemm", ["flat", "w", "b"], ["logits" if args.kind != "fails_on_white" else "raw"], transB=1),
 ]
+if args.kind == "fails_on_white":
+    nodes += [
+        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "threshold"], ["poisoned"]),
+        helper.make_node("Cast", ["poisoned"], ["poisoned64"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["poisoned64", "ten"], ["offset"]),
+        helper.make_node("Add", ["columns", "offset"], ["picked"]),
+        helper.make_node("Gather", ["raw", "picked"], ["logits"], axis=1),
+    ]
 n_out = 1_000_000_000 if args.kind == "huge_classes" else 3
 outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, n_out])]
 if args.kind == "probabilities":
@@ -74,6 +87,12 @@ def raw_tensor(name, dims, data):
 if args.kind == "slow":
     inits.append(numpy_helper.from_array(rng.normal(0, 0.01, size=(384, 3, 7, 7)).astype(np.float32), "heavy_w"))
     inits.append(numpy_helper.from_array(np.zeros(1, dtype=np.float32), "zero"))
+if args.kind == "fails_on_white":
+    inits += [
+        numpy_helper.from_array(np.array(2.5, dtype=np.float32), "threshold"),
+        numpy_helper.from_array(np.array(10, dtype=np.int64), "ten"),
+        numpy_helper.from_array(np.array([0, 1, 2], dtype=np.int64), "columns"),
+    ]
 if args.kind == "huge_initializer":
     inits[1] = raw_tensor("b", [1 << 40], b"\0" * 12)
 if args.kind == "dims_vs_data":

@@ -53,7 +53,12 @@ async fn track(State(app): State<Shared>, req: Request, next: Next) -> Response 
     let secs = started.elapsed().as_secs_f64();
     app.metrics.request(&route, status, secs);
     if app.config.log_requests || status >= 500 || status == 413 {
-        eprintln!("{status} {target} {:.1} ms", secs * 1e3);
+        // An error's line says why, so that the log alone explains it.
+        let why = match response.extensions().get::<ErrorMessage>() {
+            Some(ErrorMessage(m)) if status >= 500 || status == 413 => format!(": {m}"),
+            _ => String::new(),
+        };
+        eprintln!("{status} {target} {:.1} ms{why}", secs * 1e3);
     }
     response
 }
@@ -71,9 +76,14 @@ impl IntoResponse for ApiError {
         if self.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        r.extensions_mut().insert(ErrorMessage(self.message));
         r
     }
 }
+
+/// An error response's message, for the log line.
+#[derive(Clone)]
+struct ErrorMessage(String);
 
 fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError { status, message: msg.into(), retry_after: false }
