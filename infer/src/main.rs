@@ -350,15 +350,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let classifier = classifier(cli)?;
     let classes = classifier.metadata().classes.clone();
     let (items, truth) = inputs(cli, &classes)?;
-    let items = match cli.shard {
-        Some(spec) => {
-            let shard = spec.resolve(|k| std::env::var(k).ok())?;
-            let part = shard.select(items);
-            eprintln!("shard {shard}: {} inputs", part.len());
-            part
-        }
-        None => items,
-    };
+    let items = shard_of(cli, items)?;
     let Destination { sink, out, items, skipped } = open_output(cli, items)?;
     let n_files = items.iter().filter(|i| matches!(i, Input::File(_))).count();
     let mut tally = Tally {
@@ -411,6 +403,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     sink.commit()?;
     let secs = inference_started.elapsed().as_secs_f64();
     report(cli, &classifier, &tally, &classes)?;
+    eprintln!("{}", summary_line(&classifier, &tally, skipped, secs, started.elapsed().as_secs_f64()));
+    Ok(if tally.failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// This machine's part of the inputs, with `--shard`.
+fn shard_of(cli: &Cli, items: Vec<Input>) -> anyhow::Result<Vec<Input>> {
+    let Some(spec) = cli.shard else { return Ok(items) };
+    let shard = spec.resolve(|k| std::env::var(k).ok())?;
+    let part = shard.select(items);
+    eprintln!("shard {shard}: {} inputs", part.len());
+    Ok(part)
+}
+
+/// The run's last line: counts, speed, and where it ran.
+fn summary_line(classifier: &Classifier, tally: &Tally, skipped: Option<usize>, secs: f64, all: f64) -> String {
     // An int8 model says so: its numbers differ slightly from the float model's.
     let int8 = match &classifier.metadata().quantization {
         Some(q) => {
@@ -422,15 +429,13 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Some(n @ 1..) => format!(" (and {n} done before)"),
         _ => String::new(),
     };
-    eprintln!(
-        "{} images classified{resumed}, {} failed, {:.1} images/s ({:.2} s in all), {}{int8}",
+    format!(
+        "{} images classified{resumed}, {} failed, {:.1} images/s ({all:.2} s in all), {}{int8}",
         tally.total - tally.failures,
         tally.failures,
         tally.files as f64 / secs.max(1e-9),
-        started.elapsed().as_secs_f64(),
         classifier.provider()
-    );
-    Ok(if tally.failures > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    )
 }
 
 fn path_text(p: Option<&Path>) -> String {

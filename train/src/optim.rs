@@ -219,18 +219,7 @@ mod tests {
     use super::*;
 
     fn config(optimizer: OptimizerKind) -> OptimConfig {
-        OptimConfig {
-            optimizer,
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.01,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            schedule: ScheduleKind::Step,
-            step_size: 7,
-            gamma: 0.1,
-            epochs: 25,
-        }
+        OptimConfig { optimizer, lr: 0.1, weight_decay: 0.01, ..OptimConfig::default() }
     }
 
     #[test]

@@ -145,51 +145,8 @@ pub fn parse(body: &[u8], json_len: Option<usize>, side: usize) -> Result<Reques
         None => None,
     };
     let payload = match (input.name.as_str(), input.datatype.as_str()) {
-        (TENSOR_INPUT, "FP32") => {
-            let want = [n as i64, 3, side as i64, side as i64];
-            if input.shape != want {
-                return Err(bad(format!("'{TENSOR_INPUT}' has shape {:?}; {want:?} expected", input.shape)));
-            }
-            let values = match (raw, &input.data) {
-                (Some(r), _) => {
-                    if r.len() % 4 != 0 {
-                        return Err(bad("FP32 binary data is not a whole number of floats"));
-                    }
-                    r.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-                }
-                (None, Some(d)) => {
-                    let mut v = Vec::new();
-                    flatten_numbers(d, &mut v)?;
-                    v
-                }
-                (None, None) => return Err(bad("the input has no data")),
-            };
-            let needed = n.checked_mul(3 * side * side).ok_or_else(|| bad("the input's batch size is absurd"))?;
-            if values.len() != needed {
-                return Err(bad(format!("'{TENSOR_INPUT}' holds {} values; its shape needs {needed}", values.len())));
-            }
-            Payload::Tensor { values, n }
-        }
-        (IMAGE_INPUT, "BYTES") => {
-            let images = match (raw, &input.data) {
-                (Some(r), _) => split_bytes(r)?,
-                (None, Some(d)) => {
-                    let mut strings = Vec::new();
-                    flatten_strings(d, &mut strings)?;
-                    let b64 = base64::engine::general_purpose::STANDARD;
-                    strings
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| b64.decode(s).map_err(|e| bad(format!("image {i}: not base64: {e}"))))
-                        .collect::<Result<_, _>>()?
-                }
-                (None, None) => return Err(bad("the input has no data")),
-            };
-            if input.shape.len() != 1 || images.len() != n {
-                return Err(bad(format!("'{IMAGE_INPUT}' has shape {:?} but holds {} images", input.shape, images.len())));
-            }
-            Payload::Images(images)
-        }
+        (TENSOR_INPUT, "FP32") => tensor_payload(input, raw, n, side)?,
+        (IMAGE_INPUT, "BYTES") => images_payload(input, raw, n)?,
         (name, datatype) => {
             return Err(bad(format!(
                 "input '{name}' ({datatype}) is not known: send '{TENSOR_INPUT}' (FP32 [N,3,{side},{side}]) or '{IMAGE_INPUT}' (BYTES [N])"
@@ -213,6 +170,55 @@ pub fn parse(body: &[u8], json_len: Option<usize>, side: usize) -> Result<Reques
         outputs = [PROBABILITIES, LABELS].map(|name| Wanted { name: name.into(), binary: all_binary }).to_vec();
     }
     Ok(Request { id: req.id, payload, top_k: top_k.max(1), outputs })
+}
+
+/// The FP32 input: already preprocessed `[n, 3, side, side]` values, binary or JSON.
+fn tensor_payload(input: &InputJson, raw: Option<&[u8]>, n: usize, side: usize) -> Result<Payload, BadRequest> {
+    let want = [n as i64, 3, side as i64, side as i64];
+    if input.shape != want {
+        return Err(bad(format!("'{TENSOR_INPUT}' has shape {:?}; {want:?} expected", input.shape)));
+    }
+    let values = match (raw, &input.data) {
+        (Some(r), _) => {
+            if r.len() % 4 != 0 {
+                return Err(bad("FP32 binary data is not a whole number of floats"));
+            }
+            r.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        (None, Some(d)) => {
+            let mut v = Vec::new();
+            flatten_numbers(d, &mut v)?;
+            v
+        }
+        (None, None) => return Err(bad("the input has no data")),
+    };
+    let needed = n.checked_mul(3 * side * side).ok_or_else(|| bad("the input's batch size is absurd"))?;
+    if values.len() != needed {
+        return Err(bad(format!("'{TENSOR_INPUT}' holds {} values; its shape needs {needed}", values.len())));
+    }
+    Ok(Payload::Tensor { values, n })
+}
+
+/// The BYTES input: `n` encoded image files, binary or base64 in JSON.
+fn images_payload(input: &InputJson, raw: Option<&[u8]>, n: usize) -> Result<Payload, BadRequest> {
+    let images = match (raw, &input.data) {
+        (Some(r), _) => split_bytes(r)?,
+        (None, Some(d)) => {
+            let mut strings = Vec::new();
+            flatten_strings(d, &mut strings)?;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            strings
+                .iter()
+                .enumerate()
+                .map(|(i, s)| b64.decode(s).map_err(|e| bad(format!("image {i}: not base64: {e}"))))
+                .collect::<Result<_, _>>()?
+        }
+        (None, None) => return Err(bad("the input has no data")),
+    };
+    if input.shape.len() != 1 || images.len() != n {
+        return Err(bad(format!("'{IMAGE_INPUT}' has shape {:?} but holds {} images", input.shape, images.len())));
+    }
+    Ok(Payload::Images(images))
 }
 
 /// The results of a request, ready to encode.
