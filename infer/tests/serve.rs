@@ -201,9 +201,9 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
 
 /// A model that fails at run time on some inputs (here any white pixel): that request gets 500
 /// with ONNX Runtime's reason, the log says it in one line, and the server stays ready and
-/// answers the next requests.
+/// answers the next requests; requests batched together with it still get their results.
 #[test]
-fn a_model_error_fails_its_batch_not_the_server() {
+fn a_model_error_fails_its_request_not_the_server() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path(), "fails_on_white");
     let png = |rgb: [u8; 3]| {
@@ -231,4 +231,41 @@ fn a_model_error_fails_its_batch_not_the_server() {
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("500 /v1/classify")).collect();
     assert_eq!(errors.len(), 2, "{log}");
     assert!(errors.iter().all(|l| l.contains("out of data bounds")), "{log}");
+
+    // White and red requests at once, merged into shared batches by a long delay: only the
+    // white ones fail.
+    let server = Server::start(&model, &["--ep", "cpu", "--max-batch", "16", "--max-delay-ms", "400"]);
+    server.wait_ready();
+    let (white, red) = (png([255, 255, 255]), png(RED));
+    let per_round = 12;
+    let model_calls = || -> usize {
+        let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let count = metrics.lines().find_map(|l| l.strip_prefix("infer_batch_size_count ")).map(str::trim);
+        count.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{metrics}"))
+    };
+    // More model calls than requests means some batch held several requests, failed, and was
+    // run again one request at a time; a few rounds make sure that happened.
+    let mut sent = 0;
+    for _ in 0..5 {
+        let replies: Vec<(bool, u16)> = (0..per_round)
+            .map(|i| {
+                let (addr, body) = (server.addr.clone(), if i % 2 == 0 { white.clone() } else { red.clone() });
+                std::thread::spawn(move || (i % 2 == 0, http(&addr, "POST", "/v1/classify", &[], &body).0))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        for (is_white, status) in &replies {
+            assert_eq!(*status, if *is_white { 500 } else { 200 }, "{replies:?}");
+        }
+        sent += per_round;
+        if model_calls() > sent {
+            break;
+        }
+    }
+    assert!(model_calls() > sent, "no batch ever held two requests ({sent} requests)");
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
 }

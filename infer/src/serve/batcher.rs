@@ -127,16 +127,24 @@ fn run(classifier: &Classifier, rx: &Receiver<Job>, limits: &Limits, metrics: &M
     }
 }
 
-/// Runs one batch and answers its jobs; a model error or a panic fails this batch's jobs only.
+/// Runs one batch and answers its jobs. When a batch of several requests fails (a model error
+/// or a panic), each request is run again alone, so that one request's bad input fails only
+/// that request.
 fn serve_batch(classifier: &Classifier, jobs: Vec<Job>, images: usize, metrics: &Metrics) {
     let mut input = Vec::with_capacity(jobs.iter().map(|j| j.inputs.len()).sum());
     for j in &jobs {
         input.extend_from_slice(&j.inputs);
     }
-    let outputs = guard::isolate("the batching thread", || classifier.run(&input))
-        .map_err(|p| p.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let outputs = run_guarded(classifier, &input);
     metrics.batch(images);
+    if outputs.is_err() && jobs.len() > 1 {
+        for job in jobs {
+            let rows = run_guarded(classifier, &job.inputs);
+            metrics.batch(job.n);
+            let _ = job.reply.send(rows); // a client that went away is no error
+        }
+        return;
+    }
     let classes = classifier.metadata().classes.len();
     let mut at = 0;
     for job in jobs {
@@ -145,6 +153,13 @@ fn serve_batch(classifier: &Classifier, jobs: Vec<Job>, images: usize, metrics: 
             Err(e) => Err(e.clone()),
         };
         at += job.n;
-        let _ = job.reply.send(rows); // a client that went away is no error
+        let _ = job.reply.send(rows);
     }
+}
+
+/// One model run on the batching thread; a panic is an error like any other.
+fn run_guarded(classifier: &Classifier, input: &[f32]) -> Result<Vec<f32>, String> {
+    guard::isolate("the batching thread", || classifier.run(input))
+        .map_err(|p| p.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
 }
