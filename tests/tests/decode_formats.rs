@@ -2,7 +2,7 @@
 //! what torchvision's loaders feed the model): the committed seed images in
 //! `tests/fixtures/images/` — JPEG, PNG (8/16-bit, palette, alpha, interlaced), GIF, BMP,
 //! WebP, PNM, and TIFF in strips and tiles, contiguous and separate planes, 8/16-bit,
-//! LZW/deflate/PackBits, grey, palette, CMYK.
+//! LZW/deflate/PackBits, grey, palette, CMYK, 32-bit float grey, JPEG-compressed.
 
 use std::collections::HashMap;
 
@@ -12,7 +12,7 @@ use toolkit_tests::{fixture_files, run_python};
 /// Lossy formats are decoded by other decoders than Pillow's (libjpeg, libwebp): allowed mean
 /// and maximum per-sample differences. Everything else must match exactly.
 fn tolerance(name: &str) -> Option<(f64, u8)> {
-    (name.starts_with("jpeg_") || name == "webp_lossy.webp").then_some((1.0, 8))
+    (name.starts_with("jpeg_") || name.starts_with("tiff_jpeg_") || name == "webp_lossy.webp").then_some((1.0, 8))
 }
 
 /// Files Pillow itself misreads (uncompressed 16-bit planar strips: its unpacker takes the

@@ -10,10 +10,11 @@
 //!
 //! Colour conversions are Pillow's (`Image.convert("RGB")`), so training and deployment see what
 //! torchvision sees: 16-bit samples keep their high byte, 1/2/4-bit grey scales to 0–255,
-//! palettes index a 16-bit colour map by its high bytes, CMYK uses Pillow's integer formula.
+//! palettes index a 16-bit colour map by its high bytes, CMYK uses Pillow's integer formula,
+//! 32-bit floating-point grey (Pillow's mode `F`) is truncated and clipped to 0–255.
 //!
-//! Other layouts (JPEG or fax compression, floating-point or signed samples, YCbCr, Lab, a
-//! reversed fill order) return `None` and go to the `image` crate.
+//! Other layouts (JPEG or fax compression, other floating-point or signed samples, YCbCr, Lab,
+//! a reversed fill order) return `None` and go to the `image` crate.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -66,6 +67,8 @@ struct Layout {
     compression: Compression,
     predictor: bool,
     big_endian: bool,
+    /// 32-bit IEEE samples (`SampleFormat = 3`).
+    float: bool,
     /// Strip or tile size; strips are as wide as the image.
     chunk_w: u32,
     chunk_h: u32,
@@ -184,17 +187,24 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
     if u16_tag(Tag::FillOrder)?.unwrap_or(1) != 1 {
         return Ok(None);
     }
-    let formats = dec.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_error)?;
-    if formats.is_some_and(|f| f.iter().any(|&s| s != 1)) {
-        return Ok(None);
-    }
+    let float = match dec.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_error)?.as_deref() {
+        None => false,
+        Some(f) if f.iter().all(|&s| s == 1) => false,
+        Some(f) if f.iter().all(|&s| s == 3) => true,
+        Some(_) => return Ok(None),
+    };
     let bits = dec.find_tag_unsigned_vec::<u16>(Tag::BitsPerSample).map_err(tiff_error)?.unwrap_or(vec![1]);
     let Some(&first) = bits.first() else { return Ok(None) };
     if bits.iter().any(|&b| b != first) {
         return Ok(None);
     }
     let bits = u8::try_from(first).unwrap_or(0);
+    // Pillow reads floating-point samples only as one-channel 32-bit grey.
+    if float != (bits == 32) || (float && (photometric != Some(1) || samples != 1 || predictor)) {
+        return Ok(None);
+    }
     let (colour, invert) = match (photometric, bits) {
+        (Some(1), 32) => (Colour::Gray, false),
         (Some(0), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, true),
         (Some(1), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, false),
         (Some(2), 8 | 16) => (Colour::Rgb, false),
@@ -235,6 +245,7 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
         compression,
         predictor,
         big_endian,
+        float,
         chunk_w,
         chunk_h,
         offsets,
@@ -434,9 +445,19 @@ fn decompress(raw: &[u8], compression: Compression, want: usize) -> Result<Vec<u
 }
 
 /// A chunk's rows as samples: 16-bit values in host order with the predictor undone; 8-bit
-/// values widened; packed sub-byte rows kept one byte per value (see [`unpack`]). Grey that
-/// the file stores with 0 as white is inverted here.
+/// values widened; packed sub-byte rows kept one byte per value (see [`unpack`]); floats
+/// already converted to 0–255 as Pillow does. Grey that the file stores with 0 as white is
+/// inverted here.
 fn samples_of(data: &[u8], l: &Layout, row_bytes: usize, step: usize) -> Vec<u16> {
+    if l.float {
+        return data
+            .chunks_exact(4)
+            .map(|b| {
+                let b = [b[0], b[1], b[2], b[3]];
+                float_to_u8(if l.big_endian { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) }).into()
+            })
+            .collect();
+    }
     let mut values: Vec<u16> = if l.bits == 16 {
         data.chunks_exact(2)
             .map(|b| if l.big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
@@ -471,6 +492,12 @@ fn unpack(row: &[u16], x: usize, bits: u8) -> u16 {
     let byte = row[bit / 8];
     let shift = 8 - usize::from(bits) - bit % 8;
     (byte >> shift) & ((1 << bits) - 1)
+}
+
+/// Pillow's conversion of a mode `F` value to 8 bits: truncated towards zero, clipped to
+/// 0–255; NaN is 0 (Rust's saturating float-to-integer cast does exactly that).
+fn float_to_u8(v: f32) -> u8 {
+    v as u8
 }
 
 /// Pillow's expansion of 1-, 2- and 4-bit grey to 8 bits.
@@ -511,6 +538,11 @@ mod tests {
         assert_eq!(cmyk_to_rgb(255, 255, 255, 255), [0, 0, 0]);
         assert_eq!(cmyk_to_rgb(128, 0, 64, 32), [111, 223, 167]);
         assert_eq!(scale_low_bits(1, 1), 255);
+        // Measured with Pillow 13: `Image.fromarray(values, "F").convert("RGB")`.
+        let values = [-3.7, -0.5, 0.4, 0.5, 0.6, 1.5, 2.5, 2.49, 254.5, 254.6, 255.4, 255.5, 300.0];
+        let pillow = [0, 0, 0, 0, 0, 1, 2, 2, 254, 254, 255, 255, 255];
+        assert_eq!(values.map(float_to_u8), pillow);
+        assert_eq!([f32::NAN, f32::INFINITY, f32::NEG_INFINITY].map(float_to_u8), [0, 255, 0]);
         assert_eq!(scale_low_bits(2, 2), 170);
         assert_eq!(scale_low_bits(15, 4), 255);
         // 0b1011_0010: 2-bit values 2, 3, 0, 2
