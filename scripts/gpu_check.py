@@ -6,7 +6,8 @@ the binaries at this machine's libtorch and ONNX Runtime.
   1. seconds per epoch and best validation accuracy, `train --device cuda` against the seed
      tutorial's PyTorch loop (same data, same random initial weights, same GPU), at batch 4
      fp32, batch 64 fp32 and batch 64 with mixed precision (`--amp`; `torch.autocast` +
-     `GradScaler` in PyTorch);
+     `GradScaler` in PyTorch), and `--amp --amp-dtype bfloat16` against float16 where the GPU
+     supports bfloat16;
   2. the GPU-bound limit at batch 64: forward+backward+SGD on in-memory random images;
   3. `train`'s data loader alone (`--workers` = all cores) against what training consumed;
   4. `best.pt` evaluated by torchvision on the GPU against `train`'s reported accuracy;
@@ -33,10 +34,10 @@ sys.path.insert(0, HERE)
 from bench_train import MEAN, STD, make_initial_weights, pytorch_seed_training  # noqa: E402
 
 
-def train_run(binary, data, weights, epochs, batch, device, amp, out, seed):
+def train_run(binary, data, weights, epochs, batch, device, amp, out, seed, extra=()):
     """`train` with the same settings: ([(seconds, val acc, train images/s)], best val acc)."""
     cmd = [binary, data, "--weights", weights, "--epochs", str(epochs), "--batch-size", str(batch), "--out", out,
-           "--device", device, "--seed", str(seed)] + (["--amp"] if amp else [])
+           "--device", device, "--seed", str(seed)] + (["--amp"] if amp else []) + list(extra)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     by_epoch = {}
     with open(os.path.join(out, "metrics.csv")) as f:
@@ -151,6 +152,17 @@ def main():
                 consumed = median([r[2] for r in ours])
                 rows.append((f"train images/s vs in-memory limit, {label}", f"{consumed:.0f} / {limit:.0f}",
                              f"{consumed / limit:.2f}", ">= 0.90"))
+        if dev.startswith("cuda") and torch.cuda.is_bf16_supported():
+            print("batch 64 amp bfloat16: train ...", flush=True)
+            out = os.path.join(tmp, "b64bf16")
+            ours, best = train_run(os.path.join(a.bin, "train"), a.data, weights, a.epochs, 64, dev, True, out, a.seed,
+                                   ["--amp-dtype", "bfloat16"])
+            fp16_s = median([r[0] for r in runs[(64, True)][1]])
+            bf16_s = median([r[0] for r in ours])
+            rows.append(("s/epoch, batch 64 amp (float16 / bfloat16)", f"{fp16_s:.2f} / {bf16_s:.2f}",
+                         f"{bf16_s / fp16_s:.2f}", ""))
+            rows.append(("best val acc, batch 64 amp (float16 / bfloat16)", f"{runs[(64, True)][2]:.4f} / {best:.4f}",
+                         "", ""))
         for batch in (4, 64):
             out = subprocess.run([loader_exe, os.path.join(a.data, "train"), "2",
                                   str(os.cpu_count()), str(batch)], capture_output=True, text=True, check=True)

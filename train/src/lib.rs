@@ -3,6 +3,7 @@
 //!
 //! The binary is a thin layer over [`trainer::run`]; the modules each do one thing.
 
+pub mod amp;
 pub mod arch;
 pub mod augment;
 pub mod checkpoint;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use train::amp::AmpDtype;
 use train::augment::Augment;
 use train::device::DeviceChoice;
 use train::export::{ExportOptions, ExportReport};
@@ -128,6 +129,13 @@ impl QuantizeArgs {
             force: self.force,
         })
     }
+}
+
+/// `--amp-dtype`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AmpDtypeArg {
+    Float16,
+    Bfloat16,
 }
 
 /// `--mode`.
@@ -257,6 +265,11 @@ struct TrainArgs {
     #[arg(long)]
     amp: bool,
 
+    /// The type mixed precision computes in: float16 (with loss scaling) or bfloat16 (GPUs from
+    /// Ampere on; no loss scaling needed).
+    #[arg(long, value_enum, default_value = "float16", requires = "amp")]
+    amp_dtype: AmpDtypeArg,
+
     /// Continue an interrupted run from its last.pt, with that run's settings, data folder and
     /// output folder (unless DATA or --out are given).
     #[arg(long, value_name = "LAST_PT")]
@@ -333,6 +346,10 @@ impl TrainArgs {
                 augment: Augment { scale: pair(&self.crop_scale), ratio: pair(&self.crop_ratio), flip: !self.no_flip },
                 seed: self.seed,
                 amp: self.amp,
+                amp_dtype: match self.amp_dtype {
+                    AmpDtypeArg::Float16 => AmpDtype::Float16,
+                    AmpDtypeArg::Bfloat16 => AmpDtype::Bfloat16,
+                },
             },
             weights,
             resume: self.resume.clone(),

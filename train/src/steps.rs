@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::amp::{self, AmpDtype};
 use crate::dataset::Sample;
 use crate::error::TrainError;
 use crate::loader::{Batch, Loader, Phase};
@@ -66,15 +67,15 @@ pub(crate) struct TrainStep<'a> {
     pub scaler: &'a mut Option<GradScaler>,
     pub lr: f64,
     pub mode: Mode,
-    pub amp: bool,
+    pub amp: Option<AmpDtype>,
 }
 
 impl Step for TrainStep<'_> {
     fn step(&mut self, _batch: &Batch, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
-        let logits = tch::autocast(self.amp, || match self.mode {
+        let logits = amp::autocast(self.amp, || match self.mode {
             Mode::Finetune => self.model.forward(x, true),
             Mode::FeatureExtract => self.model.forward_frozen_backbone(x),
-        });
+        })?;
         let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
         match self.scaler {
             Some(s) => {
@@ -103,22 +104,22 @@ pub struct Predicted {
 /// noticeably faster on the CPU. Keeps every prediction.
 pub(crate) struct EvalStep {
     net: FoldedNet,
-    amp: bool,
+    amp: Option<AmpDtype>,
     pub predictions: Vec<Predicted>,
 }
 
 impl EvalStep {
-    pub fn new(model: &ResNet, amp: bool) -> Result<EvalStep, TrainError> {
+    pub fn new(model: &ResNet, amp: Option<AmpDtype>) -> Result<EvalStep, TrainError> {
         Ok(EvalStep { net: model.folded()?, amp, predictions: Vec::new() })
     }
 }
 
 impl Step for EvalStep {
     fn step(&mut self, batch: &Batch, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
-        let (loss, logits) = tch::no_grad(|| {
-            let logits = tch::autocast(self.amp, || self.net.forward(x)).to_kind(Kind::Float);
-            (logits.cross_entropy_for_logits(y), logits)
-        });
+        let (loss, logits) = tch::no_grad(|| -> Result<_, TrainError> {
+            let logits = amp::autocast(self.amp, || self.net.forward(x))?.to_kind(Kind::Float);
+            Ok((logits.cross_entropy_for_logits(y), logits))
+        })?;
         let (confidence, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
         let confidence = Vec::<f32>::try_from(confidence.to_device(Device::Cpu))?;
         let class = Vec::<i64>::try_from(class.to_device(Device::Cpu))?;

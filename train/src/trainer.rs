@@ -12,6 +12,7 @@ use infer::{decode_file, DecodeLimits, PreprocessConfig};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+use crate::amp::AmpDtype;
 use crate::arch::{self, Arch};
 use crate::augment::Augment;
 use crate::checkpoint::{self, ModelInfo, Resume};
@@ -64,9 +65,17 @@ pub struct Hyper {
     pub augment: Augment,
     pub seed: u64,
     pub amp: bool,
+    /// Mixed precision's type, with `amp`.
+    #[serde(default)]
+    pub amp_dtype: AmpDtype,
 }
 
 impl Hyper {
+    /// Autocast's type when mixed precision is on.
+    pub fn autocast(&self) -> Option<AmpDtype> {
+        self.amp.then_some(self.amp_dtype)
+    }
+
     /// The settings as JSON for `summary.json`, leaving out those the chosen optimiser and
     /// schedule do not use (an SGD run has no Adam betas).
     pub fn describe(&self) -> serde_json::Value {
@@ -272,6 +281,10 @@ fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
     if h.amp && !device.is_cuda() {
         return Err(TrainError::Config("--amp (mixed precision) needs a CUDA device".into()));
     }
+    if h.amp {
+        // Fails now, not at the first batch, when this libtorch cannot set the type.
+        crate::amp::set_cuda_dtype(h.amp_dtype)?;
+    }
     Ok(arch)
 }
 
@@ -468,7 +481,7 @@ impl<'a> Epochs<'a> {
             model,
             weights_desc,
             opt,
-            scaler: h.amp.then(GradScaler::new),
+            scaler: h.autocast().filter(|d| d.needs_loss_scaling()).map(|_| GradScaler::new()),
             loader,
             preprocess,
             train_samples: Arc::new(ds.train.clone()),
@@ -528,8 +541,14 @@ impl<'a> Epochs<'a> {
                 first = Some((b.images.clone(), b.labels.clone()));
             }
         };
-        let mut step =
-            TrainStep { model: self.model, opt: &mut self.opt, scaler: &mut self.scaler, lr, mode: h.mode, amp: h.amp };
+        let mut step = TrainStep {
+            model: self.model,
+            opt: &mut self.opt,
+            scaler: &mut self.scaler,
+            lr,
+            mode: h.mode,
+            amp: h.autocast(),
+        };
         let pass = Pass {
             loader: &self.loader,
             device: self.start.device,
@@ -545,7 +564,7 @@ impl<'a> Epochs<'a> {
         }
         let Some(train) = train else { return Ok(false) };
         obs.phase_start(epoch + 1, h.epochs, "val", self.val_samples.len());
-        let mut eval = EvalStep::new(self.model, h.amp)?;
+        let mut eval = EvalStep::new(self.model, h.autocast())?;
         let Some(val) =
             self.pass().run(&self.val_samples, Phase::Eval, h.eval_batch_size, &mut eval, obs, &mut |_| {})?
         else {

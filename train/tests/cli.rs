@@ -243,6 +243,10 @@ fn bad_settings_and_inputs_fail_with_one_clear_line() {
     fails(&mut quick(&empty_class, &out, &[]), &["class 'b' has no readable image"]);
 
     fails(&mut quick(&data, &out, &["--amp"]), &["--amp", "CUDA"]);
+    fails(&mut quick(&data, &out, &["--amp", "--amp-dtype", "bfloat16"]), &["--amp", "CUDA"]);
+    let no_amp = quick(&data, &out, &["--amp-dtype", "bfloat16"]).output().unwrap();
+    assert_eq!(no_amp.status.code(), Some(2), "{}", stderr(&no_amp));
+    assert!(stderr(&no_amp).contains("--amp"), "{}", stderr(&no_amp));
     fails(&mut quick(&data, &out, &["--device", "cuda"]), &["CUDA requested"]);
 
     let junk = tmp.path().join("junk.pth");
