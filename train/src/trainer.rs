@@ -93,6 +93,9 @@ impl Hyper {
                 o.remove(*k);
             }
         }
+        if let (false, Some(o)) = (self.amp, v.as_object_mut()) {
+            o.remove("amp_dtype");
+        }
         v
     }
 }

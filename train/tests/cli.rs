@@ -550,6 +550,7 @@ fn layouts_augmentation_and_pictures() {
     assert_eq!(h["augment"], serde_json::json!({"scale": [0.5, 1.0], "ratio": [1.0, 1.0], "flip": false}));
     assert!(h["optim"].get("betas").is_none() && h["optim"].get("eps").is_none(), "{h}");
     assert!(h["optim"].get("momentum").is_some());
+    assert!(h["amp"] == false && h.get("amp_dtype").is_none(), "{h}");
     let outputs: Vec<String> =
         s["outputs"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     assert!(err.contains("int8 gate"), "the end-of-training export made the int8 model too: {err}");
