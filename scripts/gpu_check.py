@@ -6,8 +6,8 @@ the binaries at this machine's libtorch and ONNX Runtime.
   1. seconds per epoch and best validation accuracy, `train --device cuda` against the seed
      tutorial's PyTorch loop (same data, same random initial weights, same GPU), at batch 4
      fp32, batch 64 fp32 and batch 64 with mixed precision (`--amp`; `torch.autocast` +
-     `GradScaler` in PyTorch), and `--amp --amp-dtype bfloat16` against float16 where the GPU
-     supports bfloat16;
+     `GradScaler` in PyTorch); `--amp --channels-last` and `--amp --amp-dtype bfloat16` (where
+     the GPU supports bfloat16) against plain `--amp`;
   2. the GPU-bound limit at batch 64: forward+backward+SGD on in-memory random images;
   3. `train`'s data loader alone (`--workers` = all cores) against what training consumed;
   4. `best.pt` evaluated by torchvision on the GPU against `train`'s reported accuracy;
@@ -152,6 +152,14 @@ def main():
                 consumed = median([r[2] for r in ours])
                 rows.append((f"train images/s vs in-memory limit, {label}", f"{consumed:.0f} / {limit:.0f}",
                              f"{consumed / limit:.2f}", ">= 0.90"))
+        if dev.startswith("cuda"):
+            print("batch 64 amp channels-last: train ...", flush=True)
+            out = os.path.join(tmp, "b64nhwc")
+            ours, best = train_run(os.path.join(a.bin, "train"), a.data, weights, a.epochs, 64, dev, True, out, a.seed,
+                                   ["--channels-last"])
+            nchw_s, nhwc_s = median([r[0] for r in runs[(64, True)][1]]), median([r[0] for r in ours])
+            rows.append(("s/epoch, batch 64 amp (NCHW / channels-last)", f"{nchw_s:.2f} / {nhwc_s:.2f}",
+                         f"{nhwc_s / nchw_s:.2f}", ""))
         if dev.startswith("cuda") and torch.cuda.is_bf16_supported():
             print("batch 64 amp bfloat16: train ...", flush=True)
             out = os.path.join(tmp, "b64bf16")

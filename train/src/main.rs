@@ -270,6 +270,11 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "float16", requires = "amp")]
     amp_dtype: AmpDtypeArg,
 
+    /// Convolution kernels and batches in the channels-last (NHWC) memory layout, which
+    /// tensor-core convolutions on GPUs prefer, mostly with --amp.
+    #[arg(long)]
+    channels_last: bool,
+
     /// Continue an interrupted run from its last.pt, with that run's settings, data folder and
     /// output folder (unless DATA or --out are given).
     #[arg(long, value_name = "LAST_PT")]
@@ -350,6 +355,7 @@ impl TrainArgs {
                     AmpDtypeArg::Float16 => AmpDtype::Float16,
                     AmpDtypeArg::Bfloat16 => AmpDtype::Bfloat16,
                 },
+                channels_last: self.channels_last,
             },
             weights,
             resume: self.resume.clone(),

@@ -135,6 +135,8 @@ pub(crate) struct Pass<'a> {
     pub loader: &'a Arc<Loader>,
     pub device: Device,
     pub crop: i64,
+    /// Batches in the channels-last layout (`Hyper::channels_last`).
+    pub channels_last: bool,
     pub stop: &'a StopFlag,
 }
 
@@ -173,7 +175,10 @@ impl Pass<'_> {
                 first_batch(&batch);
             }
             let n = batch.labels.len();
-            let x = self.upload(Tensor::from_slice(&batch.images).view([n as i64, 3, self.crop, self.crop]));
+            let mut x = self.upload(Tensor::from_slice(&batch.images).view([n as i64, 3, self.crop, self.crop]));
+            if self.channels_last {
+                x = crate::model::channels_last(&x);
+            }
             let y = self.upload(Tensor::from_slice(&batch.labels));
             let (loss, logits) = step.step(&batch, &x, &y)?;
             loss_sum += loss.double_value(&[]) * n as f64;

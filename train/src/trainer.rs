@@ -68,6 +68,9 @@ pub struct Hyper {
     /// Mixed precision's type, with `amp`.
     #[serde(default)]
     pub amp_dtype: AmpDtype,
+    /// Convolution kernels and batches in the channels-last (NHWC) layout.
+    #[serde(default)]
+    pub channels_last: bool,
 }
 
 impl Hyper {
@@ -420,6 +423,9 @@ fn build_model(
             }
         }
     }
+    if start.hyper.channels_last {
+        model.to_channels_last();
+    }
     Ok((model, desc))
 }
 
@@ -528,6 +534,7 @@ impl<'a> Epochs<'a> {
             loader: &self.loader,
             device: self.start.device,
             crop: i64::from(self.preprocess.crop_size),
+            channels_last: self.start.hyper.channels_last,
             stop: self.stop,
         }
     }
@@ -556,6 +563,7 @@ impl<'a> Epochs<'a> {
             loader: &self.loader,
             device: self.start.device,
             crop: i64::from(self.preprocess.crop_size),
+            channels_last: self.start.hyper.channels_last,
             stop: self.stop,
         };
         let train =

@@ -563,3 +563,36 @@ fn layouts_augmentation_and_pictures() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("--crop-scale 0 2"), "{}", stderr(&bad));
 }
+
+/// `--channels-last` stores kernels and batches NHWC: the first epoch computes what the default
+/// layout computes up to the order of floating-point sums (that the layouts agree op by op is
+/// `model::tests::channels_last_computes_the_same`; training from random weights on eight
+/// images then magnifies the rounding, as it does in PyTorch), best.pt is an ordinary
+/// contiguous state dict, the export verifies itself, and the setting is recorded.
+#[test]
+fn channels_last_trains_like_the_default_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, &["a", "b"], 4, 2);
+    let (plain, nhwc) = (tmp.path().join("plain"), tmp.path().join("nhwc"));
+    for (out, extra) in [(&plain, &[][..]), (&nhwc, &["--channels-last"][..])] {
+        let run = quick(&data, out, extra).output().unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    for (a, b) in metrics(&plain).iter().zip(&metrics(&nhwc)) {
+        let (la, lb): (f64, f64) = (a[2].parse().unwrap(), b[2].parse().unwrap());
+        assert_eq!(a[..2], b[..2]);
+        assert!((la - lb).abs() <= 0.02 * la.abs().max(1.0), "loss {la} vs {lb} ({a:?} vs {b:?})");
+    }
+    assert_eq!(summary(&nhwc)["hyperparameters"]["channels_last"], true);
+    let (x, y) = (
+        train::weights::read_state_dict(&plain.join("best.pt")).unwrap(),
+        train::weights::read_state_dict(&nhwc.join("best.pt")).unwrap(),
+    );
+    let w = "layer1.0.conv1.weight";
+    assert_eq!(x[w].size(), y[w].size());
+    assert!(y[w].is_contiguous(), "saved as an ordinary contiguous tensor");
+    let diff = (&x[w] - &y[w]).abs().max().double_value(&[]);
+    assert!(diff < 1e-3, "{w} differs by {diff}");
+    assert!(nhwc.join("model.onnx").exists(), "the export verified itself against the tch model");
+}
