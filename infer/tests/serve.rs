@@ -149,6 +149,41 @@ fn plain_endpoint_limits_and_metrics() {
     let big = vec![0u8; 2 << 20];
     assert_eq!(http(&server.addr, "POST", "/v1/classify", &[], &big).0, 413);
 
+    // At most --max-batch (32) images in one request, before any is decoded.
+    let mut data = Vec::new();
+    for _ in 0..33 {
+        data.extend((png.len() as u32).to_le_bytes());
+        data.extend(&png);
+    }
+    let head = format!(
+        r#"{{"inputs":[{{"name":"image","shape":[33],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+        data.len()
+    );
+    let mut many = head.clone().into_bytes();
+    many.extend(&data);
+    let len = head.len().to_string();
+    let (status, _, body) =
+        http(&server.addr, "POST", "/v2/models/m/infer", &[("Inference-Header-Content-Length", &len)], &many);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("33 images in one request; at most 32"));
+    let mut form = Vec::new();
+    for i in 0..33 {
+        form.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{i}.png\"\r\n\r\n")
+                .as_bytes(),
+        );
+        form.extend(&png);
+        form.extend(b"\r\n");
+    }
+    form.extend(format!("--{boundary}--\r\n").as_bytes());
+    let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[("Content-Type", &ct)], &form);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("at most 32 (--max-batch)"));
+    // Version 1 is the only one.
+    assert_eq!(http(&server.addr, "GET", "/v2/models/m/versions/1/ready", &[], b"").0, 200);
+    assert_eq!(http(&server.addr, "GET", "/v2/models/m/versions/2/ready", &[], b"").0, 404);
+    assert_eq!(http(&server.addr, "GET", "/v2/models/m/versions/2", &[], b"").0, 404);
+
     let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"200\"} 2"), "{metrics}");
@@ -226,6 +261,7 @@ fn a_model_error_fails_its_request_not_the_server() {
     let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"500\"} 2"), "{metrics}");
+    assert!(metrics.contains("infer_images_total 2\n"), "only the classified images count: {metrics}");
     let (code, log) = server.stop();
     assert_eq!(code, Some(0), "{log}");
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("500 /v1/classify")).collect();

@@ -62,6 +62,11 @@ impl Queue {
         Announced { coming: Arc::clone(&self.coming) }
     }
 
+    /// Jobs waiting for the model.
+    pub fn depth(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Queues a job without waiting; its announcement ends once it is in the queue.
     pub fn submit(&self, job: Job, announced: Announced, metrics: &Metrics) -> Result<(), Refused> {
         let r = self.tx.try_send(job).map_err(|e| match e {
@@ -136,11 +141,11 @@ fn serve_batch(classifier: &Classifier, jobs: Vec<Job>, images: usize, metrics: 
         input.extend_from_slice(&j.inputs);
     }
     let outputs = run_guarded(classifier, &input);
-    metrics.batch(images);
+    metrics.batch(images, outputs.is_ok());
     if outputs.is_err() && jobs.len() > 1 {
         for job in jobs {
             let rows = run_guarded(classifier, &job.inputs);
-            metrics.batch(job.n);
+            metrics.batch(job.n, rows.is_ok());
             let _ = job.reply.send(rows); // a client that went away is no error
         }
         return;

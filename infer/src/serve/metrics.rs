@@ -84,8 +84,12 @@ impl Metrics {
         self.latency.observe(seconds);
     }
 
-    pub fn batch(&self, images: usize) {
+    /// One model call on `images` images; only a call that succeeded counts them as classified.
+    pub fn batch(&self, images: usize, succeeded: bool) {
         self.batch.observe(images as f64);
+        if !succeeded {
+            return;
+        }
         self.images.fetch_add(images as u64, Ordering::Relaxed);
         if let Ok(mut r) = self.recent.lock() {
             let now = Instant::now();
@@ -135,7 +139,7 @@ mod tests {
         let m = Metrics::default();
         m.request("/v2/models/m/infer", 200, 0.02);
         m.request("/v2/models/m/infer", 503, 0.001);
-        m.batch(8);
+        m.batch(8, true);
         m.set_queue(3);
         let text = m.render();
         assert!(text.contains("infer_requests_total{route=\"/v2/models/m/infer\",status=\"503\"} 1"), "{text}");

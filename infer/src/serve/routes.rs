@@ -89,6 +89,19 @@ fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError { status, message: msg.into(), retry_after: false }
 }
 
+/// One request holds at most `--max-batch` images: each becomes 600 KB of model input, so a
+/// body of tiny images must not turn into gigabytes.
+fn too_many(app: &App, images: usize) -> Result<(), ApiError> {
+    if images > app.config.max_batch {
+        let max = app.config.max_batch;
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{images} images in one request; at most {max} (--max-batch)"),
+        ));
+    }
+    Ok(())
+}
+
 fn ready(app: &App) -> Result<&Ready, ApiError> {
     app.ready.get().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading"))
 }
@@ -121,8 +134,19 @@ async fn model_metadata(State(app): State<Shared>, Path(name): Path<String>) -> 
     }
 }
 
-async fn model_metadata_versioned(state: State<Shared>, Path((name, _)): Path<(String, String)>) -> Response {
-    model_metadata(state, Path(name)).await
+/// The one version this server has.
+fn version(v: &str) -> Result<(), ApiError> {
+    match v {
+        "1" => Ok(()),
+        _ => Err(error(StatusCode::NOT_FOUND, format!("no version '{v}' of the model (this server has version 1)"))),
+    }
+}
+
+async fn model_metadata_versioned(state: State<Shared>, Path((name, v)): Path<(String, String)>) -> Response {
+    match version(&v) {
+        Ok(()) => model_metadata(state, Path(name)).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn model_ready(State(app): State<Shared>, Path(name): Path<String>) -> Response {
@@ -132,11 +156,18 @@ async fn model_ready(State(app): State<Shared>, Path(name): Path<String>) -> Res
     }
 }
 
-async fn model_ready_versioned(state: State<Shared>, Path((name, _)): Path<(String, String)>) -> Response {
-    model_ready(state, Path(name)).await
+async fn model_ready_versioned(state: State<Shared>, Path((name, v)): Path<(String, String)>) -> Response {
+    match version(&v) {
+        Ok(()) => model_ready(state, Path(name)).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn metrics(State(app): State<Shared>) -> Response {
+    // The depth now, not as the batcher last saw it.
+    if let Some(r) = app.ready.get() {
+        app.metrics.set_queue(r.queue.depth());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }
 
@@ -177,11 +208,14 @@ async fn infer(State(app): State<Shared>, Path(name): Path<String>, headers: Hea
 
 async fn infer_versioned(
     state: State<Shared>,
-    Path((name, _)): Path<(String, String)>,
+    Path((name, v)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    infer(state, Path(name), headers, body).await
+    match version(&v) {
+        Ok(()) => infer(state, Path(name), headers, body).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
@@ -202,6 +236,11 @@ async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) ->
     }
     let side = c.metadata().preprocess.crop_size as usize;
     let req = protocol::parse(body, json_len, side).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
+    let images = match &req.payload {
+        Payload::Tensor { n, .. } => *n,
+        Payload::Images(images) => images.len(),
+    };
+    too_many(app, images)?;
     let (inputs, n) = match &req.payload {
         Payload::Tensor { values, n } => (values.clone(), *n),
         Payload::Images(images) => {
@@ -252,7 +291,6 @@ async fn classify(State(app): State<Shared>, Query(q): Query<ClassifyQuery>, req
 
 async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<Response, ApiError> {
     let ready = ready(app)?;
-    let on_way = ready.queue.announce();
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -263,6 +301,7 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
         // axum's own rejections (multipart syntax, body limit) keep their status and text.
         let mut form = Multipart::from_request(req, app).await.map_err(|e| error(e.status(), e.body_text()))?;
         while let Some(field) = form.next_field().await.map_err(|e| error(e.status(), e.body_text()))? {
+            too_many(app, named.len() + 1)?;
             let name = field.file_name().or(field.name()).unwrap_or("image").to_string();
             named.push((name, field.bytes().await.map_err(|e| error(e.status(), e.body_text()))?.to_vec()));
         }
@@ -273,6 +312,8 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
     if named.is_empty() {
         return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
     }
+    // Announced only once the body is in: a slow upload must not hold other batches back.
+    let on_way = ready.queue.announce();
     let c = &ready.classifier;
     let prepared = prepare(ready, named.iter().map(|(_, b)| b.clone()).collect()).await?;
     let good: Vec<f32> = prepared.iter().flatten().flatten().copied().collect();
