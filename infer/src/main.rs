@@ -104,6 +104,10 @@ struct ServeArgs {
     /// Log every request (by default: starts, stops and errors only).
     #[arg(long)]
     log_requests: bool,
+    /// After SIGTERM/SIGINT, how long requests in flight may take before they are cut (below
+    /// Kubernetes' default 30 s grace period, so that the exit is ours).
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    drain_seconds: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -619,6 +623,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         threads: a.threads,
         provider: a.ep,
         log_requests: a.log_requests,
+        drain: std::time::Duration::from_secs(a.drain_seconds),
     };
     match infer::serve::serve(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -232,6 +232,22 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(statuses, [200; 4], "{log}");
     assert!(log.contains("SIGTERM: stopping") && log.contains("stopped"), "{log}");
+
+    // An upload that stalls holds the drain only for --drain-seconds.
+    let server = Server::start(&model, &["--ep", "cpu", "--drain-seconds", "1"]);
+    server.wait_ready();
+    let mut stalled = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}: {log}", t.elapsed());
+    assert!(log.contains("requests still open after 1 s are cut"), "{log}");
 }
 
 /// A model that fails at run time on some inputs (here any white pixel): that request gets 500

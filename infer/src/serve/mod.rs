@@ -41,6 +41,9 @@ pub struct ServeConfig {
     pub provider: ExecutionProvider,
     /// One log line per request, besides starts, stops and errors.
     pub log_requests: bool,
+    /// After a stop signal, how long requests in flight may take (a stalled upload would
+    /// otherwise hold the exit forever).
+    pub drain: Duration,
 }
 
 /// What exists once the model is loaded.
@@ -157,8 +160,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             })
         };
         let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let stopping = Arc::new(tokio::sync::Notify::new());
         let shutdown = {
-            let failure = Arc::clone(&failure);
+            let (failure, stopping) = (Arc::clone(&failure), Arc::clone(&stopping));
             async move {
                 tokio::select! {
                     why = stop_signal() => log(started, &format!("{why}: stopping; finishing the requests in flight")),
@@ -167,17 +171,26 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
                         if let Ok(mut f) = failure.lock() { *f = Some(e); }
                     }
                 }
+                stopping.notify_one();
             }
         };
-        axum::serve(listener, routes::router(Arc::clone(&app)))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| format!("server error: {e}"))?;
+        let server = axum::serve(listener, routes::router(Arc::clone(&app))).with_graceful_shutdown(shutdown);
+        let drained = async move {
+            stopping.notified().await;
+            tokio::time::sleep(config.drain).await;
+        };
+        tokio::select! {
+            r = async { server.await } => r.map_err(|e| format!("server error: {e}"))?,
+            () = drained => log(started, &format!("requests still open after {} s are cut", config.drain.as_secs())),
+        }
         let batcher = loader.await.ok().flatten();
         let failed = failure.lock().ok().and_then(|mut f| f.take());
         Ok::<_, String>((batcher, failed))
     });
-    // Dropping the queue's last sender lets the batching thread finish what is queued.
+    // Connections cut at the drain limit still hold the app (and so the queue): ending the
+    // runtime drops them. Then dropping the queue's last sender lets the batching thread
+    // finish what is queued.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     drop(app);
     let (batcher, failed) = result?;
     if let Some(handle) = batcher {

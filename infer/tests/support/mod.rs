@@ -55,7 +55,15 @@ impl Server {
     pub fn stop(mut self) -> (Option<i32>, String) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let status = self.child.wait().unwrap();
+        // A server that does not stop fails the test instead of hanging it.
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(asked.elapsed() < Duration::from_secs(60), "the server did not stop within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let log: Vec<String> = self.log.try_iter().collect();
         (status.code(), log.join("\n"))
     }
