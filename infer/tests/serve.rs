@@ -149,6 +149,28 @@ fn plain_endpoint_limits_and_metrics() {
     let big = vec![0u8; 2 << 20];
     assert_eq!(http(&server.addr, "POST", "/v1/classify", &[], &big).0, 413);
 
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"200\"} 2"), "{metrics}");
+    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"413\"} 1"), "{metrics}");
+    assert!(metrics.contains("infer_images_total 3"), "{metrics}");
+    assert!(metrics.contains("infer_batch_size_bucket") && metrics.contains("infer_queue_depth"));
+    let (code, _) = server.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// More images in one request than `--max-batch` are refused before any is decoded, over the
+/// protocol and on `/v1/classify`; model versions other than 1 do not exist.
+#[test]
+fn oversized_requests_and_unknown_versions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let server = Server::start(&model, &["--ep", "cpu"]);
+    server.wait_ready();
+    let mut png = Vec::new();
+    colour_image(RED, 50, 40).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let boundary = "XbOuNdArY";
+    let ct = format!("multipart/form-data; boundary={boundary}");
     // At most --max-batch (32) images in one request, before any is decoded.
     let mut data = Vec::new();
     for _ in 0..33 {
@@ -183,15 +205,8 @@ fn plain_endpoint_limits_and_metrics() {
     assert_eq!(http(&server.addr, "GET", "/v2/models/m/versions/1/ready", &[], b"").0, 200);
     assert_eq!(http(&server.addr, "GET", "/v2/models/m/versions/2/ready", &[], b"").0, 404);
     assert_eq!(http(&server.addr, "GET", "/v2/models/m/versions/2", &[], b"").0, 404);
-
-    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
-    let metrics = String::from_utf8_lossy(&metrics);
-    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"200\"} 2"), "{metrics}");
-    assert!(metrics.contains("infer_requests_total{route=\"/v1/classify\",status=\"413\"} 1"), "{metrics}");
-    assert!(metrics.contains("infer_images_total 3"), "{metrics}");
-    assert!(metrics.contains("infer_batch_size_bucket") && metrics.contains("infer_queue_depth"));
-    let (code, _) = server.stop();
-    assert_eq!(code, Some(0));
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 /// A slow model, one image per batch, a queue of one: concurrent requests beyond what waits

@@ -200,18 +200,10 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
     }
     let bits = u8::try_from(first).unwrap_or(0);
     // Pillow reads floating-point samples only as one-channel 32-bit grey.
-    if float != (bits == 32) || (float && (photometric != Some(1) || samples != 1 || predictor)) {
+    if float != (bits == 32) || (float && (samples != 1 || predictor)) {
         return Ok(None);
     }
-    let (colour, invert) = match (photometric, bits) {
-        (Some(1), 32) => (Colour::Gray, false),
-        (Some(0), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, true),
-        (Some(1), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, false),
-        (Some(2), 8 | 16) => (Colour::Rgb, false),
-        (Some(3), 1 | 2 | 4 | 8) => (Colour::Palette, false),
-        (Some(5), 8 | 16) => (Colour::Cmyk, false),
-        _ => return Ok(None),
-    };
+    let Some((colour, invert)) = colour_of(photometric, bits) else { return Ok(None) };
     if samples < colour.used_samples() || samples > 16 {
         return Err(corrupt(format!("{samples} samples per pixel for a {colour:?} image")));
     }
@@ -251,6 +243,20 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
         offsets,
         byte_counts,
     }))
+}
+
+/// How a photometric interpretation and sample size become RGB, and whether grey is stored
+/// with 0 as white; `None` for what this module leaves to the `image` crate.
+fn colour_of(photometric: Option<u16>, bits: u8) -> Option<(Colour, bool)> {
+    Some(match (photometric, bits) {
+        (Some(1), 32) => (Colour::Gray, false),
+        (Some(0), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, true),
+        (Some(1), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, false),
+        (Some(2), 8 | 16) => (Colour::Rgb, false),
+        (Some(3), 1 | 2 | 4 | 8) => (Colour::Palette, false),
+        (Some(5), 8 | 16) => (Colour::Cmyk, false),
+        _ => return None,
+    })
 }
 
 /// Reads every strip or tile and converts the pixels to RGB.
