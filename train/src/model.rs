@@ -479,25 +479,27 @@ mod tests {
     #[test]
     fn channels_last_computes_the_same() {
         let x = Tensor::randn([4, 3, 64, 64], (Kind::Float, Device::Cpu));
-        // Two identical models (same seed), one of them channels-last.
-        let model = |last: bool| {
-            tch::manual_seed(2);
-            let m = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
-            if last {
-                m.to_channels_last();
+        // Two models with the same weights (copied: tests share the global generator, so a seed
+        // alone would not make them equal), one of them channels-last.
+        let plain = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
+        let last = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
+        tch::no_grad(|| {
+            for (a, b) in plain.entries().iter().zip(last.entries()) {
+                b.tensor.shallow_clone().copy_(&a.tensor);
             }
-            m
-        };
+        });
+        last.to_channels_last();
         let outputs = |m: &ResNet, x: &Tensor| {
             let eval = tch::no_grad(|| m.forward(x, false));
             let folded = m.folded().unwrap().forward(x);
-            // A training step's gradient: batch statistics in BatchNorm, backward through all.
+            // A gradient through every layer (BatchNorm on its running statistics: with the
+            // statistics of 4 images, backward magnifies rounding by orders of magnitude on
+            // some draws, in PyTorch as here).
             let w = m.entries()[0].tensor.shallow_clone();
-            let loss = m.forward(x, true).square().mean(Kind::Float);
+            let loss = m.forward(x, false).square().mean(Kind::Float);
             let grad = Tensor::run_backward(&[loss], &[w], false, false)[0].copy();
             [eval, folded, grad]
         };
-        let (plain, last) = (model(false), model(true));
         assert_eq!(last.entries()[0].tensor.stride()[1], 1, "conv1.weight is NHWC in memory");
         let a = outputs(&plain, &x);
         let b = outputs(&last, &channels_last(&x));
@@ -505,11 +507,10 @@ mod tests {
             let diff = (a - b).abs().max().double_value(&[]);
             assert!(diff < 1e-4, "{name}: {diff}");
         }
-        // Backward through BatchNorm's statistics of 4 images magnifies the different summation
-        // order of NHWC kernels: PyTorch's own channels_last gives conv1 gradients 0.6 % apart
-        // (of the largest) on a fresh ResNet-18 at batch 4; allow 2 %.
-        let (diff, scale) = ((&a[2] - &b[2]).abs().max().double_value(&[]), a[2].abs().max().double_value(&[]));
-        assert!(diff <= 0.02 * scale, "conv1 gradient: {diff} of {scale}");
+        let norm = |t: &Tensor| t.square().sum(Kind::Double).sqrt().double_value(&[]);
+        let relative = norm(&(&a[2] - &b[2])) / norm(&a[2]);
+        // About 2e-6 measured; single elements near zero can differ more, so the norm is compared.
+        assert!(relative < 1e-4, "conv1 gradient: {relative} apart (relative norm)");
     }
 
     #[test]
