@@ -68,13 +68,12 @@ impl Queue {
     }
 
     /// Queues a job without waiting; its announcement ends once it is in the queue.
-    pub fn submit(&self, job: Job, announced: Announced, metrics: &Metrics) -> Result<(), Refused> {
+    pub fn submit(&self, job: Job, announced: Announced) -> Result<(), Refused> {
         let r = self.tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => Refused::Full,
             TrySendError::Disconnected(_) => Refused::Closed,
         });
         drop(announced);
-        metrics.set_queue(self.tx.len());
         r
     }
 }
@@ -127,7 +126,6 @@ fn run(classifier: &Classifier, rx: &Receiver<Job>, limits: &Limits, metrics: &M
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        metrics.set_queue(rx.len());
         serve_batch(classifier, jobs, images, metrics);
     }
 }

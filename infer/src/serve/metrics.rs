@@ -53,7 +53,6 @@ pub struct Metrics {
     latency: Histogram,
     batch: Histogram,
     images: AtomicU64,
-    queue: AtomicU64,
     /// Images classified in the last seconds, for the rate.
     recent: Mutex<Vec<(Instant, u64)>>,
 }
@@ -70,7 +69,6 @@ impl Default for Metrics {
             latency: Histogram::new(&LATENCY),
             batch: Histogram::new(&BATCH),
             images: AtomicU64::new(0),
-            queue: AtomicU64::new(0),
             recent: Mutex::new(Vec::new()),
         }
     }
@@ -98,12 +96,8 @@ impl Metrics {
         }
     }
 
-    pub fn set_queue(&self, depth: usize) {
-        self.queue.store(depth as u64, Ordering::Relaxed);
-    }
-
-    /// The text exposition.
-    pub fn render(&self) -> String {
+    /// The text exposition; `queue_depth` is the queue's length now.
+    pub fn render(&self, queue_depth: usize) -> String {
         let mut out = String::new();
         out.push_str("# HELP infer_requests_total Requests answered, by route and HTTP status.\n");
         out.push_str("# TYPE infer_requests_total counter\n");
@@ -116,7 +110,7 @@ impl Metrics {
         self.batch.render(&mut out, "infer_batch_size", "Images per model call.");
         let _ =
             writeln!(out, "# HELP infer_queue_depth Requests waiting for the model.\n# TYPE infer_queue_depth gauge");
-        let _ = writeln!(out, "infer_queue_depth {}", self.queue.load(Ordering::Relaxed));
+        let _ = writeln!(out, "infer_queue_depth {queue_depth}");
         let _ = writeln!(out, "# HELP infer_images_total Images classified.\n# TYPE infer_images_total counter");
         let _ = writeln!(out, "infer_images_total {}", self.images.load(Ordering::Relaxed));
         let rate = self.recent.lock().map_or(0.0, |r| {
@@ -140,8 +134,7 @@ mod tests {
         m.request("/v2/models/m/infer", 200, 0.02);
         m.request("/v2/models/m/infer", 503, 0.001);
         m.batch(8, true);
-        m.set_queue(3);
-        let text = m.render();
+        let text = m.render(3);
         assert!(text.contains("infer_requests_total{route=\"/v2/models/m/infer\",status=\"503\"} 1"), "{text}");
         assert!(text.contains("infer_request_duration_seconds_bucket{le=\"0.025\"} 2"), "{text}");
         assert!(

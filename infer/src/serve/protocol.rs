@@ -238,21 +238,28 @@ pub fn encode(model: &str, req: &Request, r: &Results) -> (Vec<u8>, Option<usize
     let k = r.labels.first().map_or(1, Vec::len);
     let label_shape = if req.top_k > 1 { json!([r.n, k]) } else { json!([r.n]) };
     for w in &req.outputs {
-        let (shape, datatype, bytes, data) = if w.name == PROBABILITIES {
-            let bytes: Vec<u8> = r.probabilities.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (json!([r.n, r.classes]), "FP32", bytes, json!(r.probabilities))
+        let probabilities = w.name == PROBABILITIES;
+        let mut o = if probabilities {
+            json!({"name": w.name, "datatype": "FP32", "shape": [r.n, r.classes]})
         } else {
-            let flat: Vec<&String> = r.labels.iter().flatten().collect();
-            let bytes: Vec<u8> =
-                flat.iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect();
-            (label_shape.clone(), "BYTES", bytes, json!(flat))
+            json!({"name": w.name, "datatype": "BYTES", "shape": label_shape})
         };
-        let mut o = json!({"name": w.name, "datatype": datatype, "shape": shape});
+        // Only the representation asked for is built: raw bytes, or JSON data.
         if w.binary {
-            o["parameters"] = json!({"binary_data_size": bytes.len()});
-            binary.extend(bytes);
+            let start = binary.len();
+            if probabilities {
+                binary.extend(r.probabilities.iter().flat_map(|v| v.to_le_bytes()));
+            } else {
+                for label in r.labels.iter().flatten() {
+                    binary.extend((label.len() as u32).to_le_bytes());
+                    binary.extend(label.as_bytes());
+                }
+            }
+            o["parameters"] = json!({"binary_data_size": binary.len() - start});
+        } else if probabilities {
+            o["data"] = json!(r.probabilities);
         } else {
-            o["data"] = data;
+            o["data"] = json!(r.labels.iter().flatten().collect::<Vec<_>>());
         }
         outputs.push(o);
     }

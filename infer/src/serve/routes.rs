@@ -164,11 +164,8 @@ async fn model_ready_versioned(state: State<Shared>, Path((name, v)): Path<(Stri
 }
 
 async fn metrics(State(app): State<Shared>) -> Response {
-    // The depth now, not as the batcher last saw it.
-    if let Some(r) = app.ready.get() {
-        app.metrics.set_queue(r.queue.depth());
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+    let depth = app.ready.get().map_or(0, |r| r.queue.depth());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render(depth)).into_response()
 }
 
 /// Decodes and preprocesses encoded images on the decoding threads; each image's input or
@@ -184,9 +181,9 @@ async fn prepare(ready: &Ready, images: Vec<Vec<u8>>) -> Result<Vec<Result<Vec<f
 }
 
 /// Runs `n` preprocessed images through the batching queue; their model outputs.
-async fn run(app: &App, ready: &Ready, on_way: Announced, inputs: Vec<f32>, n: usize) -> Result<Vec<f32>, ApiError> {
+async fn run(ready: &Ready, on_way: Announced, inputs: Vec<f32>, n: usize) -> Result<Vec<f32>, ApiError> {
     let (tx, rx) = oneshot::channel();
-    match ready.queue.submit(Job { inputs, n, reply: tx }, on_way, &app.metrics) {
+    match ready.queue.submit(Job { inputs, n, reply: tx }, on_way) {
         Ok(()) => {}
         Err(Refused::Full) => {
             let mut e = error(StatusCode::SERVICE_UNAVAILABLE, "the queue is full; retry shortly");
@@ -235,29 +232,31 @@ async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) ->
         return Err(error(StatusCode::BAD_REQUEST, "compressed request bodies are not supported"));
     }
     let side = c.metadata().preprocess.crop_size as usize;
-    let req = protocol::parse(body, json_len, side).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
-    let images = match &req.payload {
+    let mut req = protocol::parse(body, json_len, side).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
+    // Moved out rather than copied: the response needs only the request's other fields.
+    let payload = std::mem::replace(&mut req.payload, Payload::Images(Vec::new()));
+    let n = match &payload {
         Payload::Tensor { n, .. } => *n,
         Payload::Images(images) => images.len(),
     };
-    too_many(app, images)?;
-    let (inputs, n) = match &req.payload {
-        Payload::Tensor { values, n } => (values.clone(), *n),
+    too_many(app, n)?;
+    let inputs = match payload {
+        Payload::Tensor { values, .. } => values,
         Payload::Images(images) => {
-            let prepared = prepare(ready, images.clone()).await?;
+            let prepared = prepare(ready, images).await?;
             let mut inputs = Vec::with_capacity(prepared.len() * c.metadata().preprocess.input_len());
             for (i, p) in prepared.into_iter().enumerate() {
                 // The protocol has no per-element errors: the request fails, naming the image.
                 let p = p.map_err(|e| error(StatusCode::BAD_REQUEST, format!("image {i}: {e}")))?;
                 inputs.extend(p);
             }
-            (inputs, images.len())
+            inputs
         }
     };
     if n == 0 {
         return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
     }
-    let outputs = run(app, ready, on_way, inputs, n).await?;
+    let outputs = run(ready, on_way, inputs, n).await?;
     let k = req.top_k.min(c.metadata().classes.len());
     let labels =
         c.predictions_top(&outputs, k).into_iter().map(|p| p.top_k.into_iter().map(|s| s.label).collect()).collect();
@@ -315,15 +314,16 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
     // Announced only once the body is in: a slow upload must not hold other batches back.
     let on_way = ready.queue.announce();
     let c = &ready.classifier;
-    let prepared = prepare(ready, named.iter().map(|(_, b)| b.clone()).collect()).await?;
+    let (names, bodies): (Vec<String>, Vec<Vec<u8>>) = named.into_iter().unzip();
+    let prepared = prepare(ready, bodies).await?;
     let good: Vec<f32> = prepared.iter().flatten().flatten().copied().collect();
     let n = prepared.iter().filter(|p| p.is_ok()).count();
     let mut predictions =
-        if n > 0 { c.predictions_top(&run(app, ready, on_way, good, n).await?, q.top_k.unwrap_or(1)) } else { vec![] }
+        if n > 0 { c.predictions_top(&run(ready, on_way, good, n).await?, q.top_k.unwrap_or(1)) } else { vec![] }
             .into_iter();
     let mut body = String::new();
     let mut failures = 0;
-    for ((name, _), p) in named.iter().zip(prepared) {
+    for (name, p) in names.iter().zip(prepared) {
         let result = match p {
             Ok(_) => predictions.next().ok_or_else(|| ItemError::Path("missing output".into())),
             Err(e) => {
@@ -336,6 +336,6 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
         body.push('\n');
     }
     // One image that cannot be read is the request's fault; in a set, the others are answered.
-    let status = if failures == named.len() && named.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let status = if failures == names.len() && names.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     Ok((status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
