@@ -183,8 +183,14 @@ type CuGetInt = unsafe extern "C" fn(*mut c_int) -> c_int;
 type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
 type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
 
-/// Asks the driver (`libcuda.so.1`, through its stable C API) for its CUDA version and devices.
+/// Asks the driver (`libcuda.so.1`, through its stable C API) for its CUDA version and devices,
+/// once per process: the answer cannot change while it runs, and several checks need it.
 pub fn driver() -> Result<Driver, String> {
+    static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
+    DRIVER.get_or_init(ask_driver).clone()
+}
+
+fn ask_driver() -> Result<Driver, String> {
     let lib = open_global("libcuda.so.1".as_ref())
         .map_err(|_| "no NVIDIA driver (libcuda.so.1 is not on the system's library path)".to_string())?;
     // SAFETY: these are the CUDA driver API's documented signatures, unchanged since CUDA 2.

@@ -23,6 +23,16 @@ pub enum Input {
     Error(FileResult),
 }
 
+impl Input {
+    /// The path this entry is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Input::File(p) => p,
+            Input::Error(r) => &r.path,
+        }
+    }
+}
+
 /// What a set of command-line paths expands to.
 #[derive(Debug, Default)]
 pub struct Inputs {

@@ -477,13 +477,7 @@ fn open_output(cli: &Cli, mut items: Vec<Input>) -> anyhow::Result<Destination> 
         );
     }
     let before = items.len();
-    items.retain(|i| {
-        let path = match i {
-            Input::File(p) => p,
-            Input::Error(r) => &r.path,
-        };
-        !resumed.done.contains(path.to_string_lossy().as_ref())
-    });
+    items.retain(|i| !resumed.done.contains(i.path().to_string_lossy().as_ref()));
     let skipped = before - items.len();
     if skipped > 0 {
         eprintln!("resuming: {skipped} of {before} inputs already have records in {}", target.display());

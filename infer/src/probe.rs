@@ -6,7 +6,6 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::error::{one_line, InferError};
-use crate::runtime;
 
 /// A model's session with its input name and output names.
 pub struct Probe {
@@ -18,12 +17,8 @@ pub struct Probe {
 impl Probe {
     /// Loads a model from its serialised bytes (one float input).
     pub fn from_bytes(bytes: &[u8], threads: Option<usize>) -> Result<Probe, InferError> {
-        let env = runtime::environment()?;
         let load = |reason: String| InferError::ModelLoad { path: "<in memory>".into(), reason };
-        let mut builder = Session::builder(env).map_err(|e| load(one_line(e)))?;
-        if let Some(t) = threads {
-            builder = builder.with_intra_threads(t).map_err(|e| load(one_line(e)))?;
-        }
+        let mut builder = crate::provider::base_builder(threads).map_err(load)?;
         let session = builder.commit_from_memory(bytes).map_err(|e| load(one_line(e)))?;
         let input = session.inputs().first().map(|i| i.name().to_string()).unwrap_or_default();
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();

@@ -22,7 +22,8 @@ pub(crate) struct Started {
     pub note: Option<String>,
 }
 
-fn base_builder(threads: Option<usize>) -> Result<SessionBuilder, String> {
+/// A session builder on the shared environment with `threads` compute threads.
+pub(crate) fn base_builder(threads: Option<usize>) -> Result<SessionBuilder, String> {
     let env = runtime::environment().map_err(|e| e.to_string())?;
     let b = Session::builder(env).map_err(one_line)?;
     match threads {

@@ -88,15 +88,8 @@ impl Shard {
 
     /// This part of `items`, sorted by path.
     pub fn select(&self, mut items: Vec<Input>) -> Vec<Input> {
-        items.sort_by(|a, b| path(a).cmp(path(b)));
+        items.sort_by(|a, b| a.path().cmp(b.path()));
         items.into_iter().enumerate().filter(|(i, _)| self.owns(*i)).map(|(_, item)| item).collect()
-    }
-}
-
-fn path(i: &Input) -> &std::path::Path {
-    match i {
-        Input::File(p) => p,
-        Input::Error(r) => &r.path,
     }
 }
 
@@ -187,7 +180,7 @@ mod tests {
                 for index in 0..count {
                     let scrambled: Vec<Input> = names.iter().rev().cloned().map(Input::File).collect();
                     let part: Vec<PathBuf> =
-                        Shard { index, count }.select(scrambled).into_iter().map(|i| path(&i).to_path_buf()).collect();
+                        Shard { index, count }.select(scrambled).into_iter().map(|i| i.path().to_path_buf()).collect();
                     assert!(part.windows(2).all(|w| w[0] < w[1]));
                     sizes.push(part.len());
                     seen.extend(part);

@@ -63,12 +63,8 @@ pub fn libtorch(asked: DeviceChoice) -> (Lines, Result<(), String>) {
     } else {
         "no GPU: CPU-only libtorch".into()
     };
+    // The driver's devices are listed by the ONNX Runtime part of the report.
     push("CUDA (libtorch)", cuda);
-    if let Ok(d) = infer::cuda::driver() {
-        for (i, name) in d.devices.iter().enumerate() {
-            push(&format!("  cuda:{i}"), name.clone());
-        }
-    }
     let works = match asked {
         DeviceChoice::Cpu | DeviceChoice::Auto => Ok(()),
         DeviceChoice::Cuda(n) if (n as usize) < gpus => Ok(()),
