@@ -363,7 +363,7 @@ fn export_int8(
         )));
     }
     let float = onnx_model(model, meta, probabilities)?;
-    let (inputs, used) = preprocessed(&q.calibration_images, &meta.preprocess);
+    let (inputs, used) = preprocessed(&q.calibration_images, &meta.preprocess, usize::MAX);
     if used == 0 {
         return Err(ExportError::Quantize("no readable calibration image".into()));
     }
@@ -439,11 +439,15 @@ fn compare(fp32: &Path, int8: &Path, images: &[(PathBuf, usize)]) -> Result<Gate
     })
 }
 
-/// Preprocessed images (the deployment transform) of the readable files, and how many.
-fn preprocessed(images: &[PathBuf], preprocess: &infer::PreprocessConfig) -> (Vec<f32>, usize) {
+/// Up to `max` preprocessed images (the deployment transform) of the readable files, and how
+/// many.
+fn preprocessed(images: &[PathBuf], preprocess: &infer::PreprocessConfig, max: usize) -> (Vec<f32>, usize) {
     let mut out = Vec::new();
     let mut n = 0;
     for path in images {
+        if n == max {
+            break;
+        }
         if let Ok(t) = infer::prepare_file(path, preprocess, infer::DecodeLimits::default()) {
             out.extend(t);
             n += 1;
@@ -454,17 +458,7 @@ fn preprocessed(images: &[PathBuf], preprocess: &infer::PreprocessConfig) -> (Ve
 
 /// Up to [`VERIFY_IMAGES`] preprocessed images, or a seeded random batch when none decode.
 fn verification_inputs(images: &[PathBuf], preprocess: &infer::PreprocessConfig) -> (Vec<f32>, bool) {
-    let mut out = Vec::new();
-    let mut n = 0;
-    for path in images {
-        if n == VERIFY_IMAGES {
-            break;
-        }
-        if let Ok(t) = infer::prepare_file(path, preprocess, infer::DecodeLimits::default()) {
-            out.extend(t);
-            n += 1;
-        }
-    }
+    let (out, n) = preprocessed(images, preprocess, VERIFY_IMAGES);
     if n > 0 {
         return (out, true);
     }
