@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use support::{http, Server};
+use support::{http, multipart, png, Server};
 
 fn images(dir: &Path) -> Vec<PathBuf> {
     match seed_data() {
@@ -107,8 +107,7 @@ fn plain_endpoint_limits_and_metrics() {
     // Live at once; ready only once loaded (a fresh server is usually still loading).
     assert_eq!(http(&server.addr, "GET", "/v2/health/live", &[], b"").0, 200);
     server.wait_ready();
-    let mut png = Vec::new();
-    colour_image(RED, 50, 40).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let png = png(&colour_image(RED, 50, 40));
 
     let (status, _, body) = http(&server.addr, "POST", "/v1/classify?top_k=2&name=red.png", &[], &png);
     assert_eq!(status, 200);
@@ -116,18 +115,7 @@ fn plain_endpoint_limits_and_metrics() {
     assert_eq!((r["path"].as_str(), r["label"].as_str()), (Some("red.png"), Some("red")));
     assert_eq!(r["top_k"].as_array().unwrap().len(), 2);
 
-    let boundary = "XbOuNdArY";
-    let mut form = Vec::new();
-    for (name, data) in [("a.png", &png[..]), ("notes.txt", b"not an image"), ("b.png", &png[..])] {
-        form.extend(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{name}\"\r\n\r\n")
-                .as_bytes(),
-        );
-        form.extend(data);
-        form.extend(b"\r\n");
-    }
-    form.extend(format!("--{boundary}--\r\n").as_bytes());
-    let ct = format!("multipart/form-data; boundary={boundary}");
+    let (ct, form) = multipart(&[("a.png", &png), ("notes.txt", b"not an image"), ("b.png", &png)]);
     let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[("Content-Type", &ct)], &form);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let records: Vec<serde_json::Value> =
@@ -167,10 +155,7 @@ fn oversized_requests_and_unknown_versions_are_refused() {
     let model = tiny_model(tmp.path(), "good");
     let server = Server::start(&model, &["--ep", "cpu"]);
     server.wait_ready();
-    let mut png = Vec::new();
-    colour_image(RED, 50, 40).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    let boundary = "XbOuNdArY";
-    let ct = format!("multipart/form-data; boundary={boundary}");
+    let png = png(&colour_image(RED, 50, 40));
     // At most --max-batch (32) images in one request, before any is decoded.
     let mut data = Vec::new();
     for _ in 0..33 {
@@ -188,16 +173,9 @@ fn oversized_requests_and_unknown_versions_are_refused() {
         http(&server.addr, "POST", "/v2/models/m/infer", &[("Inference-Header-Content-Length", &len)], &many);
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("33 images in one request; at most 32"));
-    let mut form = Vec::new();
-    for i in 0..33 {
-        form.extend(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{i}.png\"\r\n\r\n")
-                .as_bytes(),
-        );
-        form.extend(&png);
-        form.extend(b"\r\n");
-    }
-    form.extend(format!("--{boundary}--\r\n").as_bytes());
+    let names: Vec<String> = (0..33).map(|i| format!("{i}.png")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &png[..])).collect();
+    let (ct, form) = multipart(&files);
     let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[("Content-Type", &ct)], &form);
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("at most 32 (--max-batch)"));
@@ -215,8 +193,7 @@ fn oversized_requests_and_unknown_versions_are_refused() {
 fn a_full_queue_answers_503_and_sigterm_drains() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path(), "slow");
-    let mut png = Vec::new();
-    colour_image(BLUE, 40, 40).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let png = png(&colour_image(BLUE, 40, 40));
     let fire = |addr: &str, n: usize| -> Vec<std::thread::JoinHandle<(u16, HashMap<String, String>)>> {
         (0..n)
             .map(|_| {
@@ -272,11 +249,7 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
 fn a_model_error_fails_its_request_not_the_server() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path(), "fails_on_white");
-    let png = |rgb: [u8; 3]| {
-        let mut v = Vec::new();
-        colour_image(rgb, 40, 40).write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png).unwrap();
-        v
-    };
+    let png = |rgb: [u8; 3]| png(&colour_image(rgb, 40, 40));
     let server = Server::start(&model, &["--ep", "cpu", "--max-batch", "4"]);
     server.wait_ready();
     for _ in 0..2 {

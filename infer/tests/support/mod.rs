@@ -117,3 +117,26 @@ pub fn http(
     }
     (status, headers, body)
 }
+
+/// An image's bytes as a PNG file.
+pub fn png(image: &image::RgbImage) -> Vec<u8> {
+    let mut v = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png).unwrap();
+    v
+}
+
+/// A `multipart/form-data` body of named files, and its Content-Type.
+pub fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "XbOuNdArY";
+    let mut form = Vec::new();
+    for (name, data) in files {
+        form.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{name}\"\r\n\r\n")
+                .as_bytes(),
+        );
+        form.extend(*data);
+        form.extend(b"\r\n");
+    }
+    form.extend(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), form)
+}
