@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::contract::{self, Contract};
 use crate::decode::DecodeLimits;
-use crate::error::{one_line, InferError, ItemError};
+use crate::error::{first_line, InferError, ItemError};
 use crate::guard;
 use crate::metadata::ModelMetadata;
 use crate::prediction::{Prediction, Ranker};
@@ -108,7 +108,7 @@ impl ClassifierBuilder {
             let blank = vec![0.0; classifier.contract.meta.preprocess.input_len()];
             classifier.run(&blank).map_err(|e| InferError::Incompatible {
                 path: classifier.path.clone(),
-                reason: format!("a trial run failed: {}", crate::error::one_line(e)),
+                reason: format!("a trial run failed: {}", crate::error::first_line(e)),
             })?;
         }
         Ok(classifier)
@@ -207,15 +207,15 @@ impl Classifier {
     fn run_batch(&self, data: &[f32], batch: usize) -> Result<Vec<f32>, InferError> {
         let side = i64::from(self.contract.meta.preprocess.crop_size);
         let tensor = TensorRef::from_array_view(([batch as i64, 3, side, side], data))
-            .map_err(|e| InferError::Run(one_line(e)))?;
+            .map_err(|e| InferError::Run(first_line(e)))?;
         // A panic elsewhere while holding the lock leaves ONNX Runtime's session intact.
         let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session
             .run(ort::inputs![self.contract.input_name.as_str() => tensor])
-            .map_err(|e| InferError::Run(one_line(e)))?;
+            .map_err(|e| InferError::Run(first_line(e)))?;
         let name = &self.contract.output_name;
         let value = outputs.get(name).ok_or_else(|| InferError::Run(format!("no output '{name}'")))?;
-        let (dims, values) = value.try_extract_tensor::<f32>().map_err(|e| InferError::Run(one_line(e)))?;
+        let (dims, values) = value.try_extract_tensor::<f32>().map_err(|e| InferError::Run(first_line(e)))?;
         let classes = self.contract.meta.classes.len();
         if dims.len() != 2 || dims[1] != classes as i64 || dims[0] != batch as i64 {
             return Err(InferError::Run(format!(

@@ -8,7 +8,7 @@ use std::path::Path;
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
-use crate::error::{one_line, InferError};
+use crate::error::{first_line, InferError};
 use crate::metadata::ModelMetadata;
 
 /// Largest fixed batch size accepted from a model file: a larger one would make every call
@@ -48,7 +48,8 @@ pub(crate) fn check(session: &Session, path: &Path) -> Result<Contract, InferErr
     if num_outputs.is_some_and(|n| n == 0 || n > MAX_CLASSES) {
         return Err(incompatible(format!("output '{output_name}' has {} classes", out_dims[1])));
     }
-    let md = session.metadata().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), reason: one_line(e) })?;
+    let md =
+        session.metadata().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), reason: first_line(e) })?;
     let get = |k: &str| md.custom(k);
     let mut meta = ModelMetadata::from_props(&get, num_outputs)
         .map_err(|source| InferError::Metadata { path: path.to_path_buf(), source })?;

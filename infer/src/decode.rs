@@ -214,12 +214,13 @@ fn image_error(e: image::ImageError) -> DecodeError {
             DecodeError::Corrupt("truncated file".into())
         }
         image::ImageError::IoError(io) => DecodeError::Io(io),
-        image::ImageError::Unsupported(u) => DecodeError::Corrupt(one_line(&u.to_string())),
-        other => DecodeError::Corrupt(one_line(&other.to_string())),
+        image::ImageError::Unsupported(u) => DecodeError::Corrupt(collapse_whitespace(&u.to_string())),
+        other => DecodeError::Corrupt(collapse_whitespace(&other.to_string())),
     }
 }
 
-pub(super) fn one_line(s: &str) -> String {
+/// A decoder's message on one line, runs of whitespace (line breaks included) made one space.
+pub(super) fn collapse_whitespace(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -52,7 +52,8 @@ pub enum ItemError {
     Crashed(#[from] Panicked),
 }
 
-/// First line of a message from ONNX Runtime, which can be long.
-pub(crate) fn one_line(s: impl std::fmt::Display) -> String {
+/// The first line of a message, trimmed: messages from ONNX Runtime and libtorch can carry
+/// long details or C++ backtraces after it. The one helper every error path uses.
+pub fn first_line(s: impl std::fmt::Display) -> String {
     s.to_string().lines().next().unwrap_or("").trim().to_string()
 }

@@ -51,7 +51,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    msg.lines().next().unwrap_or("").trim().to_string()
+    crate::error::first_line(msg)
 }
 
 /// Runs `f`, turning a panic into [`Panicked`] (with `context` naming what ran).

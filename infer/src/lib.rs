@@ -57,7 +57,7 @@ pub use classifier::{Classifier, ClassifierBuilder};
 pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
 pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
 pub use device::DeviceSpec;
-pub use error::{InferError, ItemError};
+pub use error::{first_line, InferError, ItemError};
 pub use metadata::{ModelMetadata, Quantization};
 pub use prediction::{FileResult, Prediction, Scored};
 pub use prepare::prepare_file;

@@ -570,7 +570,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").lines().next().unwrap_or("unknown error"));
+            eprintln!("error: {}", infer::first_line(format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

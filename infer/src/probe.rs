@@ -5,7 +5,7 @@
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::error::{one_line, InferError};
+use crate::error::{first_line, InferError};
 
 /// A model's session with its input name and output names.
 pub struct Probe {
@@ -19,7 +19,7 @@ impl Probe {
     pub fn from_bytes(bytes: &[u8], threads: Option<usize>) -> Result<Probe, InferError> {
         let load = |reason: String| InferError::ModelLoad { path: "<in memory>".into(), reason };
         let mut builder = crate::provider::base_builder(threads).map_err(load)?;
-        let session = builder.commit_from_memory(bytes).map_err(|e| load(one_line(e)))?;
+        let session = builder.commit_from_memory(bytes).map_err(|e| load(first_line(e)))?;
         let input = session.inputs().first().map(|i| i.name().to_string()).unwrap_or_default();
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
         Ok(Probe { session, input, outputs })
@@ -32,7 +32,7 @@ impl Probe {
 
     /// Runs `input` (of `shape`) and returns every output's values, in [`Probe::outputs`] order.
     pub fn run(&mut self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Vec<f32>>, InferError> {
-        let run = |e: ort::Error| InferError::Run(one_line(e));
+        let run = |e: ort::Error| InferError::Run(first_line(e));
         let tensor = TensorRef::from_array_view((shape, input)).map_err(run)?;
         let results = self.session.run(ort::inputs![self.input.as_str() => tensor]).map_err(run)?;
         let mut out = Vec::with_capacity(self.outputs.len());

@@ -7,7 +7,7 @@ use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 
 pub use crate::device::DeviceSpec;
-use crate::error::{one_line, InferError};
+use crate::error::{first_line, InferError};
 use crate::runtime;
 
 /// Where inference runs: the shared device grammar ([`DeviceSpec`]); `Auto` tries CUDA and
@@ -25,9 +25,9 @@ pub(crate) struct Started {
 /// A session builder on the shared environment with `threads` compute threads.
 pub(crate) fn base_builder(threads: Option<usize>) -> Result<SessionBuilder, String> {
     let env = runtime::environment().map_err(|e| e.to_string())?;
-    let b = Session::builder(env).map_err(one_line)?;
+    let b = Session::builder(env).map_err(first_line)?;
     match threads {
-        Some(t) => b.with_intra_threads(t).map_err(one_line),
+        Some(t) => b.with_intra_threads(t).map_err(first_line),
         None => Ok(b),
     }
 }
@@ -46,7 +46,7 @@ fn cuda_builder(id: u32, threads: Option<usize>) -> Result<SessionBuilder, Strin
     let id = i32::try_from(id).map_err(|_| format!("no CUDA device {id}"))?;
     base_builder(threads)?
         .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
-        .map_err(one_line)
+        .map_err(first_line)
 }
 
 /// Whether `provider` can be created (and, given a model, load it): `doctor`'s test.
@@ -59,7 +59,7 @@ pub fn check(provider: ExecutionProvider, model: Option<&Path>) -> Result<(), St
         }
     };
     match model {
-        Some(m) => builder.commit_from_file(m).map(drop).map_err(one_line),
+        Some(m) => builder.commit_from_file(m).map(drop).map_err(first_line),
         None => Ok(()),
     }
 }
@@ -74,10 +74,10 @@ pub(crate) fn start_session(
     runtime::environment()?;
     let load_err = |reason: String| InferError::ModelLoad { path: path.to_path_buf(), reason };
     let cpu = || -> Result<Session, InferError> {
-        base_builder(threads).map_err(load_err)?.commit_from_file(path).map_err(|e| load_err(one_line(e)))
+        base_builder(threads).map_err(load_err)?.commit_from_file(path).map_err(|e| load_err(first_line(e)))
     };
     let cuda =
-        |id: u32| -> Result<Session, String> { cuda_builder(id, threads)?.commit_from_file(path).map_err(one_line) };
+        |id: u32| -> Result<Session, String> { cuda_builder(id, threads)?.commit_from_file(path).map_err(first_line) };
     let on_cpu = |session, note| Started { session, provider: "CPUExecutionProvider".into(), note };
     match provider {
         ExecutionProvider::Cpu => Ok(on_cpu(cpu()?, None)),

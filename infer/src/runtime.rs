@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::error::{one_line, InferError};
+use crate::error::{first_line, InferError};
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 static LOADED: OnceLock<PathBuf> = OnceLock::new();
@@ -38,9 +38,12 @@ fn load() -> Result<ort::environment::Environment, String> {
         match ort::init_from(&path) {
             Ok(builder) => {
                 let _ = LOADED.set(path.clone());
-                return builder.with_name("infer").build().map_err(|e| format!("{}: {}", path.display(), one_line(e)));
+                return builder
+                    .with_name("infer")
+                    .build()
+                    .map_err(|e| format!("{}: {}", path.display(), first_line(e)));
             }
-            Err(e) => tried.push(format!("{} ({})", path.display(), one_line(e))),
+            Err(e) => tried.push(format!("{} ({})", path.display(), first_line(e))),
         }
     }
     Err(format!("tried {}; set ORT_DYLIB_PATH to libonnxruntime.so, or run scripts/setup.sh", tried.join(", ")))

@@ -516,11 +516,6 @@ impl Observer for Console {
     }
 }
 
-/// First line of an error chain: libtorch messages can carry C++ backtraces.
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or("unknown error").to_string()
-}
-
 /// Keeps freed memory for reuse instead of returning it to the system: libtorch allocates and
 /// frees every activation of every step, and glibc would otherwise map fresh, zeroed pages
 /// for most of them (a million page faults per epoch on the seed's data).
@@ -561,7 +556,8 @@ fn main() -> ExitCode {
                 eprintln!("interrupted: resume with --resume {}", last_pt(&cli.train).display());
                 return ExitCode::from(130);
             }
-            eprintln!("error: {}", one_line(&e));
+            // The first line of the chain: libtorch messages can carry C++ backtraces.
+            eprintln!("error: {}", infer::first_line(format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -92,17 +92,12 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, WeightsEr
         let err = |reason: String| WeightsError::Safetensors { path: path.to_path_buf(), reason };
         let named = infer::guard::isolate("the safetensors reader", || Tensor::read_safetensors(path))
             .map_err(|p| err(p.to_string()))?
-            .map_err(|e| err(one_line(&e.to_string())))?;
+            .map_err(|e| err(infer::first_line(e)))?;
         return Ok(named.into_iter().collect());
     }
     let obj = torch_file::load(path).map_err(|source| WeightsError::File { path: path.to_path_buf(), source })?;
     let sd = state_dict_of(&obj).ok_or_else(|| WeightsError::NotStateDict { path: path.to_path_buf() })?;
     sd.into_iter().map(|(k, t)| Ok((k, to_tch(t)?))).collect()
-}
-
-/// First line of a message, for errors from libraries that print backtraces.
-pub fn one_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
 }
 
 /// torch's checkpoint cache: `$TORCH_HOME/hub/checkpoints`, `TORCH_HOME` defaulting to
@@ -183,7 +178,7 @@ fn download(url: &str, dest: &Path, sha256_prefix: &str, progress: ProgressFn) -
         .timeout_per_read(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let response = agent.get(url).call().map_err(|e| one_line(&e.to_string()))?;
+    let response = agent.get(url).call().map_err(infer::first_line)?;
     let total =
         response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut reader = response.into_body().into_reader();

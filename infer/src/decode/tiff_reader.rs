@@ -86,7 +86,7 @@ fn tiff_error(e: tiff::TiffError) -> DecodeError {
             DecodeError::Corrupt("truncated file".into())
         }
         tiff::TiffError::LimitsExceeded => corrupt("directory values exceed the decoding limits"),
-        other => DecodeError::Corrupt(super::one_line(&format!("TIFF: {other}"))),
+        other => DecodeError::Corrupt(super::collapse_whitespace(&format!("TIFF: {other}"))),
     }
 }
 
