@@ -2,8 +2,7 @@
 //! hand, Kubernetes indexed Jobs, Slurm arrays) and `--output FILE --resume` continues a run
 //! that was killed, without redoing, duplicating or tearing records.
 
-#[path = "../../tests/src/common.rs"]
-mod common;
+use test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

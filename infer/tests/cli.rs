@@ -1,8 +1,7 @@
 //! The `infer` binary end to end: bad inputs, colour modes, output formats, --eval, model and
 //! provider errors, exit codes.
 
-#[path = "../../tests/src/common.rs"]
-mod common;
+use test_support as common;
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;

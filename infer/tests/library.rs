@@ -1,7 +1,6 @@
 //! The `infer` library as an embedding application uses it.
 
-#[path = "../../tests/src/common.rs"]
-mod common;
+use test_support as common;
 
 use common::*;
 use infer::{Classifier, ExecutionProvider, InferError, ItemError};

@@ -6,8 +6,7 @@
 
 #![cfg(feature = "server")]
 
-#[path = "../../tests/src/common.rs"]
-mod common;
+use test_support as common;
 mod support;
 
 use std::collections::HashMap;

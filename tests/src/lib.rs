@@ -1,10 +1,9 @@
 //! Helpers shared by the cross-crate tests in `tests/tests/`.
 
 pub mod alloc;
-pub mod common;
 pub mod mutate;
 
-pub use common::*;
+pub use test_support::*;
 
 use std::path::{Path, PathBuf};
 

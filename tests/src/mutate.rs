@@ -7,7 +7,7 @@
 //! (PNG, JPEG, GIF, BMP, TIFF, WebP, zip, safetensors; PNM headers as text), duplication of a
 //! chunk, insertion and deletion.
 
-pub use crate::common::Rng;
+pub use test_support::Rng;
 
 /// A numeric field in a file header: where it is, its width in bytes and byte order.
 #[derive(Debug, Clone, Copy)]

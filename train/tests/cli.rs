@@ -1,8 +1,7 @@
 //! End-to-end runs of the `train` binary on small generated datasets (and on the seed's
 //! dataset when it is present): outputs, bad input, resumption and Ctrl-C.
 
-#[path = "../../tests/src/common.rs"]
-mod common;
+use test_support as common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

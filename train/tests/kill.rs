@@ -7,8 +7,7 @@
 //! decoder panic during the scan) and mutated files that cannot be decoded: training reads the
 //! former and skips the latter by name.
 
-#[path = "../../tests/src/common.rs"]
-mod common;
+use test_support as common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

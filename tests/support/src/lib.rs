@@ -1,16 +1,14 @@
-//! Helpers shared by every test crate of the workspace: the `toolkit-tests` crate exports
-//! them, and the `infer` and `train` tests include this file with
-//! `#[path = "../../tests/src/common.rs"] mod common;` (those crates cannot depend on
-//! `toolkit-tests`, which depends on them).
-
-#![allow(dead_code)]
+//! Helpers shared by the tests of every crate of the workspace, as a dev-dependency: paths
+//! into the repository, the venv's Python, the seed data, fixtures and generated images.
+//! It depends on neither `infer` nor `train`, so both can use it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a crate folder has a parent").to_path_buf()
+    // This crate lives in tests/support/.
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("tests/support is two levels down").to_path_buf()
 }
 
 /// The project's venv Python (made by `scripts/setup.sh`), with unbuffered output.
