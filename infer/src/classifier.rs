@@ -14,7 +14,8 @@ use crate::decode::DecodeLimits;
 use crate::error::{first_line, InferError, ItemError};
 use crate::guard;
 use crate::metadata::ModelMetadata;
-use crate::prediction::{Prediction, Ranker};
+use crate::prediction::{Prediction, Ranked, Ranker};
+use crate::prepare::{prepare_bytes, prepare_image, PreparedBatch};
 use crate::provider::{self, ExecutionProvider};
 
 /// Configures and builds a [`Classifier`].
@@ -226,37 +227,39 @@ impl Classifier {
         Ok(values.to_vec())
     }
 
+    /// Each row of model outputs (`n × classes`) ranked: every class's probability and a
+    /// prediction listing `top_k` classes, from one softmax per row.
+    pub fn rank(&self, outputs: &[f32], top_k: usize) -> Vec<Ranked> {
+        self.ranker.rank(outputs, top_k)
+    }
+
     /// Predictions from model outputs (`n × classes`).
     pub fn predictions(&self, outputs: &[f32]) -> Vec<Prediction> {
-        self.ranker.predictions(outputs)
+        self.predictions_top(outputs, self.ranker.top_k)
     }
 
     /// Predictions from model outputs, listing `top_k` classes each (instead of the
     /// builder's number).
     pub fn predictions_top(&self, outputs: &[f32], top_k: usize) -> Vec<Prediction> {
-        self.ranker.predictions_top(outputs, top_k)
+        self.rank(outputs, top_k).into_iter().map(|r| r.prediction).collect()
     }
 
     /// Class probabilities (`n × classes`) from model outputs.
     pub fn probabilities(&self, outputs: &[f32]) -> Vec<f32> {
-        self.ranker.probabilities(outputs)
+        self.rank(outputs, 1).into_iter().flat_map(|r| r.probabilities).collect()
     }
 
     /// Decodes and preprocesses encoded image files (their bytes) in parallel on the decoding
-    /// threads, each under the panic guard: one model input, or one error, per image.
-    pub fn prepare_encoded(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>, ItemError>> {
-        let limits = self.limits;
-        self.pool.install(|| {
-            images
-                .par_iter()
-                .map(|bytes| {
-                    guard::isolate("preparing an image", || {
-                        Ok(self.preprocess(&crate::decode::decode_bytes(bytes, limits)?)?)
-                    })
-                    .unwrap_or_else(|p| Err(ItemError::Crashed(p)))
-                })
-                .collect()
-        })
+    /// threads: one model input, or one error, per image.
+    pub fn prepare_encoded(&self, images: &[&[u8]]) -> PreparedBatch {
+        let (preprocess, limits) = (&self.contract.meta.preprocess, self.limits);
+        PreparedBatch(self.pool.install(|| images.par_iter().map(|b| prepare_bytes(b, preprocess, limits)).collect()))
+    }
+
+    /// Preprocesses decoded images in parallel on the decoding threads.
+    pub fn prepare_images(&self, imgs: &[RgbImage]) -> PreparedBatch {
+        let preprocess = &self.contract.meta.preprocess;
+        PreparedBatch(self.pool.install(|| imgs.par_iter().map(|img| prepare_image(img, preprocess)).collect()))
     }
 
     /// Preprocesses one decoded image into model input.
@@ -264,35 +267,33 @@ impl Classifier {
         self.contract.meta.preprocess.eval(img)
     }
 
-    /// Classifies one decoded image.
-    pub fn classify(&self, img: &RgbImage) -> Result<Prediction, ItemError> {
-        let mut out = self.classify_images(std::slice::from_ref(img))?;
-        out.pop().ok_or_else(|| ItemError::Batch(InferError::Run("no output".into())))?
+    /// The predictions of a batch's ready items, in order (none when no item is ready).
+    fn run_prepared(&self, batch: &PreparedBatch) -> Result<Vec<Prediction>, InferError> {
+        let (input, n) = batch.input();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.predictions(&self.run(&input)?))
     }
 
-    /// Classifies decoded images as one batch; each gets its own result.
+    /// Classifies a prepared batch as one model call; each item gets its own result (a model
+    /// failure becomes the error of every item that reached it).
+    pub fn classify_prepared(&self, batch: PreparedBatch) -> Vec<Result<Prediction, ItemError>> {
+        let predictions = self.run_prepared(&batch);
+        batch.results(predictions)
+    }
+
+    /// Classifies one decoded image.
+    pub fn classify(&self, img: &RgbImage) -> Result<Prediction, ItemError> {
+        let out = self.classify_images(std::slice::from_ref(img))?;
+        out.into_iter().next().unwrap_or_else(|| Err(ItemError::Batch(InferError::Run("no output".into()))))
+    }
+
+    /// Classifies decoded images as one batch; each gets its own result (`Err` when the model
+    /// itself fails).
     pub fn classify_images(&self, imgs: &[RgbImage]) -> Result<Vec<Result<Prediction, ItemError>>, InferError> {
-        let prepared: Vec<Result<Vec<f32>, ItemError>> = self.pool.install(|| {
-            imgs.par_iter()
-                .map(|img| {
-                    guard::isolate("preprocessing", || Ok(self.preprocess(img)?))
-                        .unwrap_or_else(|p| Err(ItemError::Crashed(p)))
-                })
-                .collect()
-        });
-        let mut input = Vec::new();
-        for p in prepared.iter().flatten() {
-            input.extend_from_slice(p);
-        }
-        let mut predictions =
-            if input.is_empty() { Vec::new() } else { self.predictions(&self.run(&input)?) }.into_iter();
-        Ok(prepared
-            .into_iter()
-            .map(|p| {
-                p.and_then(|_| {
-                    predictions.next().ok_or_else(|| ItemError::Batch(InferError::Run("missing output".into())))
-                })
-            })
-            .collect())
+        let batch = self.prepare_images(imgs);
+        let predictions = self.run_prepared(&batch)?;
+        Ok(batch.results(Ok(predictions)))
     }
 }

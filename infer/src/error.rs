@@ -12,7 +12,8 @@ use crate::guard::Panicked;
 use crate::metadata::MetadataError;
 use crate::preprocess::PreprocessError;
 
-#[derive(Debug, Error)]
+/// `Clone`: a batch that fails gives each of its items the same error.
+#[derive(Debug, Clone, Error)]
 pub enum InferError {
     /// The ONNX Runtime shared library could not be loaded.
     #[error("cannot load ONNX Runtime: {0}")]

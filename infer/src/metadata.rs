@@ -53,7 +53,7 @@ pub struct Quantization {
     pub top1_agreement: f64,
 }
 
-#[derive(Debug, Error, PartialEq)]
+#[derive(Debug, Clone, Error, PartialEq)]
 #[error("metadata key '{key}': {reason}")]
 pub struct MetadataError {
     pub key: String,

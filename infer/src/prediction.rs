@@ -34,6 +34,12 @@ pub struct FileResult {
 }
 
 impl FileResult {
+    /// Whether the record is about the path itself (missing, a broken link, an unreadable
+    /// folder) rather than a file that was read.
+    pub fn is_path_error(&self) -> bool {
+        matches!(self.result, Err(ItemError::Path(_)))
+    }
+
     /// `path: reason` for a failed input, as printed on one line.
     pub fn error_line(&self) -> Option<String> {
         self.result.as_ref().err().map(|e| format!("{}: {e}", self.path.display()))
@@ -59,6 +65,15 @@ impl Serialize for FileResult {
     }
 }
 
+/// One row of model outputs, ranked: every class's probability and the prediction, from one
+/// softmax.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    /// One per class, in class order.
+    pub probabilities: Vec<f32>,
+    pub prediction: Prediction,
+}
+
 /// Turns rows of model outputs into predictions.
 #[derive(Debug, Clone)]
 pub(crate) struct Ranker {
@@ -69,39 +84,27 @@ pub(crate) struct Ranker {
 }
 
 impl Ranker {
-    /// Predictions from model outputs (`n × classes`).
-    pub fn predictions(&self, outputs: &[f32]) -> Vec<Prediction> {
-        self.predictions_top(outputs, self.top_k)
+    /// Each row of `outputs` (`n × classes`) ranked, listing `top_k` classes.
+    pub fn rank(&self, outputs: &[f32], top_k: usize) -> Vec<Ranked> {
+        outputs.chunks(self.classes.len().max(1)).map(|row| self.rank_row(row, top_k)).collect()
     }
 
-    /// Predictions listing `top_k` classes each.
-    pub fn predictions_top(&self, outputs: &[f32], top_k: usize) -> Vec<Prediction> {
-        outputs.chunks(self.classes.len().max(1)).map(|row| self.rank(row, top_k)).collect()
-    }
-
-    /// Probabilities from model outputs (softmax of logits; a probabilities output as it is).
-    pub fn probabilities(&self, outputs: &[f32]) -> Vec<f32> {
-        if self.probabilities {
-            return outputs.to_vec();
-        }
-        outputs.chunks(self.classes.len().max(1)).flat_map(softmax).collect()
-    }
-
-    fn rank(&self, row: &[f32], top_k: usize) -> Prediction {
-        let probs = if self.probabilities { row.to_vec() } else { softmax(row) };
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    fn rank_row(&self, row: &[f32], top_k: usize) -> Ranked {
+        let probabilities = if self.probabilities { row.to_vec() } else { softmax(row) };
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
         let top_k: Vec<Scored> = order
             .iter()
             .take(top_k.max(1))
-            .map(|&i| Scored { class_index: i, label: self.classes[i].clone(), probability: probs[i] })
+            .map(|&i| Scored { class_index: i, label: self.classes[i].clone(), probability: probabilities[i] })
             .collect();
-        Prediction {
+        let prediction = Prediction {
             class_index: top_k[0].class_index,
             label: top_k[0].label.clone(),
             confidence: top_k[0].probability,
             top_k,
-        }
+        };
+        Ranked { probabilities, prediction }
     }
 }
 
@@ -125,7 +128,9 @@ mod tests {
     #[test]
     fn ranks_best_first_with_ties_by_index() {
         let r = Ranker { classes: vec!["a".into(), "b".into(), "c".into()], top_k: 2, probabilities: true };
-        let p = r.predictions(&[0.2, 0.4, 0.4, 0.9, 0.05, 0.05]);
+        let ranked = r.rank(&[0.2, 0.4, 0.4, 0.9, 0.05, 0.05], 2);
+        assert_eq!(ranked[1].probabilities, [0.9, 0.05, 0.05]);
+        let p: Vec<Prediction> = ranked.into_iter().map(|r| r.prediction).collect();
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].label.as_str(), p[0].top_k[1].label.as_str()), ("b", "c"));
         assert_eq!(p[1].class_index, 0);

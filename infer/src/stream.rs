@@ -8,28 +8,26 @@ use std::sync::Arc;
 
 use crate::batching::{self, BatchStream};
 use crate::classifier::Classifier;
-use crate::error::{InferError, ItemError};
 use crate::files::Input;
 use crate::prediction::FileResult;
-use crate::prepare::prepare_file;
+use crate::prepare::{prepare_file, Prepared, PreparedBatch};
 
 /// How many batches are decoded ahead of inference.
 const PREFETCH: usize = 2;
 
 /// Iterator over the [`FileResult`]s of a [`Classifier::classify_stream`] call.
-pub struct Results<'a> {
+pub struct ResultStream<'a> {
     classifier: &'a Classifier,
     /// Inputs not yet yielded, in order; files among them are being decoded by `batches`.
     inputs: VecDeque<Input>,
-    batches: BatchStream<Result<Vec<f32>, ItemError>>,
+    batches: BatchStream<Prepared>,
     /// Results of the current batch not yet yielded.
     ready: VecDeque<FileResult>,
 }
 
-impl<'a> Results<'a> {
-    pub(crate) fn new(classifier: &'a Classifier, inputs: Vec<Input>) -> Results<'a> {
-        let files: Vec<PathBuf> =
-            inputs.iter().filter_map(|i| if let Input::File(p) = i { Some(p.clone()) } else { None }).collect();
+impl<'a> ResultStream<'a> {
+    pub(crate) fn new(classifier: &'a Classifier, inputs: Vec<Input>) -> ResultStream<'a> {
+        let files = crate::files::file_paths(&inputs);
         let preprocess = classifier.metadata().preprocess.clone();
         let limits = classifier.decode_limits();
         let load = move |path: &PathBuf, _| prepare_file(path, &preprocess, limits);
@@ -42,33 +40,23 @@ impl<'a> Results<'a> {
             PREFETCH,
             load,
         );
-        Results { classifier, inputs: inputs.into(), batches, ready: VecDeque::new() }
+        ResultStream { classifier, inputs: inputs.into(), batches, ready: VecDeque::new() }
     }
 
     /// Infers the next decoded batch into `ready`, pairing results with the files in order.
     fn infer_next_batch(&mut self) -> bool {
         let Some(batch) = self.batches.next() else { return false };
-        let mut input = Vec::new();
-        for tensor in batch.iter().flatten() {
-            input.extend_from_slice(tensor);
-        }
-        let outputs = if input.is_empty() { Ok(Vec::new()) } else { self.classifier.run(&input) };
-        let mut predictions = outputs.as_ref().map(|o| self.classifier.predictions(o).into_iter());
+        let results = self.classifier.classify_prepared(PreparedBatch(batch));
         let mut files = self.inputs.iter().filter_map(|i| if let Input::File(p) = i { Some(p) } else { None });
-        for item in batch {
+        for result in results {
             let path = files.next().cloned().unwrap_or_default();
-            let result = match (item, &mut predictions) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Ok(p)) => p.next().ok_or_else(|| ItemError::Batch(InferError::Run("missing output".into()))),
-                (Ok(_), Err(e)) => Err(ItemError::Batch(InferError::Run(e.to_string()))),
-            };
             self.ready.push_back(FileResult { path, result });
         }
         true
     }
 }
 
-impl Iterator for Results<'_> {
+impl Iterator for ResultStream<'_> {
     type Item = FileResult;
 
     fn next(&mut self) -> Option<FileResult> {
@@ -88,13 +76,13 @@ impl Iterator for Results<'_> {
     }
 }
 
-/// Classifying many files: everything goes through [`Results`].
+/// Classifying many files: everything goes through [`ResultStream`].
 impl Classifier {
     /// Streams the results of `inputs` in order: files are decoded and preprocessed in
     /// parallel, ahead of inference, and classified in batches; [`Input::Error`] entries come
     /// out where they stand. Dropping the iterator stops the work after the batches in flight.
-    pub fn classify_stream(&self, inputs: Vec<Input>) -> Results<'_> {
-        Results::new(self, inputs)
+    pub fn classify_stream(&self, inputs: Vec<Input>) -> ResultStream<'_> {
+        ResultStream::new(self, inputs)
     }
 
     /// Classifies files, calling `on_result` for each, in order, as soon as its batch is done.

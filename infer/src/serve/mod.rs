@@ -13,6 +13,7 @@ mod routes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -20,20 +21,20 @@ use serde_json::{json, Value};
 use crate::provider::ExecutionProvider;
 use crate::Classifier;
 
-/// The server's settings.
+/// The server's settings. [`ServeConfig::new`] gives the defaults, which the CLI shows.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub model: PathBuf,
     pub host: String,
     /// 0 lets the system choose (the address is printed).
     pub port: u16,
-    /// Images per model call at most.
+    /// Images per model call at most (at least 1).
     pub max_batch: usize,
     /// How long the first request of a batch waits for others.
     pub max_delay: Duration,
-    /// Requests waiting for the model at most; more are answered 503.
+    /// Requests waiting for the model at most (at least 1); more are answered 503.
     pub max_queue: usize,
-    /// Largest request body, in bytes; larger ones are answered 413.
+    /// Largest request body, in bytes (at least 1 MB); larger ones are answered 413.
     pub max_body: usize,
     /// The model's name in the protocol's routes.
     pub name: String,
@@ -44,6 +45,64 @@ pub struct ServeConfig {
     /// After a stop signal, how long requests in flight may take (a stalled upload would
     /// otherwise hold the exit forever).
     pub drain: Duration,
+}
+
+impl ServeConfig {
+    pub const DEFAULT_HOST: &'static str = "127.0.0.1";
+    pub const DEFAULT_PORT: u16 = 8000;
+    pub const DEFAULT_MAX_BATCH: usize = 32;
+    pub const DEFAULT_MAX_DELAY_MS: u64 = 5;
+    pub const DEFAULT_MAX_QUEUE: usize = 256;
+    pub const DEFAULT_MAX_BODY_MB: usize = 20;
+    /// Below Kubernetes' default 30 s grace period, so that the exit is ours.
+    pub const DEFAULT_DRAIN_SECONDS: u64 = 25;
+
+    /// The defaults for `model`, served under its file name without `.onnx`.
+    pub fn new(model: impl Into<PathBuf>) -> ServeConfig {
+        let model = model.into();
+        ServeConfig {
+            name: Self::default_name(&model),
+            model,
+            host: Self::DEFAULT_HOST.into(),
+            port: Self::DEFAULT_PORT,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            max_delay: Duration::from_millis(Self::DEFAULT_MAX_DELAY_MS),
+            max_queue: Self::DEFAULT_MAX_QUEUE,
+            max_body: Self::DEFAULT_MAX_BODY_MB << 20,
+            threads: None,
+            provider: ExecutionProvider::Auto,
+            log_requests: false,
+            drain: Duration::from_secs(Self::DEFAULT_DRAIN_SECONDS),
+        }
+    }
+
+    /// A model's name in the routes: its file name without `.onnx`.
+    pub fn default_name(model: &std::path::Path) -> String {
+        model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned())
+    }
+
+    /// The settings with each limit raised to its least workable value.
+    fn clamped(mut self) -> ServeConfig {
+        self.max_batch = self.max_batch.max(1);
+        self.max_queue = self.max_queue.max(1);
+        self.max_body = self.max_body.max(1 << 20);
+        self
+    }
+}
+
+/// Why the server could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot start the server's threads: {0}")]
+    Threads(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Model(#[from] crate::InferError),
+    #[error("warm-up failed: {0}")]
+    WarmUp(crate::InferError),
+    #[error("server error: {0}")]
+    Server(std::io::Error),
 }
 
 /// What exists once the model is loaded.
@@ -92,15 +151,15 @@ fn model_metadata(name: &str, c: &Classifier) -> Value {
 }
 
 /// Loads the model, warms it up (a full batch and a single image) and starts batching.
-fn load(config: &ServeConfig, metrics: &Arc<metrics::Metrics>) -> Result<(Ready, std::thread::JoinHandle<()>), String> {
+fn load(config: &ServeConfig, metrics: &Arc<metrics::Metrics>) -> Result<(Ready, JoinHandle<()>), ServeError> {
     let mut builder = Classifier::builder(&config.model).execution_provider(config.provider);
     if let Some(t) = config.threads {
         builder = builder.intra_threads(t);
     }
-    let classifier = Arc::new(builder.build().map_err(|e| e.to_string())?);
+    let classifier = Arc::new(builder.build()?);
     let len = classifier.metadata().preprocess.input_len();
     for n in [config.max_batch, 1] {
-        classifier.run(&vec![0.0; n * len]).map_err(|e| format!("warm-up failed: {e}"))?;
+        classifier.run(&vec![0.0; n * len]).map_err(ServeError::WarmUp)?;
     }
     let (queue, handle) = batcher::start(
         Arc::clone(&classifier),
@@ -125,74 +184,22 @@ async fn stop_signal() -> &'static str {
 
 /// Runs the server until SIGTERM/SIGINT (`Ok`) or until it cannot serve (`Err`: the address is
 /// taken, the model does not load).
-pub fn serve(config: ServeConfig) -> Result<(), String> {
+pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()
-        .map_err(|e| format!("cannot start the server's threads: {e}"))?;
+        .map_err(ServeError::Threads)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let app = Arc::new(App { config: config.clone(), ready: OnceLock::new(), metrics: Arc::clone(&metrics) });
-    let result = runtime.block_on(async {
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener =
-            tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let local: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-        log(
-            started,
-            &format!("listening on http://{local} (model '{}': {}; loading)", config.name, config.model.display()),
-        );
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
-        let loader = {
-            let (app, metrics) = (Arc::clone(&app), Arc::clone(&metrics));
-            tokio::task::spawn_blocking(move || match load(&app.config, &metrics) {
-                Ok((ready, handle)) => {
-                    let provider = ready.classifier.provider().to_string();
-                    let _ = app.ready.set(ready);
-                    log(started, &format!("ready: model loaded and warmed up on {provider}"));
-                    Some(handle)
-                }
-                Err(e) => {
-                    let _ = failed_tx.send(e);
-                    None
-                }
-            })
-        };
-        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-        let stopping = Arc::new(tokio::sync::Notify::new());
-        let shutdown = {
-            let (failure, stopping) = (Arc::clone(&failure), Arc::clone(&stopping));
-            async move {
-                tokio::select! {
-                    why = stop_signal() => log(started, &format!("{why}: stopping; finishing the requests in flight")),
-                    Ok(e) = failed_rx => {
-                        log(started, &format!("error: {e}"));
-                        if let Ok(mut f) = failure.lock() { *f = Some(e); }
-                    }
-                }
-                stopping.notify_one();
-            }
-        };
-        let server = axum::serve(listener, routes::router(Arc::clone(&app))).with_graceful_shutdown(shutdown);
-        let drained = async move {
-            stopping.notified().await;
-            tokio::time::sleep(config.drain).await;
-        };
-        tokio::select! {
-            r = async { server.await } => r.map_err(|e| format!("server error: {e}"))?,
-            () = drained => log(started, &format!("requests still open after {} s are cut", config.drain.as_secs())),
-        }
-        let batcher = loader.await.ok().flatten();
-        let failed = failure.lock().ok().and_then(|mut f| f.take());
-        Ok::<_, String>((batcher, failed))
-    });
+    let app = Arc::new(App { config: config.clamped(), ready: OnceLock::new(), metrics });
+    let result = runtime.block_on(run(Arc::clone(&app), started));
     // Connections cut at the drain limit still hold the app (and so the queue): ending the
     // runtime drops them. Then dropping the queue's last sender lets the batching thread
     // finish what is queued.
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(app);
-    let (batcher, failed) = result?;
+    let Stopped { batcher, failed } = result?;
     if let Some(handle) = batcher {
         let _ = handle.join();
     }
@@ -203,4 +210,83 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// How the server stopped: the batching thread to join, and the loading failure that stopped
+/// it, if one did.
+struct Stopped {
+    batcher: Option<JoinHandle<()>>,
+    failed: Option<ServeError>,
+}
+
+/// Listens, loads the model in the background, serves until a stop signal or a loading
+/// failure, then drains.
+async fn run(app: Arc<App>, started: Instant) -> Result<Stopped, ServeError> {
+    let config = &app.config;
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Listen { addr: addr.clone(), source })?;
+    let local: SocketAddr = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+    log(
+        started,
+        &format!("listening on http://{local} (model '{}': {}; loading)", config.name, config.model.display()),
+    );
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
+    let loader = spawn_loader(Arc::clone(&app), started, failed_tx);
+    let failure = Arc::new(std::sync::Mutex::new(None::<ServeError>));
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let shutdown = shutdown_on_signal_or_failure(started, failed_rx, Arc::clone(&failure), Arc::clone(&stopping));
+    let server = axum::serve(listener, routes::router(Arc::clone(&app))).with_graceful_shutdown(shutdown);
+    let drain = config.drain;
+    let drained = async move {
+        stopping.notified().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        r = async { server.await } => r.map_err(ServeError::Server)?,
+        () = drained => log(started, &format!("requests still open after {} s are cut", drain.as_secs())),
+    }
+    let batcher = loader.await.ok().flatten();
+    let failed = failure.lock().ok().and_then(|mut f| f.take());
+    Ok(Stopped { batcher, failed })
+}
+
+/// Loads the model on a blocking thread; the server is ready once it is in, or told through
+/// `failed` that it never will be.
+fn spawn_loader(
+    app: Arc<App>,
+    started: Instant,
+    failed: tokio::sync::oneshot::Sender<ServeError>,
+) -> tokio::task::JoinHandle<Option<JoinHandle<()>>> {
+    tokio::task::spawn_blocking(move || match load(&app.config, &app.metrics) {
+        Ok((ready, handle)) => {
+            let provider = ready.classifier.provider().to_string();
+            let _ = app.ready.set(ready);
+            log(started, &format!("ready: model loaded and warmed up on {provider}"));
+            Some(handle)
+        }
+        Err(e) => {
+            let _ = failed.send(e);
+            None
+        }
+    })
+}
+
+/// Resolves at SIGTERM/SIGINT or when loading fails (kept in `failure`); either way, tells
+/// `stopping` that the drain period starts.
+async fn shutdown_on_signal_or_failure(
+    started: Instant,
+    failed: tokio::sync::oneshot::Receiver<ServeError>,
+    failure: Arc<std::sync::Mutex<Option<ServeError>>>,
+    stopping: Arc<tokio::sync::Notify>,
+) {
+    tokio::select! {
+        why = stop_signal() => log(started, &format!("{why}: stopping; finishing the requests in flight")),
+        Ok(e) = failed => {
+            log(started, &format!("error: {e}"));
+            if let Ok(mut f) = failure.lock() { *f = Some(e); }
+        }
+    }
+    stopping.notify_one();
 }

@@ -222,7 +222,7 @@ fn images_payload(input: &InputJson, raw: Option<&[u8]>, n: usize) -> Result<Pay
 }
 
 /// The results of a request, ready to encode.
-pub struct Results {
+pub struct ResponseOutputs {
     pub n: usize,
     pub classes: usize,
     /// `n × classes`.
@@ -232,7 +232,7 @@ pub struct Results {
 }
 
 /// Encodes the response; returns the body and, for a binary response, the JSON part's length.
-pub fn encode(model: &str, req: &Request, r: &Results) -> (Vec<u8>, Option<usize>) {
+pub fn encode(model: &str, req: &Request, r: &ResponseOutputs) -> (Vec<u8>, Option<usize>) {
     let mut binary = Vec::new();
     let mut outputs = Vec::new();
     let k = r.labels.first().map_or(1, Vec::len);
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn responses_in_json_and_binary() {
-        let r = Results { n: 1, classes: 2, probabilities: vec![0.25, 0.75], labels: vec![vec!["b".into()]] };
+        let r = ResponseOutputs { n: 1, classes: 2, probabilities: vec![0.25, 0.75], labels: vec![vec!["b".into()]] };
         let req = Request {
             id: Some("7".into()),
             payload: Payload::Images(vec![]),

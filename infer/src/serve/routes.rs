@@ -17,10 +17,10 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::batcher::{Announced, Job, Refused};
-use super::protocol::{self, Payload, Results};
+use super::protocol::{self, Payload, ResponseOutputs};
 use super::{App, Ready};
-use crate::error::ItemError;
 use crate::prediction::FileResult;
+use crate::prepare::PreparedBatch;
 
 type Shared = Arc<App>;
 
@@ -170,7 +170,7 @@ async fn metrics(State(app): State<Shared>) -> Response {
 
 /// Decodes and preprocesses encoded images on the decoding threads; each image's input or
 /// error.
-async fn prepare(ready: &Ready, images: Vec<Vec<u8>>) -> Result<Vec<Result<Vec<f32>, ItemError>>, ApiError> {
+async fn prepare(ready: &Ready, images: Vec<Vec<u8>>) -> Result<PreparedBatch, ApiError> {
     let classifier = Arc::clone(&ready.classifier);
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
@@ -215,10 +215,19 @@ async fn infer_versioned(
     }
 }
 
+/// The protocol's inference route: parse the request, gather its model input, run it with
+/// the other requests of its batch, encode the response.
 async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
     let ready = model(app, name)?;
     let on_way = ready.queue.announce();
-    let c = &ready.classifier;
+    let mut req = parse_request(ready, headers, body)?;
+    let (inputs, n) = gather(app, ready, &mut req).await?;
+    let outputs = run(ready, on_way, inputs, n).await?;
+    Ok(encode_response(app, ready, &req, n, &outputs))
+}
+
+/// The request, checked: its length header, its encoding, then its body.
+fn parse_request(ready: &Ready, headers: &HeaderMap, body: &[u8]) -> Result<protocol::Request, ApiError> {
     let json_len = match headers.get(protocol::HEADER_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -231,37 +240,49 @@ async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) ->
     if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
         return Err(error(StatusCode::BAD_REQUEST, "compressed request bodies are not supported"));
     }
-    let side = c.metadata().preprocess.crop_size as usize;
-    let mut req = protocol::parse(body, json_len, side).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
-    // Moved out rather than copied: the response needs only the request's other fields.
+    let side = ready.classifier.metadata().preprocess.crop_size as usize;
+    protocol::parse(body, json_len, side).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))
+}
+
+/// The request's model input and image count: its tensor as it is, or its images decoded
+/// and preprocessed. The payload is moved out, not copied: the response needs only the
+/// request's other fields.
+async fn gather(app: &App, ready: &Ready, req: &mut protocol::Request) -> Result<(Vec<f32>, usize), ApiError> {
     let payload = std::mem::replace(&mut req.payload, Payload::Images(Vec::new()));
     let n = match &payload {
         Payload::Tensor { n, .. } => *n,
         Payload::Images(images) => images.len(),
     };
     too_many(app, n)?;
-    let inputs = match payload {
-        Payload::Tensor { values, .. } => values,
-        Payload::Images(images) => {
-            let prepared = prepare(ready, images).await?;
-            let mut inputs = Vec::with_capacity(prepared.len() * c.metadata().preprocess.input_len());
-            for (i, p) in prepared.into_iter().enumerate() {
-                // The protocol has no per-element errors: the request fails, naming the image.
-                let p = p.map_err(|e| error(StatusCode::BAD_REQUEST, format!("image {i}: {e}")))?;
-                inputs.extend(p);
-            }
-            inputs
-        }
-    };
     if n == 0 {
         return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
     }
-    let outputs = run(ready, on_way, inputs, n).await?;
-    let k = req.top_k.min(c.metadata().classes.len());
-    let labels =
-        c.predictions_top(&outputs, k).into_iter().map(|p| p.top_k.into_iter().map(|s| s.label).collect()).collect();
-    let results = Results { n, classes: c.metadata().classes.len(), probabilities: c.probabilities(&outputs), labels };
-    let (body, json_len) = protocol::encode(&app.config.name, &req, &results);
+    match payload {
+        Payload::Tensor { values, .. } => Ok((values, n)),
+        Payload::Images(images) => {
+            let batch = prepare(ready, images).await?;
+            // The protocol has no per-element errors: the request fails, naming the image.
+            if let Some((i, Err(e))) = batch.0.iter().enumerate().find(|(_, p)| p.is_err()) {
+                return Err(error(StatusCode::BAD_REQUEST, format!("image {i}: {e}")));
+            }
+            Ok(batch.input())
+        }
+    }
+}
+
+/// The protocol's response: probabilities and top-k labels from one ranking of the outputs.
+fn encode_response(app: &App, ready: &Ready, req: &protocol::Request, n: usize, outputs: &[f32]) -> Response {
+    let c = &ready.classifier;
+    let classes = c.metadata().classes.len();
+    let ranked = c.rank(outputs, req.top_k.min(classes));
+    let mut probabilities = Vec::with_capacity(n * classes);
+    let mut labels = Vec::with_capacity(n);
+    for r in ranked {
+        probabilities.extend(r.probabilities);
+        labels.push(r.prediction.top_k.into_iter().map(|s| s.label).collect());
+    }
+    let outputs = ResponseOutputs { n, classes, probabilities, labels };
+    let (body, json_len) = protocol::encode(&app.config.name, req, &outputs);
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
     match json_len {
@@ -273,7 +294,7 @@ async fn infer_inner(app: &App, name: &str, headers: &HeaderMap, body: &[u8]) ->
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    Ok(response)
+    response
 }
 
 #[derive(Deserialize)]
@@ -290,6 +311,30 @@ async fn classify(State(app): State<Shared>, Query(q): Query<ClassifyQuery>, req
 
 async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<Response, ApiError> {
     let ready = ready(app)?;
+    let named = read_images(app, &q, req).await?;
+    // Announced only once the body is in: a slow upload must not hold other batches back.
+    let on_way = ready.queue.announce();
+    let (names, bodies): (Vec<String>, Vec<Vec<u8>>) = named.into_iter().unzip();
+    let batch = prepare(ready, bodies).await?;
+    let (input, n) = batch.input();
+    let predictions = match n {
+        0 => Vec::new(),
+        n => ready.classifier.predictions_top(&run(ready, on_way, input, n).await?, q.top_k.unwrap_or(1)),
+    };
+    let failures = batch.0.len() - n;
+    let mut body = String::new();
+    for (name, result) in names.iter().zip(batch.results(Ok(predictions))) {
+        let record = FileResult { path: PathBuf::from(name), result };
+        body.push_str(&serde_json::to_string(&record).expect("records serialise"));
+        body.push('\n');
+    }
+    // One image that cannot be read is the request's fault; in a set, the others are answered.
+    let status = if failures == names.len() && names.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    Ok((status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// The request's images with their names: the body itself, or each part of a multipart form.
+async fn read_images(app: &Shared, q: &ClassifyQuery, req: Request) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -311,31 +356,5 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
     if named.is_empty() {
         return Err(error(StatusCode::BAD_REQUEST, "no image in the request"));
     }
-    // Announced only once the body is in: a slow upload must not hold other batches back.
-    let on_way = ready.queue.announce();
-    let c = &ready.classifier;
-    let (names, bodies): (Vec<String>, Vec<Vec<u8>>) = named.into_iter().unzip();
-    let prepared = prepare(ready, bodies).await?;
-    let good: Vec<f32> = prepared.iter().flatten().flatten().copied().collect();
-    let n = prepared.iter().filter(|p| p.is_ok()).count();
-    let mut predictions =
-        if n > 0 { c.predictions_top(&run(ready, on_way, good, n).await?, q.top_k.unwrap_or(1)) } else { vec![] }
-            .into_iter();
-    let mut body = String::new();
-    let mut failures = 0;
-    for (name, p) in names.iter().zip(prepared) {
-        let result = match p {
-            Ok(_) => predictions.next().ok_or_else(|| ItemError::Path("missing output".into())),
-            Err(e) => {
-                failures += 1;
-                Err(e)
-            }
-        };
-        let record = FileResult { path: PathBuf::from(name), result };
-        body.push_str(&serde_json::to_string(&record).expect("records serialise"));
-        body.push('\n');
-    }
-    // One image that cannot be read is the request's fault; in a set, the others are answered.
-    let status = if failures == names.len() && names.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok((status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    Ok(named)
 }
