@@ -183,6 +183,13 @@ type CuGetInt = unsafe extern "C" fn(*mut c_int) -> c_int;
 type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
 type CuDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
 
+/// Whether an NVIDIA GPU is installed (its kernel driver is loaded): a cheap look at the
+/// device files that loads no library. It says whether falling back to the CPU is worth a
+/// note; whether CUDA works is [`driver`]'s question.
+pub fn gpu_installed() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists() || Path::new("/dev/nvidia0").exists()
+}
+
 /// Asks the driver (`libcuda.so.1`, through its stable C API) for its CUDA version and devices,
 /// once per process: the answer cannot change while it runs, and several checks need it.
 pub fn driver() -> Result<Driver, String> {

@@ -40,6 +40,8 @@ pub mod files;
 #[cfg(feature = "draw")]
 pub mod gallery;
 pub mod guard;
+#[cfg(feature = "draw")]
+pub mod job;
 pub mod metadata;
 pub mod prediction;
 pub mod prepare;
