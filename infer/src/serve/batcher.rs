@@ -17,14 +17,14 @@ use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
 use crate::guard;
-use crate::Classifier;
+use crate::{Classifier, InferError};
 
 /// One request's images, and where its rows go.
 pub struct Job {
     /// `n × 3 × side × side` values.
     pub inputs: Vec<f32>,
     pub n: usize,
-    pub reply: oneshot::Sender<Result<Vec<f32>, String>>,
+    pub reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
 }
 
 /// The queue's sending side; dropping every clone stops the batching thread once the queue
@@ -161,8 +161,7 @@ fn serve_batch(classifier: &Classifier, jobs: Vec<Job>, images: usize, metrics: 
 }
 
 /// One model run on the batching thread; a panic is an error like any other.
-fn run_guarded(classifier: &Classifier, input: &[f32]) -> Result<Vec<f32>, String> {
+fn run_guarded(classifier: &Classifier, input: &[f32]) -> Result<Vec<f32>, InferError> {
     guard::isolate("the batching thread", || classifier.run(input))
-        .map_err(|p| p.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
+        .unwrap_or_else(|p| Err(InferError::Run(p.to_string())))
 }

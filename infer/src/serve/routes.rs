@@ -194,7 +194,7 @@ async fn run(ready: &Ready, on_way: Announced, inputs: Vec<f32>, n: usize) -> Re
     }
     match rx.await {
         Ok(Ok(outputs)) => Ok(outputs),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping")),
     }
 }
