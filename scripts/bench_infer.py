@@ -41,19 +41,12 @@ def baseline(model, batch, threads, paths):
     import numpy as np
     import onnxruntime as ort
     from PIL import Image
-    from torchvision import transforms
+    from torchvision_reference import eval_transform
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    tf = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
+    tf = eval_transform()
     files = []
     for p in paths:
         if os.path.isdir(p):
@@ -78,10 +71,9 @@ def compute(model, batch, threads, paths):
     import numpy as np
     import onnxruntime as ort
     from PIL import Image
-    from torchvision import transforms
+    from torchvision_reference import eval_transform
 
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = eval_transform()
     files = sorted(os.path.join(d, f) for p in paths for d, _, fs in os.walk(p) for f in fs)[:160]
     x = np.stack([tf(Image.open(f).convert("RGB")).numpy() for f in files])
     opts = ort.SessionOptions()

@@ -46,7 +46,7 @@ def python_service(model, threads, port):
     from fastapi import FastAPI, HTTPException, Request
     from PIL import Image
     from starlette.concurrency import run_in_threadpool
-    from torchvision import transforms
+    from torchvision_reference import eval_transform
 
     torch.set_num_threads(threads)
     opts = ort.SessionOptions()
@@ -54,14 +54,7 @@ def python_service(model, threads, port):
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     classes = json.loads(meta["classes"]) if "classes" in meta else None
-    tf = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
+    tf = eval_transform()
     app = FastAPI()
 
     def predict(data):

@@ -24,13 +24,12 @@ import warnings
 import torch
 import torchvision
 from torch import nn
-from torchvision import datasets, transforms
+from torchvision import datasets
+from torchvision_reference import eval_transform, train_transform
 
 # The seed uses 4 workers whatever the machine; PyTorch warns about that on 2 cores.
 warnings.filterwarnings("ignore", message="This DataLoader will create")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
 
 
 def make_initial_weights(path, pretrained, seed):
@@ -47,19 +46,7 @@ def pytorch_seed_training(data, weights, epochs, mode, seed, batch=4, device="cp
     """The tutorial's train_model, timed per epoch (on `device`; with `amp`, torch.autocast and
     a GradScaler as PyTorch's mixed-precision recipe has them)."""
     torch.manual_seed(seed)
-    tfs = {
-        "train": transforms.Compose(
-            [
-                transforms.RandomResizedCrop(224),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                transforms.Normalize(MEAN, STD),
-            ]
-        ),
-        "val": transforms.Compose(
-            [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-        ),
-    }
+    tfs = {"train": train_transform(), "val": eval_transform()}
     cuda = device.startswith("cuda")
     sets = {x: datasets.ImageFolder(os.path.join(data, x), tfs[x]) for x in ["train", "val"]}
     loaders = {x: torch.utils.data.DataLoader(sets[x], batch_size=batch, shuffle=True, num_workers=4, pin_memory=cuda)

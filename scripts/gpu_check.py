@@ -31,7 +31,8 @@ from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_train import MEAN, STD, make_initial_weights, pytorch_seed_training  # noqa: E402
+from bench_train import make_initial_weights, pytorch_seed_training  # noqa: E402
+from torchvision_reference import eval_transform  # noqa: E402
 
 
 def train_run(binary, data, weights, epochs, batch, device, amp, out, seed, extra=()):
@@ -76,11 +77,9 @@ def gpu_bound_limit(device, batch, amp):
 
 
 def torchvision_accuracy(best_pt, data, device):
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                             transforms.Normalize(MEAN, STD)])
-    val = datasets.ImageFolder(os.path.join(data, "val"), tf)
+    val = datasets.ImageFolder(os.path.join(data, "val"), eval_transform())
     model = torchvision.models.resnet18(num_classes=len(val.classes))
     model.load_state_dict(torch.load(best_pt, map_location="cpu"))
     model = model.to(device).eval()

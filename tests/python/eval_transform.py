@@ -3,23 +3,16 @@
 Usage: eval_transform.py OUT.f32 IMAGE... -- writes, for each image in order, the
 3x224x224 float32 tensor of Resize(256) + CenterCrop(224) + ToTensor + Normalize.
 """
+import os
 import sys
 
 import numpy as np
 from PIL import Image
-from torchvision import transforms
 
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from torchvision_reference import eval_transform  # noqa: E402
 
-transform = transforms.Compose(
-    [
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ]
-)
+transform = eval_transform()
 
 out_path, paths = sys.argv[1], sys.argv[2:]
 with open(out_path, "wb") as out:

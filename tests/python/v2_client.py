@@ -48,10 +48,11 @@ for mode, binary in (("binary", True), ("json", False)):
 
 # Preprocessed tensors, as a client doing its own preprocessing sends them.
 from PIL import Image
-from torchvision import transforms
 
-tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from torchvision_reference import eval_transform  # noqa: E402
+
+tf = eval_transform()
 chunk = files[:8]
 x = np.stack([tf(Image.open(f).convert("RGB")).numpy() for f in chunk])
 inp = http.InferInput("input", list(x.shape), "FP32")
