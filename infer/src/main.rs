@@ -91,6 +91,13 @@ struct ServeArgs {
     /// Largest request body in megabytes; larger ones are answered 413.
     #[arg(long, default_value_t = ServeConfig::DEFAULT_MAX_BODY_MB)]
     max_body_mb: usize,
+    /// Request body megabytes held at once at most; a request beyond is answered 503 with
+    /// Retry-After before its body is read (the default fits a 2 GB container).
+    #[arg(long, default_value_t = ServeConfig::DEFAULT_MAX_INFLIGHT_MB)]
+    max_inflight_mb: usize,
+    /// No web page at / (the page classifies dropped images through /v1/classify).
+    #[arg(long)]
+    no_ui: bool,
     /// The model's name in the protocol's routes (/v2/models/NAME/...) [default: the model
     /// file's name without .onnx].
     #[arg(long)]
@@ -274,6 +281,8 @@ impl ServeArgs {
             max_delay: std::time::Duration::from_millis(self.max_delay_ms),
             max_queue: self.max_queue,
             max_body: self.max_body_mb.saturating_mul(1 << 20),
+            max_inflight: self.max_inflight_mb.saturating_mul(1 << 20),
+            ui: !self.no_ui,
             threads: self.threads,
             provider: self.ep,
             log_requests: self.log_requests,

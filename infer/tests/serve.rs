@@ -308,3 +308,85 @@ fn a_model_error_fails_its_request_not_the_server() {
     let (code, log) = server.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// Request bodies held at once stay under --max-inflight-mb: an upload beyond is answered 503
+/// with Retry-After before its body is read, counted in /metrics; once the bodies in flight
+/// are answered, uploads are admitted again.
+#[test]
+fn request_bodies_in_flight_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let server = Server::start(&model, &["--ep", "cpu", "--max-body-mb", "1", "--max-inflight-mb", "2"]);
+    server.wait_ready();
+    // Two uploads of 900 kB each are under way (headers and part of the body sent)...
+    let start_upload = || {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        let head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 900000\r\n\r\n";
+        std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut s, &[0u8; 1000]).unwrap();
+        s
+    };
+    let mut held = vec![start_upload(), start_upload()];
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(metrics.contains("infer_inflight_body_bytes 1800192"), "two bodies of 879 KiB held: {metrics}");
+    // ...so a third, concurrent one is refused at once, whatever its body.
+    let png = png(&colour_image(RED, 40, 40));
+    let concurrent: Vec<(u16, HashMap<String, String>)> = (0..4)
+        .map(|_| {
+            let (addr, body) = (server.addr.clone(), [png.clone(), vec![0u8; 400_000]].concat());
+            std::thread::spawn(move || {
+                let (s, h, _) = http(&addr, "POST", "/v1/classify", &[], &body);
+                (s, h)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    for (status, headers) in &concurrent {
+        assert_eq!(*status, 503, "{concurrent:?}");
+        assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
+    }
+    // Small requests still fit beside the held bodies.
+    assert_eq!(http(&server.addr, "POST", "/v1/classify", &[], &png).0, 200);
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(metrics.contains("infer_refused_inflight_total 4"), "{metrics}");
+    // The held uploads finish (their bodies are not images: 400 each); then there is room again.
+    for s in &mut held {
+        std::io::Write::write_all(s, &vec![0u8; 899_000]).unwrap();
+    }
+    for mut s in held {
+        let mut reply = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    }
+    let big = [png.clone(), vec![0u8; 900_000]].concat();
+    let (status, _, body) = http(&server.addr, "POST", "/v1/classify", &[], &big);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// What the log says of failed requests: readiness polls while the model loads are not
+/// logged, bad images are, with their reason, but at a bounded rate.
+#[test]
+fn failed_requests_are_logged_with_a_bounded_rate_and_probes_not_at_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "good");
+    let server = Server::start(&model, &["--ep", "cpu"]);
+    let polls_while_loading = server.wait_ready();
+    let bad = b"not an image at all".to_vec();
+    for _ in 0..60 {
+        assert_eq!(http(&server.addr, "POST", "/v1/classify?name=junk.png", &[], &bad).0, 400);
+    }
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(polls_while_loading > 0, "the model loaded before the first poll: nothing to check");
+    assert!(!log.contains("/v2/health/ready"), "readiness polls logged: {log}");
+    let bad_lines: Vec<&str> = log.lines().filter(|l| l.starts_with("400 /v1/classify")).collect();
+    assert!(!bad_lines.is_empty() && bad_lines.len() <= 20, "{} lines: {log}", bad_lines.len());
+    assert!(bad_lines.iter().all(|l| l.ends_with("junk.png: not an image (unrecognised format)")), "{log}");
+}

@@ -53,6 +53,8 @@ pub struct Metrics {
     latency: Histogram,
     batch: Histogram,
     images: AtomicU64,
+    /// Requests refused because their bodies would exceed `--max-inflight-mb`.
+    refused_inflight: AtomicU64,
     /// Images classified in the last seconds, for the rate.
     recent: Mutex<Vec<(Instant, u64)>>,
 }
@@ -69,6 +71,7 @@ impl Default for Metrics {
             latency: Histogram::new(&LATENCY),
             batch: Histogram::new(&BATCH),
             images: AtomicU64::new(0),
+            refused_inflight: AtomicU64::new(0),
             recent: Mutex::new(Vec::new()),
         }
     }
@@ -96,8 +99,14 @@ impl Metrics {
         }
     }
 
-    /// The text exposition; `queue_depth` is the queue's length now.
-    pub fn render(&self, queue_depth: usize) -> String {
+    /// One request refused for the request body bytes in flight.
+    pub fn refused_inflight(&self) {
+        self.refused_inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition; `queue_depth` is the queue's length now, `inflight_bytes` the
+    /// request body bytes held now.
+    pub fn render(&self, queue_depth: usize, inflight_bytes: usize) -> String {
         let mut out = String::new();
         out.push_str("# HELP infer_requests_total Requests answered, by route and HTTP status.\n");
         out.push_str("# TYPE infer_requests_total counter\n");
@@ -111,6 +120,15 @@ impl Metrics {
         let _ =
             writeln!(out, "# HELP infer_queue_depth Requests waiting for the model.\n# TYPE infer_queue_depth gauge");
         let _ = writeln!(out, "infer_queue_depth {queue_depth}");
+        let _ = writeln!(
+            out,
+            "# HELP infer_inflight_body_bytes Request body bytes held now (admitted, not yet answered).\n# TYPE infer_inflight_body_bytes gauge\ninfer_inflight_body_bytes {inflight_bytes}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP infer_refused_inflight_total Requests answered 503 because their bodies would exceed --max-inflight-mb.\n# TYPE infer_refused_inflight_total counter\ninfer_refused_inflight_total {}",
+            self.refused_inflight.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP infer_images_total Images classified.\n# TYPE infer_images_total counter");
         let _ = writeln!(out, "infer_images_total {}", self.images.load(Ordering::Relaxed));
         let rate = self.recent.lock().map_or(0.0, |r| {
@@ -134,7 +152,8 @@ mod tests {
         m.request("/v2/models/m/infer", 200, 0.02);
         m.request("/v2/models/m/infer", 503, 0.001);
         m.batch(8, true);
-        let text = m.render(3);
+        m.refused_inflight();
+        let text = m.render(3, 4096);
         assert!(text.contains("infer_requests_total{route=\"/v2/models/m/infer\",status=\"503\"} 1"), "{text}");
         assert!(text.contains("infer_request_duration_seconds_bucket{le=\"0.025\"} 2"), "{text}");
         assert!(
@@ -142,5 +161,6 @@ mod tests {
                 && text.contains("infer_batch_size_bucket{le=\"8\"} 1")
         );
         assert!(text.contains("infer_queue_depth 3") && text.contains("infer_images_total 8"));
+        assert!(text.contains("infer_inflight_body_bytes 4096") && text.contains("infer_refused_inflight_total 1"));
     }
 }

@@ -36,6 +36,11 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Largest request body, in bytes (at least 1 MB); larger ones are answered 413.
     pub max_body: usize,
+    /// Bytes of request bodies held at once at most (at least `max_body`); a request that
+    /// would go beyond is answered 503 with Retry-After before its body is read.
+    pub max_inflight: usize,
+    /// Serve the web page at `/`.
+    pub ui: bool,
     /// The model's name in the protocol's routes.
     pub name: String,
     pub threads: Option<usize>,
@@ -54,6 +59,9 @@ impl ServeConfig {
     pub const DEFAULT_MAX_DELAY_MS: u64 = 5;
     pub const DEFAULT_MAX_QUEUE: usize = 256;
     pub const DEFAULT_MAX_BODY_MB: usize = 20;
+    /// Room for the bodies of 25 of the largest requests: with the model, the decoding
+    /// threads' images and the runtime, the server stays within a 2 GB container.
+    pub const DEFAULT_MAX_INFLIGHT_MB: usize = 512;
     /// Below Kubernetes' default 30 s grace period, so that the exit is ours.
     pub const DEFAULT_DRAIN_SECONDS: u64 = 25;
 
@@ -69,6 +77,8 @@ impl ServeConfig {
             max_delay: Duration::from_millis(Self::DEFAULT_MAX_DELAY_MS),
             max_queue: Self::DEFAULT_MAX_QUEUE,
             max_body: Self::DEFAULT_MAX_BODY_MB << 20,
+            max_inflight: Self::DEFAULT_MAX_INFLIGHT_MB << 20,
+            ui: true,
             threads: None,
             provider: ExecutionProvider::Auto,
             log_requests: false,
@@ -86,6 +96,7 @@ impl ServeConfig {
         self.max_batch = self.max_batch.max(1);
         self.max_queue = self.max_queue.max(1);
         self.max_body = self.max_body.max(1 << 20);
+        self.max_inflight = self.max_inflight.max(self.max_body);
         self
     }
 }
@@ -117,6 +128,10 @@ pub(crate) struct App {
     config: ServeConfig,
     ready: OnceLock<Ready>,
     metrics: Arc<metrics::Metrics>,
+    /// Request body bytes that may still be admitted, in KiB.
+    inflight: Arc<tokio::sync::Semaphore>,
+    /// Error lines logged recently, so that a flood of bad requests cannot flood the log.
+    error_log: routes::RateLimitedLog,
 }
 
 /// One log line on stderr, with the time since the server started.
@@ -192,7 +207,11 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Threads)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let app = Arc::new(App { config: config.clamped(), ready: OnceLock::new(), metrics });
+    let config = config.clamped();
+    let kib = (config.max_inflight >> 10).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let inflight = Arc::new(tokio::sync::Semaphore::new(kib));
+    let error_log = routes::RateLimitedLog::default();
+    let app = Arc::new(App { config, ready: OnceLock::new(), metrics, inflight, error_log });
     let result = runtime.block_on(run(Arc::clone(&app), started));
     // Connections cut at the drain limit still hold the app (and so the queue): ending the
     // runtime drops them. Then dropping the queue's last sender lets the batching thread

@@ -1,9 +1,10 @@
 //! The HTTP routes: the protocol's health, metadata and inference endpoints, `/v1/classify`,
-//! and `/metrics`, with every response counted and timed.
+//! `/metrics` and the web page at `/`, with every response counted and timed, and request
+//! bodies admitted only while the bytes held at once stay under `--max-inflight-mb`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State};
@@ -26,7 +27,8 @@ type Shared = Arc<App>;
 
 pub(super) fn router(app: Shared) -> Router {
     let limit = app.config.max_body;
-    Router::new()
+    let routes = if app.config.ui { Router::new().route("/", get(page)) } else { Router::new() };
+    routes
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
@@ -39,11 +41,18 @@ pub(super) fn router(app: Shared) -> Router {
         .route("/v1/classify", post(classify))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), admit))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
         .with_state(app)
 }
 
-/// Counts and times every response; logs errors (and every request when asked).
+/// Routes that load balancers and Kubernetes poll: their 503s while the model loads are
+/// expected, not worth a line each.
+const PROBES: [&str; 4] =
+    ["/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"];
+
+/// Counts and times every response; logs every request when asked, else the failed ones: a
+/// server fault (500) always, client errors and refusals at a bounded rate.
 async fn track(State(app): State<Shared>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
@@ -52,15 +61,93 @@ async fn track(State(app): State<Shared>, req: Request, next: Next) -> Response 
     let status = response.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
     app.metrics.request(&route, status, secs);
-    if app.config.log_requests || status >= 500 || status == 413 {
-        // An error's line says why, so that the log alone explains it.
-        let why = match response.extensions().get::<ErrorMessage>() {
-            Some(ErrorMessage(m)) if status >= 500 || status == 413 => format!(": {m}"),
-            _ => String::new(),
-        };
-        eprintln!("{status} {target} {:.1} ms{why}", secs * 1e3);
+    // An error's line says why, so that the log alone explains it.
+    let why = match response.extensions().get::<ErrorMessage>() {
+        Some(ErrorMessage(m)) if status >= 400 => format!(": {m}"),
+        _ => String::new(),
+    };
+    let line = || format!("{status} {target} {:.1} ms{why}", secs * 1e3);
+    if app.config.log_requests || status == 500 {
+        eprintln!("{}", line());
+    } else if status >= 400 && !PROBES.contains(&route.as_str()) {
+        app.error_log.log(line());
     }
     response
+}
+
+/// Admits a request with a body only while the bodies held at once stay within
+/// `--max-inflight-mb`, counting its declared length (or the largest allowed body when it
+/// declares none); beyond, it is answered 503 with Retry-After before its body is read.
+async fn admit(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    if req.method() != axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let max = app.config.max_body as u64;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let kib = declared.unwrap_or(max).min(max).div_ceil(1024).max(1);
+    let permit = u32::try_from(kib).ok().and_then(|k| Arc::clone(&app.inflight).try_acquire_many_owned(k).ok());
+    let Some(permit) = permit else {
+        app.metrics.refused_inflight();
+        let mut e = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "request bodies in flight would exceed {} MB (--max-inflight-mb); retry shortly",
+                app.config.max_inflight >> 20
+            ),
+        );
+        e.retry_after = true;
+        return e.into_response();
+    };
+    let response = next.run(req).await;
+    drop(permit);
+    response
+}
+
+/// Request body bytes held now (admitted and not yet answered).
+pub(super) fn inflight_bytes(app: &App) -> usize {
+    let total = app.config.max_inflight >> 10;
+    total.min(tokio::sync::Semaphore::MAX_PERMITS).saturating_sub(app.inflight.available_permits()) << 10
+}
+
+/// Lines about failed requests: at most [`LOG_BURST`] per [`LOG_WINDOW`], the number left out
+/// said once the window is over, so that a flood of bad requests cannot flood the log.
+#[derive(Default)]
+pub(super) struct RateLimitedLog(Mutex<LogWindow>);
+
+#[derive(Default)]
+struct LogWindow {
+    started: Option<Instant>,
+    lines: usize,
+    dropped: usize,
+}
+
+const LOG_BURST: usize = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+impl RateLimitedLog {
+    fn log(&self, line: String) {
+        let Ok(mut w) = self.0.lock() else { return };
+        let now = Instant::now();
+        if w.started.is_none_or(|s| now.duration_since(s) >= LOG_WINDOW) {
+            if w.dropped > 0 {
+                eprintln!("({} more failed requests not logged in {} s)", w.dropped, LOG_WINDOW.as_secs());
+            }
+            *w = LogWindow { started: Some(now), lines: 0, dropped: 0 };
+        }
+        if w.lines < LOG_BURST {
+            w.lines += 1;
+            eprintln!("{line}");
+        } else {
+            w.dropped += 1;
+        }
+    }
+}
+
+/// `GET /`: the web page, one self-contained file that calls this server's own routes.
+async fn page(State(app): State<Shared>) -> Response {
+    let name = serde_json::to_string(&app.config.name).expect("a string serialises");
+    let html = include_str!("ui.html").replace("__MODEL_NAME__", &name.replace('<', "\\u003c"));
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
 /// A refused request: its status and the protocol's error object.
@@ -165,7 +252,8 @@ async fn model_ready_versioned(state: State<Shared>, Path((name, v)): Path<(Stri
 
 async fn metrics(State(app): State<Shared>) -> Response {
     let depth = app.ready.get().map_or(0, |r| r.queue.depth());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render(depth)).into_response()
+    let text = app.metrics.render(depth, inflight_bytes(&app));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Decodes and preprocesses encoded images on the decoding threads; each image's input or
@@ -321,16 +409,21 @@ async fn classify_inner(app: &Shared, q: ClassifyQuery, req: Request) -> Result<
         0 => Vec::new(),
         n => ready.classifier.predictions_top(&run(ready, on_way, input, n).await?, q.top_k.unwrap_or(1)),
     };
-    let failures = batch.0.len() - n;
     let mut body = String::new();
+    let mut first_error = None;
     for (name, result) in names.iter().zip(batch.results(Ok(predictions))) {
         let record = FileResult { path: PathBuf::from(name), result };
+        first_error = first_error.or_else(|| record.error_line());
         body.push_str(&serde_json::to_string(&record).expect("records serialise"));
         body.push('\n');
     }
     // One image that cannot be read is the request's fault; in a set, the others are answered.
-    let status = if failures == names.len() && names.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok((status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    let status = if n == 0 && names.len() == 1 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let mut response = (status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    if let Some(e) = first_error.filter(|_| status == StatusCode::BAD_REQUEST) {
+        response.extensions_mut().insert(ErrorMessage(e));
+    }
+    Ok(response)
 }
 
 /// The request's images with their names: the body itself, or each part of a multipart form.

@@ -42,12 +42,19 @@ impl Server {
         Server { child, addr, log: rx }
     }
 
-    /// Waits (at most 60 s) until the model is ready.
-    pub fn wait_ready(&self) {
+    /// Waits (at most 60 s) until the model is ready; returns how many polls were answered
+    /// 503 (the model still loading) before.
+    pub fn wait_ready(&self) -> usize {
         let started = Instant::now();
-        while http(&self.addr, "GET", "/v2/health/ready", &[], b"").0 != 200 {
+        let mut loading = 0;
+        loop {
+            match http(&self.addr, "GET", "/v2/health/ready", &[], b"").0 {
+                200 => return loading,
+                503 => loading += 1,
+                other => panic!("readiness answered {other}"),
+            }
             assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -93,15 +100,38 @@ pub fn http(
     req.push_str("\r\n");
     // A server may answer (413) before the whole body is sent and close: not an error here.
     let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
+    // The head, then the body: as long as Content-Length says (a peer may keep the connection
+    // open whatever the request asked), else up to the end.
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(n > 0, "the connection closed before a response head: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    };
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     let headers: HashMap<String, String> =
-        lines.filter_map(|l| l.split_once(": ").map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))).collect();
-    let mut body = raw[end + 4..].to_vec();
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))).collect();
+    let mut body = raw.split_off(end + 4);
+    match headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+        }
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
     if headers.get("transfer-encoding").is_some_and(|v| v == "chunked") {
         let mut out = Vec::new();
         let mut rest = &body[..];
