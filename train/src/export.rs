@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::arch;
 use crate::checkpoint::ModelInfo;
-use crate::error::{CheckpointError, ExportError, WeightsError};
+use crate::error::{CheckpointError, ExportError, QuantizeError, VerifyError, WeightsError};
 use crate::model::{FoldedConv, ResNet};
 use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx_proto::*;
@@ -299,7 +299,7 @@ pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Re
     let model = ResNet::new(arch, info.classes.len() as i64, Device::Cpu);
     let state = crate::weights::read_state_dict(weights)?;
     model.load_state(&state, false).map_err(|e| match e {
-        WeightsError::Mismatch { .. } => ExportError::DoesNotFit { path: file(), reason: e.to_string() },
+        WeightsError::Mismatch { .. } => ExportError::DoesNotFit { path: file(), source: Box::new(e) },
         other => other.into(),
     })?;
     let meta = ModelMetadata {
@@ -356,16 +356,12 @@ fn export_int8(
     q: &QuantizeOptions,
 ) -> Result<Int8Report, ExportError> {
     if q.classes != meta.classes {
-        return Err(ExportError::Quantize(format!(
-            "the data's classes ({}) differ from the model's ({})",
-            q.classes.join(", "),
-            meta.classes.join(", ")
-        )));
+        return Err(QuantizeError::ClassesDiffer { data: q.classes.clone(), model: meta.classes.clone() }.into());
     }
     let float = onnx_model(model, meta, probabilities)?;
     let (inputs, used) = preprocessed(&q.calibration_images, &meta.preprocess, usize::MAX);
     if used == 0 {
-        return Err(ExportError::Quantize("no readable calibration image".into()));
+        return Err(QuantizeError::NoCalibrationImage.into());
     }
     let side = meta.preprocess.crop_size as usize;
     let tensors = quantize::calibrated_tensors(&float);
@@ -396,7 +392,11 @@ fn export_int8(
     let passed =
         gate.fp32_accuracy - gate.int8_accuracy <= MAX_ACCURACY_DROP + 1e-12 && gate.agreement >= MIN_AGREEMENT;
     if !passed && !q.force {
-        return Err(ExportError::GateRefused(quantization));
+        return Err(ExportError::GateRefused {
+            quantization,
+            max_drop: MAX_ACCURACY_DROP,
+            min_agreement: MIN_AGREEMENT,
+        });
     }
     let meta = ModelMetadata { quantization: Some(quantization.clone()), ..meta.clone() };
     int8.metadata_props =
@@ -417,9 +417,8 @@ struct Gate {
 }
 
 fn compare(fp32: &Path, int8: &Path, images: &[(PathBuf, usize)]) -> Result<Gate, ExportError> {
-    let runtime_err = |e: infer::InferError| ExportError::Runtime(e.to_string());
     let predict = |model: &Path| -> Result<Vec<Option<usize>>, ExportError> {
-        let c = Classifier::builder(model).execution_provider(ExecutionProvider::Cpu).build().map_err(runtime_err)?;
+        let c = Classifier::builder(model).execution_provider(ExecutionProvider::Cpu).build()?;
         let files = images.iter().map(|(p, _)| p.clone()).collect();
         Ok(c.classify_files(files).into_iter().map(|r| r.result.ok().map(|p| p.class_index)).collect())
     };
@@ -427,7 +426,7 @@ fn compare(fp32: &Path, int8: &Path, images: &[(PathBuf, usize)]) -> Result<Gate
     let rows: Vec<(usize, usize, usize)> =
         images.iter().zip(a.iter().zip(&b)).filter_map(|((_, truth), (x, y))| Some((*truth, (*x)?, (*y)?))).collect();
     if rows.is_empty() {
-        return Err(ExportError::Quantize("no readable validation image for the accuracy gate".into()));
+        return Err(QuantizeError::NoValidationImage.into());
     }
     let n = rows.len() as f64;
     let share = |f: &dyn Fn(&(usize, usize, usize)) -> bool| rows.iter().filter(|r| f(r)).count() as f64 / n;
@@ -469,13 +468,11 @@ fn verification_inputs(images: &[PathBuf], preprocess: &infer::PreprocessConfig)
 
 /// Runs the file through ONNX Runtime and libtorch; returns the largest logit difference.
 fn verify(model: &ResNet, meta: &ModelMetadata, path: &Path, inputs: &[f32]) -> Result<(f32, String), ExportError> {
-    let runtime_err = |e: infer::InferError| ExportError::Runtime(e.to_string());
-    let classifier =
-        Classifier::builder(path).execution_provider(ExecutionProvider::Cpu).build().map_err(runtime_err)?;
+    let classifier = Classifier::builder(path).execution_provider(ExecutionProvider::Cpu).build()?;
     if classifier.metadata().classes != meta.classes {
-        return Err(ExportError::Mismatch("class names read back differ from those written".into()));
+        return Err(VerifyError::ClassesReadBack.into());
     }
-    let ort = classifier.run(inputs).map_err(runtime_err)?;
+    let ort = classifier.run(inputs)?;
     let side = i64::from(meta.preprocess.crop_size);
     let n = (inputs.len() as i64) / (3 * side * side);
     let x = Tensor::from_slice(inputs).view([n, 3, side, side]).to_device(model.device);
@@ -486,12 +483,10 @@ fn verify(model: &ResNet, meta: &ModelMetadata, path: &Path, inputs: &[f32]) -> 
     let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
     let top1_differs = torch.chunks(classes).zip(ort.chunks(classes)).filter(|(a, b)| argmax(a) != argmax(b)).count();
     if torch.iter().chain(&ort).any(|v| !v.is_finite()) {
-        return Err(ExportError::Mismatch("non-finite logits".into()));
+        return Err(VerifyError::NonFinite.into());
     }
     if max > MAX_LOGIT_DIFF || top1_differs > 0 {
-        return Err(ExportError::Mismatch(format!(
-            "ONNX Runtime and libtorch disagree: max |logit difference| {max:.2e} (bound {MAX_LOGIT_DIFF:.0e}), top-1 differs on {top1_differs} of {n} images"
-        )));
+        return Err(VerifyError::Disagree { max, bound: MAX_LOGIT_DIFF, top1_differs, images: n as usize }.into());
     }
     Ok((max, classifier.provider().to_string()))
 }
@@ -535,6 +530,23 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_states_its_thresholds() {
+        let quantization = infer::Quantization {
+            scheme: String::new(),
+            calibration: String::new(),
+            calibration_images: 8,
+            validation_images: 50,
+            fp32_accuracy: 0.9,
+            int8_accuracy: 0.8,
+            top1_agreement: 0.9,
+        };
+        let err = ExportError::GateRefused { quantization, max_drop: MAX_ACCURACY_DROP, min_agreement: MIN_AGREEMENT };
+        let msg = err.to_string();
+        assert!(msg.contains("top-1 agreement 90.00% on 50 validation images"), "{msg}");
+        assert!(msg.contains("may lose at most 1 point and must agree on 98%"), "{msg}");
+    }
+
+    #[test]
     fn a_file_that_disagrees_is_rejected_and_not_written() {
         tch::manual_seed(4);
         let a = ResNet::new(by_name("resnet18").unwrap(), 3, Device::Cpu);
@@ -543,7 +555,7 @@ mod tests {
         let file = dir.path().join("a.onnx");
         std::fs::write(&file, onnx_model(&a, &meta(3), false).unwrap().encode_to_vec()).unwrap();
         let err = verify(&b, &meta(3), &file, &inputs(2)).unwrap_err();
-        assert!(matches!(err, ExportError::Mismatch(_)), "{err}");
+        assert!(matches!(err, ExportError::Mismatch(VerifyError::Disagree { .. })), "{err}");
         assert!(err.to_string().contains("disagree"), "{err}");
     }
 }

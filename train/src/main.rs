@@ -612,8 +612,8 @@ fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         quantize,
     };
     let result = train::export::export_checkpoint(&args.weights, &args.out, &opts);
-    if let Err(train::error::ExportError::GateRefused(q)) = &result {
-        print_quantization(q, false);
+    if let Err(train::error::ExportError::GateRefused { quantization, .. }) = &result {
+        print_quantization(quantization, false);
     }
     print_export(&result.context("export failed")?);
     Ok(ExitCode::SUCCESS)

@@ -20,8 +20,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use infer::probe::Probe;
+use thiserror::Error;
 
-use crate::error::ExportError;
+use crate::error::{ExportError, QuantizeError};
 use crate::onnx_proto::*;
 
 /// `TensorProto.DataType` values.
@@ -57,13 +58,16 @@ impl fmt::Display for Calibration {
     }
 }
 
+/// A calibration method that is not one.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("'{0}' is not a calibration method: use auto, minmax, percentile or percentile:P (0 < P <= 100)")]
+pub struct CalibrationParseError(pub String);
+
 impl FromStr for Calibration {
-    type Err = String;
+    type Err = CalibrationParseError;
     /// `auto`, `minmax`, `percentile` (99.999) or `percentile:P`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("'{s}' is not a calibration method: use auto, minmax, percentile or percentile:P (0 < P <= 100)")
-        };
+    fn from_str(s: &str) -> Result<Self, CalibrationParseError> {
+        let bad = || CalibrationParseError(s.to_string());
         match s {
             "auto" => Ok(Calibration::Auto),
             "minmax" => Ok(Calibration::MinMax),
@@ -252,15 +256,14 @@ pub fn calibrate(
     // The input's statistics come from the inputs themselves; the rest from the graph.
     let inner: Vec<&String> = tensors.iter().filter(|t| *t != "input").collect();
     graph.output = inner.iter().map(|t| float_output(t)).chain([float_output("logits")]).collect();
-    let runtime = |e: infer::InferError| ExportError::Runtime(e.to_string());
-    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(&probe_model), None).map_err(runtime)?;
+    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(&probe_model), None)?;
     let mut stats: HashMap<String, Stats> = tensors.iter().map(|t| (t.clone(), Stats::default())).collect();
     let mut logits = Vec::new();
     let per_image = 3 * side * side;
     for chunk in inputs.chunks(batch.max(1) * per_image) {
         let n = (chunk.len() / per_image) as i64;
         stats.get_mut("input").expect("input listed").add(chunk);
-        let values = probe.run(chunk, [n, 3, side as i64, side as i64]).map_err(runtime)?;
+        let values = probe.run(chunk, [n, 3, side as i64, side as i64])?;
         for (name, v) in probe.outputs().iter().zip(values) {
             match stats.get_mut(name) {
                 Some(s) => s.add(&v),
@@ -281,14 +284,13 @@ pub fn logit_error(
     side: usize,
     batch: usize,
 ) -> Result<f32, ExportError> {
-    let runtime = |e: infer::InferError| ExportError::Runtime(e.to_string());
-    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(int8), None).map_err(runtime)?;
-    let at = probe.outputs().iter().position(|o| o == "logits").ok_or(ExportError::Mismatch("no logits".into()))?;
+    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(int8), None)?;
+    let at = probe.outputs().iter().position(|o| o == "logits").ok_or(QuantizeError::NoLogits)?;
     let per_image = 3 * side * side;
     let mut logits = Vec::with_capacity(measured.logits.len());
     for chunk in inputs.chunks(batch.max(1) * per_image) {
         let n = (chunk.len() / per_image) as i64;
-        logits.extend(probe.run(chunk, [n, 3, side as i64, side as i64]).map_err(runtime)?.swap_remove(at));
+        logits.extend(probe.run(chunk, [n, 3, side as i64, side as i64])?.swap_remove(at));
     }
     let sum: f64 = logits.iter().zip(&measured.logits).map(|(a, b)| f64::from((a - b).abs())).sum();
     Ok((sum / measured.logits.len().max(1) as f64) as f32)
@@ -365,17 +367,13 @@ impl Rewrite<'_> {
     fn quantize(&mut self, t: &str, params_of: &str) -> Result<(), ExportError> {
         let (scale_name, zero_name) = (format!("{params_of}_scale"), format!("{params_of}_zero_point"));
         let scale = if params_of == t {
-            let range =
-                *self.ranges.get(t).ok_or_else(|| ExportError::Mismatch(format!("no calibration range for {t}")))?;
+            let range = *self.ranges.get(t).ok_or_else(|| QuantizeError::NoRange(t.to_string()))?;
             let (scale, zero) = activation_params(range);
             self.new_initializers.push(scalar(scale_name.clone(), FLOAT, scale.to_le_bytes().to_vec()));
             self.new_initializers.push(scalar(zero_name.clone(), UINT8, vec![zero]));
             scale
         } else {
-            self.dequantized
-                .get(params_of)
-                .map(|d| d.1)
-                .ok_or_else(|| ExportError::Mismatch(format!("{params_of} not quantized")))?
+            self.dequantized.get(params_of).map(|d| d.1).ok_or_else(|| QuantizeError::NotQuantized(params_of.into()))?
         };
         let (q, dq) = (format!("{t}_quantized"), format!("{t}_dequantized"));
         self.node(
@@ -392,13 +390,13 @@ impl Rewrite<'_> {
 
     /// The dequantized name of an activation input.
     fn input(&self, t: &str) -> Result<(String, f32), ExportError> {
-        self.dequantized.get(t).cloned().ok_or_else(|| ExportError::Mismatch(format!("input {t} not quantized")))
+        self.dequantized.get(t).cloned().ok_or_else(|| QuantizeError::NotQuantized(format!("input {t}")).into())
     }
 
     /// Per-output-channel symmetric int8 weights and int32 bias (scale `input × weight`),
     /// each behind a `DequantizeLinear` on axis 0. Returns the two dequantized names.
     fn weights(&mut self, w: &str, b: &str, input_scale: f32) -> Result<(String, String), ExportError> {
-        let missing = |n: &str| ExportError::Mismatch(format!("no initializer {n}"));
+        let missing = |n: &str| QuantizeError::NoInitializer(n.into());
         let (wt, bt) = (
             *self.initializers.get(w).ok_or_else(|| missing(w))?,
             *self.initializers.get(b).ok_or_else(|| missing(b))?,

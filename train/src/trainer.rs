@@ -18,7 +18,7 @@ use crate::augment::Augment;
 use crate::checkpoint::{self, ModelInfo, Resume};
 use crate::dataset::{self, Dataset, Fingerprint, ScanOptions};
 use crate::device::{self, DeviceChoice};
-use crate::error::{CheckpointError, TrainError};
+use crate::error::{CheckpointError, ConfigError, TrainError};
 use crate::export::{self, ExportOptions};
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
@@ -253,9 +253,7 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     hyper.optim.epochs = hyper.epochs;
     let arch = validate(&hyper, device)?;
     let recorded = resumed.as_ref().and_then(|(_, _, s)| s.data.clone());
-    let Some(data) = cfg.data.clone().or(recorded) else {
-        return Err(TrainError::Config("no data folder given (and none recorded in the checkpoint)".into()));
-    };
+    let data = cfg.data.clone().or(recorded).ok_or(ConfigError::NoDataFolder)?;
     // A resumed run continues in its checkpoint's folder unless told otherwise.
     let out = match (&cfg.out, &resumed) {
         (Some(o), _) => o.clone(),
@@ -272,20 +270,18 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     Ok(Start { started, device, device_desc, hyper, arch, data, out, resumed })
 }
 
-fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
-    let arch = arch::by_name(&h.arch).ok_or_else(|| {
-        TrainError::Config(format!("unknown architecture '{}' (known: {})", h.arch, arch::names().join(", ")))
-    })?;
+fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, ConfigError> {
+    let arch = arch::by_name(&h.arch).ok_or_else(|| ConfigError::UnknownArch { name: h.arch.clone() })?;
     if h.epochs == 0 {
-        return Err(TrainError::Config("epochs must be at least 1".into()));
+        return Err(ConfigError::ZeroEpochs);
     }
     if h.batch_size == 0 || h.eval_batch_size == 0 {
-        return Err(TrainError::Config("batch sizes must be at least 1".into()));
+        return Err(ConfigError::ZeroBatchSize);
     }
-    h.optim.validate().map_err(TrainError::Config)?;
-    h.augment.validate().map_err(TrainError::Config)?;
+    h.optim.validate()?;
+    h.augment.validate()?;
     if h.amp && !device.is_cuda() {
-        return Err(TrainError::Config("--amp (mixed precision) needs a CUDA device".into()));
+        return Err(ConfigError::AmpNeedsCuda);
     }
     if h.amp {
         // Fails now, not at the first batch, when this libtorch cannot set the type.
@@ -333,12 +329,12 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
 /// a warning (same class names in another folder are easy to mix up).
 fn check_resumed_data(path: &Path, state: &RunState, ds: &Dataset, obs: &mut dyn Observer) -> Result<(), TrainError> {
     if state.classes != ds.classes {
-        return Err(TrainError::Config(format!(
-            "{}: the checkpoint's classes ({}) differ from the data's ({})",
-            path.display(),
-            state.classes.join(", "),
-            ds.classes.join(", ")
-        )));
+        return Err(ConfigError::ClassesDiffer {
+            path: path.to_path_buf(),
+            checkpoint: state.classes.clone(),
+            data: ds.classes.clone(),
+        }
+        .into());
     }
     let now = ds.fingerprint();
     match &state.fingerprint {
@@ -479,7 +475,7 @@ impl<'a> Epochs<'a> {
         let mut opt = Optimizer::new(h.optim.clone(), model.trainable(h.mode == Mode::FeatureExtract));
         if let Some((p, r, _)) = &start.resumed {
             opt.load_state(&r.optimizer, r.optimizer_steps)
-                .map_err(|reason| TrainError::Checkpoint(CheckpointError::Invalid { path: p.clone(), reason }))?;
+                .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
         }
         let preprocess = PreprocessConfig::default();
         let loader = Arc::new(Loader::new(preprocess.clone(), h.augment, cfg.workers, cfg.prefetch, h.seed)?);
