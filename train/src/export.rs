@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use infer::atomic::AtomicFile;
-use infer::{Classifier, ExecutionProvider, ModelMetadata};
+use infer::{Classifier, ExecutionProvider, ModelMetadata, PreprocessConfig};
 use prost::Message;
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::arch;
@@ -268,6 +269,8 @@ pub const MIN_AGREEMENT: f64 = 0.98;
 
 /// Images in the verification batch at most.
 pub const VERIFY_IMAGES: usize = 32;
+/// Validation images decoded and run through both models at a time by the accuracy gate.
+pub const GATE_CHUNK: usize = 32;
 
 /// Exports a checkpoint (`best.pt`, `last.pt`, or a torchvision state dict with
 /// [`ExportOptions::arch`] and [`ExportOptions::classes`]) to `out`.
@@ -365,7 +368,7 @@ fn export_int8(
     }
     let side = meta.preprocess.crop_size as usize;
     let tensors = quantize::calibrated_tensors(&float);
-    let measured = quantize::calibrate(&float, &tensors, &inputs, side, 8)?;
+    let measured = quantize::calibrate(&float, &tensors, &inputs, side)?;
     let (mut int8, method, error) = quantize::best_quantized(&float, &measured, q.calibration, &inputs, side)?;
     let out = int8_path(fp32);
     let write_err = |source| ExportError::Write { path: out.clone(), source };
@@ -373,7 +376,7 @@ fn export_int8(
     // The gate compares the two models as deployed, on the validation images.
     let mut trial = AtomicFile::create(&out).map_err(write_err)?;
     std::io::Write::write_all(trial.file(), &int8.encode_to_vec()).map_err(write_err)?;
-    let gate = compare(fp32, trial.temp_path(), &q.validation)?;
+    let gate = compare(fp32, trial.temp_path(), &q.validation, &meta.preprocess)?;
     drop(trial);
     let quantization = infer::Quantization {
         scheme: "int8 QDQ: per-channel symmetric int8 weights, per-tensor uint8 activations".into(),
@@ -416,15 +419,35 @@ struct Gate {
     agreement: f64,
 }
 
-fn compare(fp32: &Path, int8: &Path, images: &[(PathBuf, usize)]) -> Result<Gate, ExportError> {
-    let predict = |model: &Path| -> Result<Vec<Option<usize>>, ExportError> {
-        let c = Classifier::builder(model).execution_provider(ExecutionProvider::Cpu).build()?;
-        let files = images.iter().map(|(p, _)| p.clone()).collect();
-        Ok(c.classify_files(files).into_iter().map(|r| r.result.ok().map(|p| p.class_index)).collect())
+/// Runs both models on the validation images, each decoded and preprocessed once,
+/// [`GATE_CHUNK`] at a time; unreadable images are left out.
+fn compare(
+    fp32: &Path,
+    int8: &Path,
+    images: &[(PathBuf, usize)],
+    preprocess: &PreprocessConfig,
+) -> Result<Gate, ExportError> {
+    let build = |model: &Path| Classifier::builder(model).execution_provider(ExecutionProvider::Cpu).build();
+    let (a, b) = (build(fp32)?, build(int8)?);
+    let top1 = |c: &Classifier, input: &[f32]| -> Result<Vec<usize>, ExportError> {
+        Ok(c.predictions(&c.run(input)?).into_iter().map(|p| p.class_index).collect())
     };
-    let (a, b) = (predict(fp32)?, predict(int8)?);
-    let rows: Vec<(usize, usize, usize)> =
-        images.iter().zip(a.iter().zip(&b)).filter_map(|((_, truth), (x, y))| Some((*truth, (*x)?, (*y)?))).collect();
+    // (truth, fp32's top-1, int8's top-1) per readable image.
+    let mut rows: Vec<(usize, usize, usize)> = Vec::with_capacity(images.len());
+    for chunk in images.chunks(GATE_CHUNK) {
+        let prepared: Vec<(usize, Vec<f32>)> = chunk
+            .par_iter()
+            .filter_map(|(path, truth)| {
+                infer::prepare_file(path, preprocess, infer::DecodeLimits::default()).ok().map(|x| (*truth, x))
+            })
+            .collect();
+        if prepared.is_empty() {
+            continue;
+        }
+        let input: Vec<f32> = prepared.iter().flat_map(|(_, x)| x.iter().copied()).collect();
+        let (x, y) = (top1(&a, &input)?, top1(&b, &input)?);
+        rows.extend(prepared.iter().zip(x.into_iter().zip(y)).map(|((truth, _), (x, y))| (*truth, x, y)));
+    }
     if rows.is_empty() {
         return Err(QuantizeError::NoValidationImage.into());
     }
@@ -440,7 +463,7 @@ fn compare(fp32: &Path, int8: &Path, images: &[(PathBuf, usize)]) -> Result<Gate
 
 /// Up to `max` preprocessed images (the deployment transform) of the readable files, and how
 /// many.
-fn preprocessed(images: &[PathBuf], preprocess: &infer::PreprocessConfig, max: usize) -> (Vec<f32>, usize) {
+fn preprocessed(images: &[PathBuf], preprocess: &PreprocessConfig, max: usize) -> (Vec<f32>, usize) {
     let mut out = Vec::new();
     let mut n = 0;
     for path in images {
@@ -456,7 +479,7 @@ fn preprocessed(images: &[PathBuf], preprocess: &infer::PreprocessConfig, max: u
 }
 
 /// Up to [`VERIFY_IMAGES`] preprocessed images, or a seeded random batch when none decode.
-fn verification_inputs(images: &[PathBuf], preprocess: &infer::PreprocessConfig) -> (Vec<f32>, bool) {
+fn verification_inputs(images: &[PathBuf], preprocess: &PreprocessConfig) -> (Vec<f32>, bool) {
     let (out, n) = preprocessed(images, preprocess, VERIFY_IMAGES);
     if n > 0 {
         return (out, true);
