@@ -15,6 +15,7 @@ use crate::error::{ConfigError, TrainError};
 
 /// The reduced type of mixed precision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum AmpDtype {
     /// With dynamic loss scaling (PyTorch's `GradScaler` recipe).

@@ -14,11 +14,14 @@ use tch::{Device, Kind, Tensor};
 
 use crate::arch;
 use crate::checkpoint::ModelInfo;
+use crate::config::QuantizeSettings;
+use crate::dataset::Dataset;
 use crate::error::{CheckpointError, ExportError, QuantizeError, VerifyError, WeightsError};
 use crate::model::{FoldedConv, ResNet};
 use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx_proto::*;
 use crate::quantize::{self, Calibration};
+pub use crate::report::{ExportReport, Int8Report};
 use crate::weights::from_tch;
 
 /// ONNX operator set of the exported graph (ONNX Runtime supports it since 1.14).
@@ -27,30 +30,6 @@ pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
 /// Largest accepted difference between ONNX Runtime's and libtorch's logits.
 pub const MAX_LOGIT_DIFF: f32 = 1e-4;
-
-/// What an export wrote and how it checked.
-#[derive(Debug, Clone)]
-pub struct ExportReport {
-    pub path: PathBuf,
-    pub bytes: usize,
-    /// Images in the verification batch, and whether they were real images.
-    pub images: usize,
-    pub real_images: bool,
-    pub max_abs_diff: f32,
-    pub provider: String,
-    /// The int8 model, when one was asked for.
-    pub int8: Option<Int8Report>,
-}
-
-/// What the int8 export wrote (or refused to) and how it measured.
-#[derive(Debug, Clone)]
-pub struct Int8Report {
-    pub path: PathBuf,
-    pub bytes: usize,
-    pub quantization: infer::Quantization,
-    /// False when the gate refused the model and `force` kept it anyway.
-    pub passed: bool,
-}
 
 struct Graph {
     nodes: Vec<NodeProto>,
@@ -325,20 +304,20 @@ pub fn export_checkpoint(weights: &Path, out: &Path, opts: &ExportOptions) -> Re
 }
 
 impl QuantizeOptions {
-    /// Calibration and gate images from a scanned data set: `count` training images drawn with
-    /// a fixed seed, and every validation image.
-    pub fn from_dataset(ds: &crate::dataset::Dataset, count: usize, calibration: Calibration, force: bool) -> Self {
+    /// Calibration and gate images from a scanned data set: `q.calibration_images` training
+    /// images drawn with a fixed seed, and every validation image.
+    pub fn from_dataset(ds: &Dataset, q: &QuantizeSettings) -> Self {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         let mut train: Vec<PathBuf> = ds.train.iter().map(|s| s.path.clone()).collect();
         train.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x1A78));
-        train.truncate(count);
+        train.truncate(q.calibration_images);
         QuantizeOptions {
-            calibration,
+            calibration: q.calibration,
             calibration_images: train,
             validation: ds.val.iter().map(|s| (s.path.clone(), s.label)).collect(),
             classes: ds.classes.clone(),
-            force,
+            force: q.force,
         }
     }
 }

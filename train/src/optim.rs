@@ -8,6 +8,7 @@ use tch::Tensor;
 use thiserror::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// SGD with momentum (`torch.optim.SGD`).
@@ -17,9 +18,14 @@ pub enum OptimizerKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     /// Multiply the learning rate by `gamma` every `step_size` epochs (`StepLR`).
+    #[cfg_attr(
+        feature = "cli",
+        value(help = "Multiply the learning rate by --gamma every --step-size epochs (`StepLR`)")
+    )]
     Step,
     /// Cosine annealing from the initial rate to zero over the run (`CosineAnnealingLR`).
     Cosine,

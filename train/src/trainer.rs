@@ -12,168 +12,23 @@ use infer::{decode_file, DecodeLimits, PreprocessConfig};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::amp::AmpDtype;
 use crate::arch::{self, Arch};
-use crate::augment::Augment;
 use crate::checkpoint::{self, ModelInfo, Resume};
+use crate::config::{
+    Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource, BEST, CURVES, LAST, METRICS, MODEL_ONNX, OUTPUTS,
+    SUMMARY, TRAIN_BATCH, VAL_PREDICTIONS,
+};
 use crate::dataset::{self, Dataset, Fingerprint, ScanOptions};
-use crate::device::{self, DeviceChoice};
+use crate::device;
 use crate::error::{CheckpointError, ConfigError, TrainError};
 use crate::export::{self, ExportOptions};
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
-use crate::optim::{OptimConfig, Optimizer, OptimizerKind, ScheduleKind};
+use crate::optim::Optimizer;
 use crate::plot;
 use crate::report::{self, Best, EpochRecord, Summary};
 use crate::steps::{EvalStep, GradScaler, Pass, Predicted, TrainStep};
 use crate::weights;
-
-/// Which layers learn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// All layers train, starting from the pretrained weights.
-    Finetune,
-    /// Only the new classifier trains; the backbone is a fixed feature extractor.
-    FeatureExtract,
-}
-
-/// Where the initial weights come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WeightsSource {
-    /// torchvision's ImageNet weights, from torch's cache or downloaded.
-    Pretrained,
-    File(PathBuf),
-    /// Random initialisation.
-    Scratch,
-}
-
-/// Settings that define the experiment; saved in `last.pt` and `summary.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hyper {
-    pub arch: String,
-    pub mode: Mode,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub eval_batch_size: usize,
-    pub optim: OptimConfig,
-    pub val_fraction: f64,
-    /// The validation folder's name under the data folder, when chosen (`--val-dir`).
-    #[serde(default)]
-    pub val_dir: Option<String>,
-    #[serde(default)]
-    pub augment: Augment,
-    pub seed: u64,
-    pub amp: bool,
-    /// Mixed precision's type, with `amp`.
-    #[serde(default)]
-    pub amp_dtype: AmpDtype,
-    /// Convolution kernels and batches in the channels-last (NHWC) layout.
-    #[serde(default)]
-    pub channels_last: bool,
-}
-
-impl Hyper {
-    /// Autocast's type when mixed precision is on.
-    pub fn autocast(&self) -> Option<AmpDtype> {
-        self.amp.then_some(self.amp_dtype)
-    }
-
-    /// The settings as JSON for `summary.json`, leaving out those the chosen optimiser and
-    /// schedule do not use (an SGD run has no Adam betas).
-    pub fn describe(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("hyper-parameters serialise");
-        if let Some(o) = v.get_mut("optim").and_then(|o| o.as_object_mut()) {
-            let unused: &[&str] = match self.optim.optimizer {
-                OptimizerKind::Sgd => &["betas", "eps"],
-                OptimizerKind::Adamw => &["momentum"],
-            };
-            let unused_schedule: &[&str] = match self.optim.schedule {
-                ScheduleKind::Step => &[],
-                ScheduleKind::Cosine | ScheduleKind::Constant => &["step_size", "gamma"],
-            };
-            for k in unused.iter().chain(unused_schedule) {
-                o.remove(*k);
-            }
-        }
-        if let (false, Some(o)) = (self.amp, v.as_object_mut()) {
-            o.remove("amp_dtype");
-        }
-        v
-    }
-}
-
-/// The end-of-training export to `model.onnx`.
-#[derive(Debug, Clone, Default)]
-pub struct ExportSettings {
-    /// Also output softmax probabilities.
-    pub probabilities: bool,
-    /// Also write `model.int8.onnx`, calibrated on training images and gated on validation.
-    pub quantize: Option<QuantizeSettings>,
-}
-
-/// The int8 export's settings.
-#[derive(Debug, Clone, Default)]
-pub struct QuantizeSettings {
-    pub calibration: crate::quantize::Calibration,
-    /// Training images drawn (with a fixed seed) for calibration.
-    pub calibration_images: usize,
-    /// Keep an int8 model the accuracy gate refuses.
-    pub force: bool,
-}
-
-/// A training run's settings.
-#[derive(Debug, Clone)]
-pub struct TrainConfig {
-    /// The image folder; with `resume`, the checkpoint's when not given.
-    pub data: Option<PathBuf>,
-    /// Output folder; default: the resumed checkpoint's folder, else [`DEFAULT_OUT`].
-    pub out: Option<PathBuf>,
-    pub hyper: Hyper,
-    pub weights: WeightsSource,
-    /// Continue from this `last.pt` with its settings; `epochs_override` may extend the run.
-    pub resume: Option<PathBuf>,
-    pub epochs_override: Option<usize>,
-    pub device: DeviceChoice,
-    /// Loader threads.
-    pub workers: usize,
-    /// libtorch intra-op threads (`None`: libtorch's default).
-    pub threads: Option<usize>,
-    /// Batches assembled ahead of training.
-    pub prefetch: usize,
-    /// Export the best model to `model.onnx` at the end.
-    pub export: Option<ExportSettings>,
-}
-
-/// Default output folder.
-pub const DEFAULT_OUT: &str = "models";
-
-/// What a person watching the run is told.
-pub trait Observer {
-    fn info(&mut self, msg: &str);
-    fn warn(&mut self, msg: &str);
-    fn download_progress(&mut self, _done: u64, _total: Option<u64>) {}
-    fn phase_start(&mut self, _epoch: usize, _epochs: usize, _phase: &'static str, _images: usize) {}
-    /// After each batch: images so far in the phase, running loss and accuracy.
-    fn batch_done(&mut self, _images: usize, _loss: f64, _acc: f64) {}
-    fn phase_end(&mut self, _stats: &report::PhaseStats) {}
-    fn epoch_end(&mut self, _record: &EpochRecord, _epochs: usize, _best: bool) {}
-}
-
-/// Ctrl-C handling: the first request finishes the current epoch and stops; the second stops
-/// at once, leaving the files of the last finished epoch.
-#[derive(Debug, Default)]
-pub struct StopFlag(AtomicUsize);
-
-impl StopFlag {
-    /// Records one more stop request and returns how many there have been.
-    pub fn request(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    pub fn level(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// The state that `--resume` restores.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,21 +46,6 @@ struct RunState {
     #[serde(default)]
     fingerprint: Option<Fingerprint>,
 }
-
-/// Output file names inside the output folder.
-pub const BEST: &str = "best.pt";
-pub const LAST: &str = "last.pt";
-pub const METRICS: &str = "metrics.csv";
-pub const SUMMARY: &str = "summary.json";
-pub const CURVES: &str = "curves.png";
-pub const TRAIN_BATCH: &str = "train_batch.png";
-pub const VAL_PREDICTIONS: &str = "val_predictions.png";
-pub const MODEL_ONNX: &str = "model.onnx";
-/// Written with `--quantize int8` (see [`crate::export::int8_path`]).
-pub const MODEL_INT8: &str = "model.int8.onnx";
-/// Every file a run writes into its output folder.
-pub const OUTPUTS: [&str; 9] =
-    [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, VAL_PREDICTIONS, MODEL_ONNX, MODEL_INT8];
 
 /// Everything fixed before the first epoch.
 struct Start {
@@ -255,13 +95,7 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     let recorded = resumed.as_ref().and_then(|(_, _, s)| s.data.clone());
     let data = cfg.data.clone().or(recorded).ok_or(ConfigError::NoDataFolder)?;
     // A resumed run continues in its checkpoint's folder unless told otherwise.
-    let out = match (&cfg.out, &resumed) {
-        (Some(o), _) => o.clone(),
-        (None, Some((p, ..))) => {
-            p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
-        }
-        (None, None) => PathBuf::from(DEFAULT_OUT),
-    };
+    let out = cfg.output_folder();
     tch::manual_seed(hyper.seed as i64);
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -680,9 +514,7 @@ fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
     let mut failed = None;
     let export = match &cfg.export {
         Some(settings) if epochs.best.is_some() && !epochs.interrupted => {
-            let quantize = settings.quantize.as_ref().map(|q| {
-                export::QuantizeOptions::from_dataset(epochs.ds, q.calibration_images, q.calibration, q.force)
-            });
+            let quantize = settings.quantize.as_ref().map(|q| export::QuantizeOptions::from_dataset(epochs.ds, q));
             let opts = ExportOptions {
                 probabilities: settings.probabilities,
                 images: epochs.val_samples.iter().map(|s| s.path.clone()).collect(),
