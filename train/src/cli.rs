@@ -1,15 +1,15 @@
 //! The `train` binary's command line: the arguments, with the library's defaults, and their
-//! mapping onto the library's settings ([`TrainArgs::config`]).
+//! mapping onto the library's settings ([`TrainArgs::config`], [`ExportArgs::request`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Parser;
 use train::amp::AmpDtype;
 use train::augment::Augment;
-use train::config::{QuantizeKind, QuantizeSettings, BEST, DEFAULT_OUT, MODEL_ONNX};
+use train::config::{QuantizeKind, QuantizeSettings, DEFAULT_OUT};
 use train::dataset::VALIDATION_DIRS;
 use train::device::DeviceChoice;
-use train::export::{MAX_ACCURACY_DROP, MIN_AGREEMENT};
+use train::export::{ExportRequest, MAX_ACCURACY_DROP, MIN_AGREEMENT};
 use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use train::quantize::{Calibration, DEFAULT_PERCENTILE};
 use train::{ExportSettings, Hyper, Mode, TrainConfig, WeightsSource};
@@ -57,37 +57,37 @@ pub struct DoctorArgs {
 pub struct ExportArgs {
     /// Checkpoint to export: best.pt or last.pt written by `train`, or a torchvision state dict
     /// (then give --arch and --classes).
-    #[arg(long, value_name = "FILE", default_value_os_t = Path::new(DEFAULT_OUT).join(BEST))]
-    pub weights: PathBuf,
+    #[arg(long, value_name = "FILE", default_value_os_t = ExportRequest::default().weights)]
+    weights: PathBuf,
 
     /// ONNX file to write.
-    #[arg(long, value_name = "FILE", default_value_os_t = Path::new(DEFAULT_OUT).join(MODEL_ONNX))]
-    pub out: PathBuf,
+    #[arg(long, value_name = "FILE", default_value_os_t = ExportRequest::default().out)]
+    out: PathBuf,
 
     /// Images to verify the export on: a data folder (its validation folder when it has one)
     /// or files. Default: a random batch.
     #[arg(long, value_name = "PATH")]
-    pub data: Option<PathBuf>,
+    data: Option<PathBuf>,
 
     /// Also output softmax probabilities (`probabilities`) besides `logits`.
     #[arg(long)]
-    pub probabilities: bool,
+    probabilities: bool,
 
     /// Architecture, for a state dict without this toolkit's record (must agree with it otherwise).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(train::arch::names()))]
-    pub arch: Option<String>,
+    arch: Option<String>,
 
     /// Comma-separated class names in index order, for a state dict without this toolkit's record.
     #[arg(long, value_delimiter = ',')]
-    pub classes: Option<Vec<String>>,
+    classes: Option<Vec<String>>,
 
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    quantize: QuantizeArgs,
 }
 
 /// `--quantize int8` and its settings, for `train` and `train export` alike.
 #[derive(clap::Args, Debug, Clone)]
-pub struct QuantizeArgs {
+struct QuantizeArgs {
     #[arg(long, value_enum, value_name = "TYPE", help = format!(
         "Also write an int8 model beside model.onnx (model.int8.onnx), calibrated on training images and kept \
          only when it loses at most {} point of validation accuracy and agrees with the float model on {}% of \
@@ -113,7 +113,7 @@ pub struct QuantizeArgs {
 }
 
 impl QuantizeArgs {
-    pub fn settings(&self) -> Option<QuantizeSettings> {
+    fn settings(&self) -> Option<QuantizeSettings> {
         self.quantize.map(|kind| QuantizeSettings {
             kind,
             calibration: self.calibration,
@@ -312,6 +312,21 @@ impl TrainArgs {
     }
 }
 
+impl ExportArgs {
+    /// The library's request for these arguments.
+    pub fn request(&self) -> ExportRequest {
+        ExportRequest {
+            weights: self.weights.clone(),
+            out: self.out.clone(),
+            data: self.data.clone(),
+            probabilities: self.probabilities,
+            arch: self.arch.clone(),
+            classes: self.classes.clone(),
+            quantize: self.quantize.settings(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -353,6 +368,7 @@ mod tests {
         let Some(Command::Export(export)) = Cli::try_parse_from(["train", "export"]).unwrap().command else {
             panic!("export expected");
         };
-        assert_eq!((export.weights, export.out), (Path::new("models/best.pt").into(), "models/model.onnx".into()));
+        let (request, defaults) = (export.request(), ExportRequest::default());
+        assert_eq!((request.weights, request.out), (defaults.weights, defaults.out));
     }
 }

@@ -203,6 +203,10 @@ pub enum ExportError {
         max_drop: f64,
         min_agreement: f64,
     },
+    #[error("--quantize int8 needs --data: a data folder for calibration and the accuracy gate")]
+    QuantizeNeedsData,
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -14,14 +14,15 @@ use tch::{Device, Kind, Tensor};
 
 use crate::arch;
 use crate::checkpoint::ModelInfo;
-use crate::config::QuantizeSettings;
-use crate::dataset::Dataset;
+use crate::config::{Hyper, Observer, QuantizeSettings, BEST, DEFAULT_OUT, LAST, MODEL_ONNX, SUMMARY};
+use crate::dataset::{self, Dataset, ScanOptions};
 use crate::error::{CheckpointError, ExportError, QuantizeError, VerifyError, WeightsError};
 use crate::model::{FoldedConv, ResNet};
 use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx_proto::*;
 use crate::quantize::{self, Calibration};
 pub use crate::report::{ExportReport, Int8Report};
+use crate::run_state;
 use crate::weights::from_tch;
 
 /// ONNX operator set of the exported graph (ONNX Runtime supports it since 1.14).
@@ -320,6 +321,99 @@ impl QuantizeOptions {
             force: q.force,
         }
     }
+}
+
+/// `train export`: a checkpoint to export, where to, and what to check it on.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    pub weights: PathBuf,
+    pub out: PathBuf,
+    /// A data folder (its validation folder verifies the export; with `quantize`, the split
+    /// of the run that wrote `weights` gives the calibration and gate images), or an image.
+    pub data: Option<PathBuf>,
+    pub probabilities: bool,
+    /// For a state dict without this toolkit's record (see [`ExportOptions`]).
+    pub arch: Option<String>,
+    pub classes: Option<Vec<String>>,
+    pub quantize: Option<QuantizeSettings>,
+}
+
+impl Default for ExportRequest {
+    /// The default run's `best.pt` to its `model.onnx`, on random inputs, float only.
+    fn default() -> Self {
+        ExportRequest {
+            weights: Path::new(DEFAULT_OUT).join(BEST),
+            out: Path::new(DEFAULT_OUT).join(MODEL_ONNX),
+            data: None,
+            probabilities: false,
+            arch: None,
+            classes: None,
+            quantize: None,
+        }
+    }
+}
+
+impl ExportRequest {
+    /// What [`export_checkpoint`] needs: the verification images and, with `quantize`, the
+    /// data folder scanned with the split of the run that wrote the weights (its `last.pt` or
+    /// `summary.json`; the defaults when there is neither), which `obs` is told.
+    pub fn options(&self, obs: &mut dyn Observer) -> Result<ExportOptions, ExportError> {
+        let images = match &self.data {
+            Some(d) if d.is_dir() => dataset::validation_images(d),
+            Some(f) => vec![f.clone()],
+            None => Vec::new(),
+        };
+        let quantize = match (&self.quantize, &self.data) {
+            (None, _) => None,
+            (Some(_), None) => return Err(ExportError::QuantizeNeedsData),
+            (Some(q), Some(d)) => Some(QuantizeOptions::from_dataset(&self.run_split(d, obs)?, q)),
+        };
+        Ok(ExportOptions {
+            probabilities: self.probabilities,
+            images,
+            arch: self.arch.clone(),
+            classes: self.classes.clone(),
+            quantize,
+        })
+    }
+
+    /// `data` split into training and validation images as the run that wrote the weights
+    /// split it.
+    fn run_split(&self, data: &Path, obs: &mut dyn Observer) -> Result<Dataset, ExportError> {
+        let recorded = run_state::recorded_split(&self.weights);
+        let defaults = Hyper::default();
+        let (val_fraction, seed, val_dir) = match &recorded {
+            Some(r) => (r.val_fraction, r.seed, r.val_dir.as_deref()),
+            None => (defaults.val_fraction, defaults.seed, defaults.val_dir.as_deref()),
+        };
+        // Unreadable files are left to the gate, which skips them.
+        let ds = dataset::scan(data, &ScanOptions { val_fraction, seed, val_dir, check: &|_| Ok(()) })?;
+        let split = ds.describe_split();
+        match &recorded {
+            Some(r) => {
+                obs.info(&format!("validation split from {}: {split}", r.source.display()));
+                let same =
+                    |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_none_or(|(a, b)| a == b);
+                if let Some(trained) = r.data.as_deref().filter(|t| !same(t, data)) {
+                    obs.warn(&format!(
+                        "the run trained on {}, not {}: its validation images may not be these",
+                        trained.display(),
+                        data.display()
+                    ));
+                }
+            }
+            None => obs.info(&format!(
+                "validation split: {split} (the defaults: no {LAST} or {SUMMARY} of the run beside {})",
+                self.weights.display()
+            )),
+        }
+        Ok(ds)
+    }
+}
+
+/// `train export`: [`export_checkpoint`] with the options of `req` ([`ExportRequest::options`]).
+pub fn export_from_folder(req: &ExportRequest, obs: &mut dyn Observer) -> Result<ExportReport, ExportError> {
+    export_checkpoint(&req.weights, &req.out, &req.options(obs)?)
 }
 
 /// Where the int8 model of `out` goes: `model.onnx` → `model.int8.onnx`.

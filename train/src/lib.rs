@@ -1,7 +1,7 @@
 //! `train`: fine-tune ResNet image classifiers with libtorch (through tch) on a folder of
 //! labelled images, keeping the best model as a torchvision-compatible `best.pt`.
 //!
-//! The binary is a thin layer over [`trainer::run`] and [`export::export_checkpoint`], with
+//! The binary is a thin layer over [`trainer::run`] and [`export::export_from_folder`], with
 //! its settings in [`config`]; the modules each do one thing.
 
 pub mod amp;
@@ -24,6 +24,7 @@ pub mod pickle;
 pub mod plot;
 pub mod quantize;
 pub mod report;
+pub mod run_state;
 pub mod steps;
 pub mod torch_file;
 pub mod trainer;

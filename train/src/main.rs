@@ -12,7 +12,6 @@ use cli::{Cli, Command, DoctorArgs, ExportArgs, TrainArgs};
 use train::config::LAST;
 use train::console::{self, Console};
 use train::error::ExportError;
-use train::export::{ExportOptions, QuantizeOptions};
 use train::{StopFlag, TrainError};
 
 /// Keeps freed memory for reuse instead of returning it to the system: libtorch allocates and
@@ -41,7 +40,7 @@ fn main() -> ExitCode {
     });
     let mut console = Console::new();
     let result = match &cli.command {
-        Some(Command::Export(args)) => export(args),
+        Some(Command::Export(args)) => export(args, &mut console),
         Some(Command::Doctor(args)) => Ok(doctor(args)),
         None => run(&cli.train, &mut console, &stop),
     };
@@ -75,31 +74,8 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
     }
 }
 
-fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let images = match &args.data {
-        Some(d) if d.is_dir() => train::dataset::validation_images(d),
-        Some(f) => vec![f.clone()],
-        None => Vec::new(),
-    };
-    let quantize = match (args.quantize.settings(), &args.data) {
-        (None, _) => None,
-        (Some(_), None) => {
-            anyhow::bail!("--quantize int8 needs --data: a data folder for calibration and the accuracy gate")
-        }
-        (Some(q), Some(d)) => {
-            let opts = train::dataset::ScanOptions { val_fraction: 0.2, seed: 0, val_dir: None, check: &|_| Ok(()) };
-            let ds = train::dataset::scan(d, &opts).context("export failed")?;
-            Some(QuantizeOptions::from_dataset(&ds, &q))
-        }
-    };
-    let opts = ExportOptions {
-        probabilities: args.probabilities,
-        images,
-        arch: args.arch.clone(),
-        classes: args.classes.clone(),
-        quantize,
-    };
-    let result = train::export::export_checkpoint(&args.weights, &args.out, &opts);
+fn export(args: &ExportArgs, console: &mut Console) -> anyhow::Result<ExitCode> {
+    let result = train::export::export_from_folder(&args.request(), console);
     if let Err(ExportError::GateRefused { quantization, .. }) = &result {
         console::print_quantization(quantization, false);
     }

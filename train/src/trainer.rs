@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use infer::{decode_file, DecodeLimits, PreprocessConfig};
-use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::arch::{self, Arch};
@@ -18,7 +17,7 @@ use crate::config::{
     Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource, BEST, CURVES, LAST, METRICS, MODEL_ONNX, OUTPUTS,
     SUMMARY, TRAIN_BATCH, VAL_PREDICTIONS,
 };
-use crate::dataset::{self, Dataset, Fingerprint, ScanOptions};
+use crate::dataset::{self, Dataset, ScanOptions};
 use crate::device;
 use crate::error::{CheckpointError, ConfigError, TrainError};
 use crate::export::{self, ExportOptions};
@@ -27,25 +26,9 @@ use crate::model::ResNet;
 use crate::optim::Optimizer;
 use crate::plot;
 use crate::report::{self, Best, EpochRecord, Summary};
+use crate::run_state::RunState;
 use crate::steps::{EvalStep, GradScaler, Pass, Predicted, TrainStep};
 use crate::weights;
-
-/// The state that `--resume` restores.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunState {
-    hyper: Hyper,
-    classes: Vec<String>,
-    epochs_done: usize,
-    best: Option<Best>,
-    history: Vec<EpochRecord>,
-    elapsed_seconds: f64,
-    weights: String,
-    /// The data folder and what it held (absent in checkpoints of earlier versions).
-    #[serde(default)]
-    data: Option<PathBuf>,
-    #[serde(default)]
-    fingerprint: Option<Fingerprint>,
-}
 
 /// Everything fixed before the first epoch.
 struct Start {
@@ -79,9 +62,7 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     let resumed = match &cfg.resume {
         Some(p) => {
             let r = checkpoint::load_last(p)?;
-            let state: RunState = serde_json::from_str(&r.run_state).map_err(|e| {
-                TrainError::Checkpoint(CheckpointError::Invalid { path: p.clone(), reason: format!("run state: {e}") })
-            })?;
+            let state = RunState::parse(p, &r.run_state)?;
             Some((p.clone(), r, state))
         }
         None => None,
@@ -194,13 +175,7 @@ fn describe_data(ds: &Dataset) -> String {
     let val = Dataset::counts(&ds.val, n);
     let per_class: Vec<String> =
         ds.classes.iter().enumerate().map(|(i, c)| format!("{c} {}/{}", train[i], val[i])).collect();
-    let split = match (&ds.split, &ds.layout.val_dir) {
-        (dataset::SplitKind::Random { fraction, seed }, _) => {
-            format!("{:.0}% of each class, seed {seed}", fraction * 100.0)
-        }
-        (dataset::SplitKind::Folder, Some(dir)) => format!("{}", dir.display()),
-        (dataset::SplitKind::Folder, None) => "a folder".to_string(),
-    };
+    let split = ds.describe_split();
     let mut s = format!(
         "data: {} — {n} classes, {} train / {} val images ({}; validation: {split})",
         ds.root.display(),

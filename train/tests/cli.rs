@@ -537,3 +537,83 @@ fn channels_last_trains_like_the_default_layout() {
     assert!(diff < 1e-3, "{w} differs by {diff}");
     assert!(nhwc.join("model.onnx").exists(), "the export verified itself against the tch model");
 }
+
+/// What the library says while preparing an export.
+#[derive(Default)]
+struct Notes(Vec<String>);
+
+impl train::Observer for Notes {
+    fn info(&mut self, msg: &str) {
+        self.0.push(msg.to_string());
+    }
+    fn warn(&mut self, msg: &str) {
+        self.0.push(format!("warning: {msg}"));
+    }
+}
+
+/// `train export --quantize int8 --data ROOT` on a data set without a validation folder gates
+/// the int8 model on the run's own validation images: ROOT split with the run's
+/// `--val-fraction` and `--seed` (read from its last.pt, else its summary.json), not with the
+/// defaults, which would put training images among them; with neither file, the defaults, and
+/// a note that says so.
+#[test]
+fn export_gates_on_the_runs_own_validation_split() {
+    let classes = ["red", "green", "blue"];
+    let f = TrainFixture::with_data(TRAIN, |tmp| {
+        let data = tmp.join("flat");
+        common::class_folders(&data, &classes, 6);
+        data
+    });
+    let out = f.train("out", &["--val-fraction", "0.5", "--seed", "3", "--no-export"]).out;
+    assert_eq!(summary(&out)["val_counts"], serde_json::json!([3, 3, 3]));
+
+    let export = f
+        .command()
+        .args(["export", "--weights"])
+        .arg(out.join("best.pt"))
+        .arg("--out")
+        .arg(out.join("model.onnx"))
+        .arg("--data")
+        .arg(&f.data)
+        .args(["--quantize", "int8", "--force"])
+        .output()
+        .unwrap();
+    let err = stderr(&export);
+    assert!(export.status.success(), "{err}");
+    let note = format!("validation split from {}: 50% of each class, seed 3", out.join("last.pt").display());
+    assert!(err.contains(&note), "{err}");
+    let int8 = infer::Classifier::builder(out.join("model.int8.onnx"))
+        .execution_provider(infer::ExecutionProvider::Cpu)
+        .build()
+        .unwrap();
+    // Half of each class: 9 images (the defaults, a fifth of each class, would give 3).
+    assert_eq!(int8.metadata().quantization.as_ref().unwrap().validation_images, 9);
+
+    // The gate's images are exactly the run's validation images, whichever record gives them.
+    let ok = |_: &Path| Ok(());
+    let scan = |val_fraction, seed| {
+        let opts = train::dataset::ScanOptions { val_fraction, seed, val_dir: None, check: &ok };
+        let ds = train::dataset::scan(&f.data, &opts).unwrap();
+        ds.val.into_iter().map(|s| (s.path, s.label)).collect::<Vec<_>>()
+    };
+    let request = train::export::ExportRequest {
+        weights: out.join("best.pt"),
+        out: out.join("model.onnx"),
+        data: Some(f.data.clone()),
+        quantize: Some(train::QuantizeSettings::default()),
+        ..Default::default()
+    };
+    let gate_images = |expect_note: &str| {
+        let mut notes = Notes::default();
+        let opts = request.options(&mut notes).unwrap();
+        assert!(notes.0.iter().any(|n| n.contains(expect_note)), "{:?}", notes.0);
+        opts.quantize.unwrap().validation
+    };
+    let run_split = scan(0.5, 3);
+    assert_ne!(run_split, scan(0.5, 0), "the seed matters");
+    assert_eq!(gate_images("last.pt: 50% of each class, seed 3"), run_split);
+    std::fs::remove_file(out.join("last.pt")).unwrap();
+    assert_eq!(gate_images("summary.json: 50% of each class, seed 3"), run_split);
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    assert_eq!(gate_images("20% of each class, seed 0 (the defaults: no last.pt or summary.json"), scan(0.2, 0));
+}
