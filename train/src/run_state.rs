@@ -59,20 +59,17 @@ impl RecordedSplit {
     }
 }
 
-/// The validation split of the run that wrote `weights`: from the run's `last.pt` (`weights`
-/// itself when it is one, else the one beside it), else from the `summary.json` beside it.
-/// `None` when neither is there or readable (a plain torchvision state dict, say).
+/// The validation split of the run that wrote `weights`: from the run's `last.pt` beside it
+/// (`weights` itself when it is that file), else from the `summary.json` beside it. `None`
+/// when neither is there or readable (beside a plain torchvision state dict, say).
 pub fn recorded_split(weights: &Path) -> Option<RecordedSplit> {
     let dir = weights.parent().unwrap_or(Path::new(""));
-    let mut lasts = vec![dir.join(LAST)];
-    if weights.file_name().is_some_and(|n| n == LAST) {
-        lasts.insert(0, weights.to_path_buf());
-    }
-    let from_last = lasts
-        .into_iter()
-        .filter(|p| p.is_file())
-        .find_map(|p| RunState::read(&p).ok().map(|s| RecordedSplit::from_hyper(p, &s.hyper, s.data)));
-    from_last.or_else(|| from_summary(&dir.join(SUMMARY)))
+    let last = dir.join(LAST);
+    let from_last = || {
+        let state = RunState::read(&last).ok()?;
+        Some(RecordedSplit::from_hyper(last.clone(), &state.hyper, state.data))
+    };
+    last.is_file().then(from_last).flatten().or_else(|| from_summary(&dir.join(SUMMARY)))
 }
 
 /// The split settings recorded in a `summary.json` (its `hyperparameters` and `data`).
