@@ -11,10 +11,11 @@ use std::ffi::{c_void, CStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::TrainError;
+use crate::error::{ConfigError, TrainError};
 
 /// The reduced type of mixed precision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum AmpDtype {
     /// With dynamic loss scaling (PyTorch's `GradScaler` recipe).
@@ -48,21 +49,18 @@ type SetDtype = unsafe extern "C" fn(i8, i8);
 type GetDtype = unsafe extern "C" fn(i8) -> i8;
 
 /// A function of the loaded libtorch, by its (mangled) name.
-fn lookup(name: &'static CStr) -> Result<*mut c_void, TrainError> {
+fn lookup(name: &'static CStr) -> Result<*mut c_void, ConfigError> {
     // SAFETY: dlsym with RTLD_DEFAULT only reads the loaded objects' symbol tables.
     let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
     if f.is_null() {
-        Err(TrainError::Config(format!(
-            "this libtorch has no {} (bfloat16 mixed precision needs libtorch 2.3 or later)",
-            name.to_string_lossy()
-        )))
+        Err(ConfigError::AmpUnavailable { symbol: name.to_string_lossy().into_owned() })
     } else {
         Ok(f)
     }
 }
 
 /// Sets CUDA autocast's type on this thread.
-pub fn set_cuda_dtype(dtype: AmpDtype) -> Result<(), TrainError> {
+pub fn set_cuda_dtype(dtype: AmpDtype) -> Result<(), ConfigError> {
     let f = lookup(SET_DTYPE)?;
     // SAFETY: the symbol is `void at::autocast::set_autocast_dtype(c10::DeviceType,
     // c10::ScalarType)`; both are `enum class : int8_t`, passed as integers by the C++ ABI, and
@@ -75,7 +73,7 @@ pub fn set_cuda_dtype(dtype: AmpDtype) -> Result<(), TrainError> {
 }
 
 /// CUDA autocast's type on this thread, as libtorch reports it (`None`: neither of ours).
-pub fn cuda_dtype() -> Result<Option<AmpDtype>, TrainError> {
+pub fn cuda_dtype() -> Result<Option<AmpDtype>, ConfigError> {
     let f = lookup(GET_DTYPE)?;
     // SAFETY: `c10::ScalarType at::autocast::get_autocast_dtype(c10::DeviceType)`, an int8_t enum.
     let v = unsafe {

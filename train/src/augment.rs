@@ -5,6 +5,7 @@
 use infer::Rect;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// The augmentation settings: `RandomResizedCrop(scale, ratio)` and whether to flip
 /// horizontally, with torchvision's defaults.
@@ -24,15 +25,24 @@ impl Default for Augment {
     }
 }
 
+/// An augmentation range that cannot be drawn from.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum AugmentError {
+    #[error("--crop-scale {min} {max}: need 0 < MIN <= MAX <= 1")]
+    Scale { min: f64, max: f64 },
+    #[error("--crop-ratio {min} {max}: need 0 < MIN <= MAX")]
+    Ratio { min: f64, max: f64 },
+}
+
 impl Augment {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AugmentError> {
         let (s0, s1) = self.scale;
         if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
-            return Err(format!("--crop-scale {s0} {s1}: need 0 < MIN <= MAX <= 1"));
+            return Err(AugmentError::Scale { min: s0, max: s1 });
         }
         let (r0, r1) = self.ratio;
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
-            return Err(format!("--crop-ratio {r0} {r1}: need 0 < MIN <= MAX"));
+            return Err(AugmentError::Ratio { min: r0, max: r1 });
         }
         Ok(())
     }

@@ -121,6 +121,15 @@ pub fn read_info(path: &Path) -> Result<ModelInfo, CheckpointError> {
     Ok(info)
 }
 
+/// The run state (JSON) of a `last.pt`, without turning its tensors into libtorch tensors.
+pub fn read_run_state(path: &Path) -> Result<String, CheckpointError> {
+    let obj = torch_file::load(path).map_err(|source| CheckpointError::File { path: path.to_path_buf(), source })?;
+    obj.get("run_state").and_then(Obj::as_str).map(str::to_string).ok_or_else(|| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        reason: "no run state; resume from last.pt, not best.pt".into(),
+    })
+}
+
 /// Everything `--resume` needs from `last.pt`.
 pub struct Resume {
     pub info: ModelInfo,

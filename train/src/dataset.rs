@@ -76,6 +76,16 @@ impl Dataset {
         c
     }
 
+    /// How the validation images were chosen: `20% of each class, seed 7`, or the validation
+    /// folder.
+    pub fn describe_split(&self) -> String {
+        match (&self.split, &self.layout.val_dir) {
+            (SplitKind::Random { fraction, seed }, _) => format!("{:.0}% of each class, seed {seed}", fraction * 100.0),
+            (SplitKind::Folder, Some(dir)) => format!("{}", dir.display()),
+            (SplitKind::Folder, None) => "a folder".to_string(),
+        }
+    }
+
     /// A fingerprint of the data: every sample's split, class, path below the root and size,
     /// hashed. Two scans of the same files agree; another folder, or files added, removed,
     /// relabelled or rewritten to another size, do not.

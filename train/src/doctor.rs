@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use tch::Cuda;
 
-use crate::device::DeviceChoice;
+use crate::device::{self, DeviceChoice};
+use crate::error::DeviceError;
 
 pub use infer::doctor::Lines;
 
@@ -25,7 +26,7 @@ fn version(lib: &std::path::Path) -> Option<String> {
 }
 
 /// The libtorch section, and whether the device asked for is usable.
-pub fn libtorch(asked: DeviceChoice) -> (Lines, Result<(), String>) {
+pub fn libtorch(asked: DeviceChoice) -> (Lines, Result<(), DeviceError>) {
     let mut lines = Lines::new();
     let mut push = |label: &str, text: String| lines.push((label.to_string(), text));
     push("train", env!("CARGO_PKG_VERSION").to_string());
@@ -46,7 +47,7 @@ pub fn libtorch(asked: DeviceChoice) -> (Lines, Result<(), String>) {
             None => "not linked: this build trains on the CPU only".into(),
         },
     );
-    let gpus = if Cuda::is_available() { Cuda::device_count().max(0) as usize } else { 0 };
+    let gpus = device::visible_gpus();
     let cuda = if gpus > 0 {
         let cudnn = if Cuda::cudnn_is_available() {
             let v = tch::utils::version_cudnn();
@@ -68,7 +69,7 @@ pub fn libtorch(asked: DeviceChoice) -> (Lines, Result<(), String>) {
     let works = match asked {
         DeviceChoice::Cpu | DeviceChoice::Auto => Ok(()),
         DeviceChoice::Cuda(n) if (n as usize) < gpus => Ok(()),
-        DeviceChoice::Cuda(n) => Err(format!("cuda:{n} is not usable: libtorch sees {gpus} GPU(s)")),
+        DeviceChoice::Cuda(index) => Err(DeviceError::NotUsable { index, visible: gpus }),
     };
     (lines, works)
 }

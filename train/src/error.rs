@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::augment::AugmentError;
+use crate::optim::OptimError;
 use crate::torch_file::TorchFileError;
 
 /// Problems with the image folder.
@@ -104,6 +106,45 @@ pub enum CheckpointError {
     Torch(#[from] tch::TchError),
 }
 
+/// Settings that cannot make a run.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("unknown architecture '{name}' (known: {})", crate::arch::names().join(", "))]
+    UnknownArch { name: String },
+    #[error("epochs must be at least 1")]
+    ZeroEpochs,
+    #[error("batch sizes must be at least 1")]
+    ZeroBatchSize,
+    #[error("--amp (mixed precision) needs a CUDA device")]
+    AmpNeedsCuda,
+    #[error("this libtorch has no {symbol} (bfloat16 mixed precision needs libtorch 2.3 or later)")]
+    AmpUnavailable { symbol: String },
+    #[error("no data folder given (and none recorded in the checkpoint)")]
+    NoDataFolder,
+    #[error("{}: the checkpoint's classes ({}) differ from the data's ({})", path.display(), checkpoint.join(", "), data.join(", "))]
+    ClassesDiffer { path: PathBuf, checkpoint: Vec<String>, data: Vec<String> },
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Augment(#[from] AugmentError),
+    #[error(transparent)]
+    Preprocess(#[from] infer::preprocess::PreprocessError),
+    #[error("cannot start loader threads: {0}")]
+    LoaderThreads(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// A device asked for that this machine does not have.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DeviceError {
+    #[error("CUDA requested but libtorch sees no GPU (no driver, no device, or a CPU-only libtorch)")]
+    NoCuda,
+    #[error("cuda:{index} requested but only {visible} GPU(s) are visible")]
+    NoSuchGpu { index: u32, visible: usize },
+    /// `train doctor`'s verdict on a device it was asked about.
+    #[error("cuda:{index} is not usable: libtorch sees {visible} GPU(s)")]
+    NotUsable { index: u32, visible: usize },
+}
+
 /// Everything that can stop a training run.
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -116,9 +157,9 @@ pub enum TrainError {
     #[error("export: {0}")]
     Export(#[from] ExportError),
     #[error("invalid setting: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("device: {0}")]
-    Device(String),
+    Device(#[from] DeviceError),
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
@@ -140,8 +181,8 @@ pub enum ExportError {
     UnknownArch { path: PathBuf, arch: String },
     #[error("{path}: {found} class name(s); at least two are needed")]
     TooFewClasses { path: PathBuf, found: usize },
-    #[error("{path}: {reason}")]
-    DoesNotFit { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    DoesNotFit { path: PathBuf, source: Box<WeightsError> },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -149,13 +190,54 @@ pub enum ExportError {
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("verification failed: ONNX Runtime cannot run the exported model: {0}")]
-    Runtime(String),
+    Runtime(#[from] infer::InferError),
     #[error("verification failed: {0}")]
-    Mismatch(String),
+    Mismatch(#[from] VerifyError),
     #[error("int8: {0}")]
-    Quantize(String),
-    #[error("int8 model refused: top-1 accuracy {:.4} against {:.4} for fp32, top-1 agreement {:.2}% on {} validation images (the int8 model may lose at most 1 point and must agree on 98%); nothing written, --force keeps it anyway", .0.int8_accuracy, .0.fp32_accuracy, 100.0 * .0.top1_agreement, .0.validation_images)]
-    GateRefused(infer::Quantization),
+    Quantize(#[from] QuantizeError),
+    #[error("int8 model refused: top-1 accuracy {:.4} against {:.4} for fp32, top-1 agreement {:.2}% on {} validation images (the int8 model may lose at most {} point and must agree on {}%); nothing written, --force keeps it anyway", .quantization.int8_accuracy, .quantization.fp32_accuracy, 100.0 * .quantization.top1_agreement, .quantization.validation_images, 100.0 * .max_drop, 100.0 * .min_agreement)]
+    GateRefused {
+        quantization: infer::Quantization,
+        /// The gate's thresholds: the largest top-1 accuracy loss and the smallest top-1
+        /// agreement with the float model (fractions).
+        max_drop: f64,
+        min_agreement: f64,
+    },
+    #[error("--quantize int8 needs --data: a data folder for calibration and the accuracy gate")]
+    QuantizeNeedsData,
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+/// How the exported file disagrees with the model it was written from.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum VerifyError {
+    #[error("class names read back differ from those written")]
+    ClassesReadBack,
+    #[error("non-finite logits")]
+    NonFinite,
+    #[error("ONNX Runtime and libtorch disagree: max |logit difference| {max:.2e} (bound {bound:.0e}), top-1 differs on {top1_differs} of {images} images")]
+    Disagree { max: f32, bound: f32, top1_differs: usize, images: usize },
+}
+
+/// Why an int8 model could not be made.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum QuantizeError {
+    #[error("the data's classes ({}) differ from the model's ({})", data.join(", "), model.join(", "))]
+    ClassesDiffer { data: Vec<String>, model: Vec<String> },
+    #[error("no readable calibration image")]
+    NoCalibrationImage,
+    #[error("no readable validation image for the accuracy gate")]
+    NoValidationImage,
+    /// The float graph is not one the exporter writes.
+    #[error("no calibration range for {0}")]
+    NoRange(String),
+    #[error("{0} not quantized")]
+    NotQuantized(String),
+    #[error("no initializer {0}")]
+    NoInitializer(String),
+    #[error("the quantized model has no logits output")]
+    NoLogits,
 }

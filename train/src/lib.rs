@@ -1,12 +1,16 @@
 //! `train`: fine-tune ResNet image classifiers with libtorch (through tch) on a folder of
 //! labelled images, keeping the best model as a torchvision-compatible `best.pt`.
 //!
-//! The binary is a thin layer over [`trainer::run`]; the modules each do one thing.
+//! The binary is a thin layer over [`trainer::run`] and [`export::export_from_folder`], with
+//! its settings in [`config`]; the modules each do one thing.
 
 pub mod amp;
 pub mod arch;
 pub mod augment;
 pub mod checkpoint;
+pub mod config;
+#[cfg(feature = "cli")]
+pub mod console;
 pub mod dataset;
 pub mod device;
 pub mod doctor;
@@ -20,10 +24,14 @@ pub mod pickle;
 pub mod plot;
 pub mod quantize;
 pub mod report;
+pub mod run_state;
 pub mod steps;
 pub mod torch_file;
 pub mod trainer;
 pub mod weights;
 
+pub use config::{
+    ExportSettings, Hyper, Mode, Observer, QuantizeKind, QuantizeSettings, StopFlag, TrainConfig, WeightsSource,
+};
 pub use error::TrainError;
-pub use trainer::{run, Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource};
+pub use trainer::run;

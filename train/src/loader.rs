@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::augment::{random_resized_crop, Augment};
 use crate::dataset::{Sample, Skipped};
-use crate::error::TrainError;
+use crate::error::ConfigError;
 
 /// Which transform a pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +73,14 @@ impl Loader {
         workers: usize,
         prefetch: usize,
         seed: u64,
-    ) -> Result<Loader, TrainError> {
-        augment.validate().map_err(TrainError::Config)?;
-        preprocess.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+    ) -> Result<Loader, ConfigError> {
+        augment.validate()?;
+        preprocess.validate()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers.max(1))
             .thread_name(|i| format!("loader-{i}"))
             .start_handler(|_| lower_priority())
-            .build()
-            .map_err(|e| TrainError::Config(format!("cannot start loader threads: {e}")))?;
+            .build()?;
         Ok(Loader {
             pool: Arc::new(pool),
             preprocess: Arc::new(preprocess),

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
+use thiserror::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// SGD with momentum (`torch.optim.SGD`).
@@ -16,9 +18,14 @@ pub enum OptimizerKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     /// Multiply the learning rate by `gamma` every `step_size` epochs (`StepLR`).
+    #[cfg_attr(
+        feature = "cli",
+        value(help = "Multiply the learning rate by --gamma every --step-size epochs (`StepLR`)")
+    )]
     Step,
     /// Cosine annealing from the initial rate to zero over the run (`CosineAnnealingLR`).
     Cosine,
@@ -73,24 +80,43 @@ impl OptimConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OptimError> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(format!("learning rate must be positive, got {}", self.lr));
+            return Err(OptimError::LearningRate(self.lr));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
+            return Err(OptimError::Momentum(self.momentum));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("weight decay must be >= 0, got {}", self.weight_decay));
+            return Err(OptimError::WeightDecay(self.weight_decay));
         }
         if self.step_size == 0 {
-            return Err("step size must be at least 1 epoch".into());
+            return Err(OptimError::StepSize);
         }
         if !(self.gamma.is_finite() && self.gamma > 0.0) {
-            return Err(format!("gamma must be positive, got {}", self.gamma));
+            return Err(OptimError::Gamma(self.gamma));
         }
         Ok(())
     }
+}
+
+/// A setting of [`OptimConfig`] out of range, or saved optimiser state that does not fit.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum OptimError {
+    #[error("learning rate must be positive, got {0}")]
+    LearningRate(f64),
+    #[error("momentum must be in [0, 1), got {0}")]
+    Momentum(f64),
+    #[error("weight decay must be >= 0, got {0}")]
+    WeightDecay(f64),
+    #[error("step size must be at least 1 epoch")]
+    StepSize,
+    #[error("gamma must be positive, got {0}")]
+    Gamma(f64),
+    #[error("optimizer state {key} missing")]
+    StateMissing { key: String },
+    #[error("optimizer state {key} has shape {saved:?}, parameter {param:?}")]
+    StateShape { key: String, saved: Vec<i64>, param: Vec<i64> },
 }
 
 /// An optimiser over named parameters.
@@ -184,7 +210,7 @@ impl Optimizer {
     }
 
     /// Restores what [`Self::state`] saved; tensors are copied to each parameter's device.
-    pub fn load_state(&mut self, saved: &HashMap<String, Tensor>, steps: i64) -> Result<(), String> {
+    pub fn load_state(&mut self, saved: &HashMap<String, Tensor>, steps: i64) -> Result<(), OptimError> {
         let buffers = match self.config.optimizer {
             OptimizerKind::Sgd => &["momentum_buffer"][..],
             OptimizerKind::Adamw => &["exp_avg", "exp_avg_sq"][..],
@@ -197,13 +223,10 @@ impl Optimizer {
             }
             let mut tensors = Vec::new();
             for (b, t) in buffers.iter().zip(found) {
-                let t = t.ok_or_else(|| format!("optimizer state {name}.{b} missing"))?;
+                let key = || format!("{name}.{b}");
+                let t = t.ok_or_else(|| OptimError::StateMissing { key: key() })?;
                 if t.size() != p.size() {
-                    return Err(format!(
-                        "optimizer state {name}.{b} has shape {:?}, parameter {:?}",
-                        t.size(),
-                        p.size()
-                    ));
+                    return Err(OptimError::StateShape { key: key(), saved: t.size(), param: p.size() });
                 }
                 tensors.push(t.to_device(p.device()).to_kind(p.kind()));
             }

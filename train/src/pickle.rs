@@ -272,27 +272,27 @@ impl OpCode {
 /// A value on the stack with its size (nodes in it) and nesting depth, tracked so that copies
 /// and containers can be bounded without walking the tree.
 #[derive(Debug, Clone)]
-struct Sized {
+struct StackValue {
     value: Value,
     nodes: usize,
     depth: usize,
 }
 
-impl Sized {
-    fn leaf(value: Value) -> Sized {
-        Sized { value, nodes: 1, depth: 0 }
+impl StackValue {
+    fn leaf(value: Value) -> StackValue {
+        StackValue { value, nodes: 1, depth: 0 }
     }
 }
 
 enum Item {
     Mark,
-    Val(Sized),
+    Val(StackValue),
 }
 
 /// The unpickler's state: a stack, the memo, and the budget of values it may still build.
 struct Machine {
     stack: Vec<Item>,
-    memo: HashMap<u32, Sized>,
+    memo: HashMap<u32, StackValue>,
     budget: usize,
 }
 
@@ -306,7 +306,7 @@ impl Machine {
         Ok(())
     }
 
-    fn push(&mut self, v: Sized) -> Result<(), PickleError> {
+    fn push(&mut self, v: StackValue) -> Result<(), PickleError> {
         if v.depth > MAX_DEPTH {
             return Err(PickleError::Limit(format!("containers nested more than {MAX_DEPTH} levels deep")));
         }
@@ -316,17 +316,17 @@ impl Machine {
 
     fn leaf(&mut self, v: Value) -> Result<(), PickleError> {
         self.charge(1)?;
-        self.push(Sized::leaf(v))
+        self.push(StackValue::leaf(v))
     }
 
-    fn pop(&mut self) -> Result<Sized, PickleError> {
+    fn pop(&mut self) -> Result<StackValue, PickleError> {
         match self.stack.pop() {
             Some(Item::Val(v)) => Ok(v),
             _ => Err(PickleError::Malformed("stack underflow".into())),
         }
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Sized>, PickleError> {
+    fn pop_mark(&mut self) -> Result<Vec<StackValue>, PickleError> {
         let mut items = Vec::new();
         loop {
             match self.stack.pop() {
@@ -339,7 +339,7 @@ impl Machine {
         Ok(items)
     }
 
-    fn top(&mut self) -> Result<&mut Sized, PickleError> {
+    fn top(&mut self) -> Result<&mut StackValue, PickleError> {
         match self.stack.last_mut() {
             Some(Item::Val(v)) => Ok(v),
             _ => Err(PickleError::Malformed("expected a value on the stack".into())),
@@ -347,15 +347,15 @@ impl Machine {
     }
 
     /// A container of `items`, built by `make`.
-    fn container(&mut self, items: Vec<Sized>, make: impl FnOnce(Vec<Value>) -> Value) -> Result<(), PickleError> {
+    fn container(&mut self, items: Vec<StackValue>, make: impl FnOnce(Vec<Value>) -> Value) -> Result<(), PickleError> {
         self.charge(1)?;
         let nodes = 1 + items.iter().map(|i| i.nodes).sum::<usize>();
         let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
-        self.push(Sized { value: make(items.into_iter().map(|i| i.value).collect()), nodes, depth })
+        self.push(StackValue { value: make(items.into_iter().map(|i| i.value).collect()), nodes, depth })
     }
 
     /// Adds `items` to the container on top of the stack.
-    fn extend_top(&mut self, items: Vec<Sized>, dict: bool) -> Result<(), PickleError> {
+    fn extend_top(&mut self, items: Vec<StackValue>, dict: bool) -> Result<(), PickleError> {
         let top = self.top()?;
         top.nodes += items.iter().map(|i| i.nodes).sum::<usize>();
         top.depth = top.depth.max(1 + items.iter().map(|i| i.depth).max().unwrap_or(0));
@@ -447,7 +447,7 @@ impl Machine {
                     other => vec![other],
                 };
                 self.charge(1)?;
-                self.push(Sized { value: Value::Call(Box::new(f.value), args), nodes, depth })?;
+                self.push(StackValue { value: Value::Call(Box::new(f.value), args), nodes, depth })?;
             }
             OpCode::Build => {
                 // Object state (e.g. an OrderedDict's `_metadata`): not needed.
@@ -458,7 +458,7 @@ impl Machine {
                 let pid = self.pop()?;
                 self.charge(1)?;
                 let (nodes, depth) = (pid.nodes + 1, pid.depth + 1);
-                self.push(Sized { value: Value::PersistentId(Box::new(pid.value)), nodes, depth })?;
+                self.push(StackValue { value: Value::PersistentId(Box::new(pid.value)), nodes, depth })?;
             }
             OpCode::Put(i) => self.memoize(i)?,
             OpCode::Memoize => self.memoize(self.memo.len() as u32)?,

@@ -20,8 +20,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use infer::probe::Probe;
+use thiserror::Error;
 
-use crate::error::ExportError;
+use crate::error::{ExportError, QuantizeError};
 use crate::onnx_proto::*;
 
 /// `TensorProto.DataType` values.
@@ -44,8 +45,14 @@ pub enum Calibration {
     Percentile(f64),
 }
 
+/// The percentile of `percentile` without a value.
+pub const DEFAULT_PERCENTILE: f64 = 99.999;
+
 /// What [`Calibration::Auto`] chooses from.
-pub const AUTO_CANDIDATES: [Calibration; 2] = [Calibration::MinMax, Calibration::Percentile(99.999)];
+pub const AUTO_CANDIDATES: [Calibration; 2] = [Calibration::MinMax, Calibration::Percentile(DEFAULT_PERCENTILE)];
+
+/// Images per ONNX Runtime call when calibrating and comparing quantized models.
+pub const PROBE_BATCH: usize = 8;
 
 impl fmt::Display for Calibration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,17 +64,20 @@ impl fmt::Display for Calibration {
     }
 }
 
+/// A calibration method that is not one.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("'{0}' is not a calibration method: use auto, minmax, percentile or percentile:P (0 < P <= 100)")]
+pub struct CalibrationParseError(pub String);
+
 impl FromStr for Calibration {
-    type Err = String;
-    /// `auto`, `minmax`, `percentile` (99.999) or `percentile:P`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("'{s}' is not a calibration method: use auto, minmax, percentile or percentile:P (0 < P <= 100)")
-        };
+    type Err = CalibrationParseError;
+    /// `auto`, `minmax`, `percentile` ([`DEFAULT_PERCENTILE`]) or `percentile:P`.
+    fn from_str(s: &str) -> Result<Self, CalibrationParseError> {
+        let bad = || CalibrationParseError(s.to_string());
         match s {
             "auto" => Ok(Calibration::Auto),
             "minmax" => Ok(Calibration::MinMax),
-            "percentile" => Ok(Calibration::Percentile(99.999)),
+            "percentile" => Ok(Calibration::Percentile(DEFAULT_PERCENTILE)),
             _ => {
                 let p: f64 = s.strip_prefix("percentile:").ok_or_else(bad)?.parse().map_err(|_| bad())?;
                 if p > 0.0 && p <= 100.0 {
@@ -238,58 +248,57 @@ pub struct Measured {
     pub logits: Vec<f32>,
 }
 
-/// Runs the float model on the calibration `inputs` (preprocessed images, `n × 3 × side ×
-/// side`, `batch` at a time) and returns the statistics of each of `tensors`.
-pub fn calibrate(
+/// Runs `model` over `inputs` (preprocessed images, `n × 3 × side × side`) [`PROBE_BATCH`]
+/// images at a time, handing `each` the output names, then every batch's input and outputs.
+fn probe_batches(
     model: &ModelProto,
-    tensors: &[String],
     inputs: &[f32],
     side: usize,
-    batch: usize,
-) -> Result<Measured, ExportError> {
+    mut each: impl FnMut(&[String], &[f32], Vec<Vec<f32>>) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(model), None)?;
+    let per_image = 3 * side * side;
+    for chunk in inputs.chunks(PROBE_BATCH * per_image) {
+        let n = (chunk.len() / per_image) as i64;
+        let values = probe.run(chunk, [n, 3, side as i64, side as i64])?;
+        each(probe.outputs(), chunk, values)?;
+    }
+    Ok(())
+}
+
+/// Runs the float model on the calibration `inputs` (preprocessed images, `n × 3 × side ×
+/// side`) and returns the statistics of each of `tensors`.
+pub fn calibrate(model: &ModelProto, tensors: &[String], inputs: &[f32], side: usize) -> Result<Measured, ExportError> {
     let mut probe_model = model.clone();
     let graph = probe_model.graph.as_mut().expect("the exporter writes a graph");
     // The input's statistics come from the inputs themselves; the rest from the graph.
     let inner: Vec<&String> = tensors.iter().filter(|t| *t != "input").collect();
     graph.output = inner.iter().map(|t| float_output(t)).chain([float_output("logits")]).collect();
-    let runtime = |e: infer::InferError| ExportError::Runtime(e.to_string());
-    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(&probe_model), None).map_err(runtime)?;
     let mut stats: HashMap<String, Stats> = tensors.iter().map(|t| (t.clone(), Stats::default())).collect();
     let mut logits = Vec::new();
-    let per_image = 3 * side * side;
-    for chunk in inputs.chunks(batch.max(1) * per_image) {
-        let n = (chunk.len() / per_image) as i64;
+    probe_batches(&probe_model, inputs, side, |names, chunk, values| {
         stats.get_mut("input").expect("input listed").add(chunk);
-        let values = probe.run(chunk, [n, 3, side as i64, side as i64]).map_err(runtime)?;
-        for (name, v) in probe.outputs().iter().zip(values) {
+        for (name, v) in names.iter().zip(values) {
             match stats.get_mut(name) {
                 Some(s) => s.add(&v),
                 None if name == "logits" => logits.extend(v),
                 None => {}
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(Measured { stats, logits })
 }
 
 /// Mean absolute difference between a quantized model's logits and the float model's
 /// (`measured.logits`) on the calibration inputs.
-pub fn logit_error(
-    int8: &ModelProto,
-    measured: &Measured,
-    inputs: &[f32],
-    side: usize,
-    batch: usize,
-) -> Result<f32, ExportError> {
-    let runtime = |e: infer::InferError| ExportError::Runtime(e.to_string());
-    let mut probe = Probe::from_bytes(&prost::Message::encode_to_vec(int8), None).map_err(runtime)?;
-    let at = probe.outputs().iter().position(|o| o == "logits").ok_or(ExportError::Mismatch("no logits".into()))?;
-    let per_image = 3 * side * side;
+pub fn logit_error(int8: &ModelProto, measured: &Measured, inputs: &[f32], side: usize) -> Result<f32, ExportError> {
     let mut logits = Vec::with_capacity(measured.logits.len());
-    for chunk in inputs.chunks(batch.max(1) * per_image) {
-        let n = (chunk.len() / per_image) as i64;
-        logits.extend(probe.run(chunk, [n, 3, side as i64, side as i64]).map_err(runtime)?.swap_remove(at));
-    }
+    probe_batches(int8, inputs, side, |names, _, mut values| {
+        let at = names.iter().position(|o| o == "logits").ok_or(QuantizeError::NoLogits)?;
+        logits.extend(values.swap_remove(at));
+        Ok(())
+    })?;
     let sum: f64 = logits.iter().zip(&measured.logits).map(|(a, b)| f64::from((a - b).abs())).sum();
     Ok((sum / measured.logits.len().max(1) as f64) as f32)
 }
@@ -311,7 +320,7 @@ pub fn best_quantized(
     for &m in candidates {
         let ranges = measured.stats.iter().map(|(t, s)| (t.clone(), s.range(m))).collect();
         let q = quantize(model, &ranges)?;
-        let err = logit_error(&q, measured, inputs, side, 8)?;
+        let err = logit_error(&q, measured, inputs, side)?;
         if best.as_ref().is_none_or(|b| err < b.2) {
             best = Some((q, m, err));
         }
@@ -365,17 +374,13 @@ impl Rewrite<'_> {
     fn quantize(&mut self, t: &str, params_of: &str) -> Result<(), ExportError> {
         let (scale_name, zero_name) = (format!("{params_of}_scale"), format!("{params_of}_zero_point"));
         let scale = if params_of == t {
-            let range =
-                *self.ranges.get(t).ok_or_else(|| ExportError::Mismatch(format!("no calibration range for {t}")))?;
+            let range = *self.ranges.get(t).ok_or_else(|| QuantizeError::NoRange(t.to_string()))?;
             let (scale, zero) = activation_params(range);
             self.new_initializers.push(scalar(scale_name.clone(), FLOAT, scale.to_le_bytes().to_vec()));
             self.new_initializers.push(scalar(zero_name.clone(), UINT8, vec![zero]));
             scale
         } else {
-            self.dequantized
-                .get(params_of)
-                .map(|d| d.1)
-                .ok_or_else(|| ExportError::Mismatch(format!("{params_of} not quantized")))?
+            self.dequantized.get(params_of).map(|d| d.1).ok_or_else(|| QuantizeError::NotQuantized(params_of.into()))?
         };
         let (q, dq) = (format!("{t}_quantized"), format!("{t}_dequantized"));
         self.node(
@@ -392,13 +397,13 @@ impl Rewrite<'_> {
 
     /// The dequantized name of an activation input.
     fn input(&self, t: &str) -> Result<(String, f32), ExportError> {
-        self.dequantized.get(t).cloned().ok_or_else(|| ExportError::Mismatch(format!("input {t} not quantized")))
+        self.dequantized.get(t).cloned().ok_or_else(|| QuantizeError::NotQuantized(format!("input {t}")).into())
     }
 
     /// Per-output-channel symmetric int8 weights and int32 bias (scale `input × weight`),
     /// each behind a `DequantizeLinear` on axis 0. Returns the two dequantized names.
     fn weights(&mut self, w: &str, b: &str, input_scale: f32) -> Result<(String, String), ExportError> {
-        let missing = |n: &str| ExportError::Mismatch(format!("no initializer {n}"));
+        let missing = |n: &str| QuantizeError::NoInitializer(n.into());
         let (wt, bt) = (
             *self.initializers.get(w).ok_or_else(|| missing(w))?,
             *self.initializers.get(b).ok_or_else(|| missing(b))?,
@@ -500,7 +505,7 @@ mod tests {
     fn calibration_methods_parse_and_print() {
         assert_eq!("minmax".parse(), Ok(Calibration::MinMax));
         assert_eq!("auto".parse(), Ok(Calibration::Auto));
-        assert_eq!("percentile".parse(), Ok(Calibration::Percentile(99.999)));
+        assert_eq!("percentile".parse(), Ok(Calibration::Percentile(DEFAULT_PERCENTILE)));
         assert_eq!("percentile:99.9".parse(), Ok(Calibration::Percentile(99.9)));
         assert!("percentile:101".parse::<Calibration>().is_err());
         assert!("entropy".parse::<Calibration>().is_err());

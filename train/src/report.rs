@@ -1,4 +1,5 @@
-//! What a run leaves besides weights: `metrics.csv`, `summary.json` and the two pictures.
+//! What a run leaves besides weights: `metrics.csv`, `summary.json` and the two pictures; and
+//! what an export reports.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,30 @@ use crate::dataset::Skipped;
 use crate::error::TrainError;
 use crate::plot;
 use infer::atomic;
+
+/// What an export wrote and how it checked.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub bytes: usize,
+    /// Images in the verification batch, and whether they were real images.
+    pub images: usize,
+    pub real_images: bool,
+    pub max_abs_diff: f32,
+    pub provider: String,
+    /// The int8 model, when one was asked for.
+    pub int8: Option<Int8Report>,
+}
+
+/// What the int8 export wrote (or refused to) and how it measured.
+#[derive(Debug, Clone)]
+pub struct Int8Report {
+    pub path: PathBuf,
+    pub bytes: usize,
+    pub quantization: infer::Quantization,
+    /// False when the gate refused the model and `force` kept it anyway.
+    pub passed: bool,
+}
 
 /// Loss, accuracy and speed of one phase of one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -113,7 +138,7 @@ pub struct Summary {
     pub outputs: Vec<PathBuf>,
     /// The end-of-training export, when one ran (reported by the caller, not written).
     #[serde(skip)]
-    pub export: Option<crate::export::ExportReport>,
+    pub export: Option<ExportReport>,
 }
 
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {

@@ -9,13 +9,13 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::amp::{self, AmpDtype};
+use crate::config::{Mode, Observer, StopFlag};
 use crate::dataset::Sample;
 use crate::error::TrainError;
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::{FoldedNet, ResNet};
 use crate::optim::Optimizer;
 use crate::report::PhaseStats;
-use crate::trainer::{Mode, Observer, StopFlag};
 
 /// What a step does with one batch: returns the batch's mean loss and the logits.
 pub(crate) trait Step {

@@ -9,203 +9,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use infer::{decode_file, DecodeLimits, PreprocessConfig};
-use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::amp::AmpDtype;
 use crate::arch::{self, Arch};
-use crate::augment::Augment;
 use crate::checkpoint::{self, ModelInfo, Resume};
-use crate::dataset::{self, Dataset, Fingerprint, ScanOptions};
-use crate::device::{self, DeviceChoice};
-use crate::error::{CheckpointError, TrainError};
+use crate::config::{
+    Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource, BEST, CURVES, LAST, METRICS, MODEL_ONNX, OUTPUTS,
+    SUMMARY, TRAIN_BATCH, VAL_PREDICTIONS,
+};
+use crate::dataset::{self, Dataset, ScanOptions};
+use crate::device;
+use crate::error::{CheckpointError, ConfigError, TrainError};
 use crate::export::{self, ExportOptions};
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
-use crate::optim::{OptimConfig, Optimizer, OptimizerKind, ScheduleKind};
+use crate::optim::Optimizer;
 use crate::plot;
 use crate::report::{self, Best, EpochRecord, Summary};
+use crate::run_state::RunState;
 use crate::steps::{EvalStep, GradScaler, Pass, Predicted, TrainStep};
 use crate::weights;
-
-/// Which layers learn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// All layers train, starting from the pretrained weights.
-    Finetune,
-    /// Only the new classifier trains; the backbone is a fixed feature extractor.
-    FeatureExtract,
-}
-
-/// Where the initial weights come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WeightsSource {
-    /// torchvision's ImageNet weights, from torch's cache or downloaded.
-    Pretrained,
-    File(PathBuf),
-    /// Random initialisation.
-    Scratch,
-}
-
-/// Settings that define the experiment; saved in `last.pt` and `summary.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hyper {
-    pub arch: String,
-    pub mode: Mode,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub eval_batch_size: usize,
-    pub optim: OptimConfig,
-    pub val_fraction: f64,
-    /// The validation folder's name under the data folder, when chosen (`--val-dir`).
-    #[serde(default)]
-    pub val_dir: Option<String>,
-    #[serde(default)]
-    pub augment: Augment,
-    pub seed: u64,
-    pub amp: bool,
-    /// Mixed precision's type, with `amp`.
-    #[serde(default)]
-    pub amp_dtype: AmpDtype,
-    /// Convolution kernels and batches in the channels-last (NHWC) layout.
-    #[serde(default)]
-    pub channels_last: bool,
-}
-
-impl Hyper {
-    /// Autocast's type when mixed precision is on.
-    pub fn autocast(&self) -> Option<AmpDtype> {
-        self.amp.then_some(self.amp_dtype)
-    }
-
-    /// The settings as JSON for `summary.json`, leaving out those the chosen optimiser and
-    /// schedule do not use (an SGD run has no Adam betas).
-    pub fn describe(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("hyper-parameters serialise");
-        if let Some(o) = v.get_mut("optim").and_then(|o| o.as_object_mut()) {
-            let unused: &[&str] = match self.optim.optimizer {
-                OptimizerKind::Sgd => &["betas", "eps"],
-                OptimizerKind::Adamw => &["momentum"],
-            };
-            let unused_schedule: &[&str] = match self.optim.schedule {
-                ScheduleKind::Step => &[],
-                ScheduleKind::Cosine | ScheduleKind::Constant => &["step_size", "gamma"],
-            };
-            for k in unused.iter().chain(unused_schedule) {
-                o.remove(*k);
-            }
-        }
-        if let (false, Some(o)) = (self.amp, v.as_object_mut()) {
-            o.remove("amp_dtype");
-        }
-        v
-    }
-}
-
-/// The end-of-training export to `model.onnx`.
-#[derive(Debug, Clone, Default)]
-pub struct ExportSettings {
-    /// Also output softmax probabilities.
-    pub probabilities: bool,
-    /// Also write `model.int8.onnx`, calibrated on training images and gated on validation.
-    pub quantize: Option<QuantizeSettings>,
-}
-
-/// The int8 export's settings.
-#[derive(Debug, Clone, Default)]
-pub struct QuantizeSettings {
-    pub calibration: crate::quantize::Calibration,
-    /// Training images drawn (with a fixed seed) for calibration.
-    pub calibration_images: usize,
-    /// Keep an int8 model the accuracy gate refuses.
-    pub force: bool,
-}
-
-/// A training run's settings.
-#[derive(Debug, Clone)]
-pub struct TrainConfig {
-    /// The image folder; with `resume`, the checkpoint's when not given.
-    pub data: Option<PathBuf>,
-    /// Output folder; default: the resumed checkpoint's folder, else [`DEFAULT_OUT`].
-    pub out: Option<PathBuf>,
-    pub hyper: Hyper,
-    pub weights: WeightsSource,
-    /// Continue from this `last.pt` with its settings; `epochs_override` may extend the run.
-    pub resume: Option<PathBuf>,
-    pub epochs_override: Option<usize>,
-    pub device: DeviceChoice,
-    /// Loader threads.
-    pub workers: usize,
-    /// libtorch intra-op threads (`None`: libtorch's default).
-    pub threads: Option<usize>,
-    /// Batches assembled ahead of training.
-    pub prefetch: usize,
-    /// Export the best model to `model.onnx` at the end.
-    pub export: Option<ExportSettings>,
-}
-
-/// Default output folder.
-pub const DEFAULT_OUT: &str = "models";
-
-/// What a person watching the run is told.
-pub trait Observer {
-    fn info(&mut self, msg: &str);
-    fn warn(&mut self, msg: &str);
-    fn download_progress(&mut self, _done: u64, _total: Option<u64>) {}
-    fn phase_start(&mut self, _epoch: usize, _epochs: usize, _phase: &'static str, _images: usize) {}
-    /// After each batch: images so far in the phase, running loss and accuracy.
-    fn batch_done(&mut self, _images: usize, _loss: f64, _acc: f64) {}
-    fn phase_end(&mut self, _stats: &report::PhaseStats) {}
-    fn epoch_end(&mut self, _record: &EpochRecord, _epochs: usize, _best: bool) {}
-}
-
-/// Ctrl-C handling: the first request finishes the current epoch and stops; the second stops
-/// at once, leaving the files of the last finished epoch.
-#[derive(Debug, Default)]
-pub struct StopFlag(AtomicUsize);
-
-impl StopFlag {
-    /// Records one more stop request and returns how many there have been.
-    pub fn request(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    pub fn level(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The state that `--resume` restores.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunState {
-    hyper: Hyper,
-    classes: Vec<String>,
-    epochs_done: usize,
-    best: Option<Best>,
-    history: Vec<EpochRecord>,
-    elapsed_seconds: f64,
-    weights: String,
-    /// The data folder and what it held (absent in checkpoints of earlier versions).
-    #[serde(default)]
-    data: Option<PathBuf>,
-    #[serde(default)]
-    fingerprint: Option<Fingerprint>,
-}
-
-/// Output file names inside the output folder.
-pub const BEST: &str = "best.pt";
-pub const LAST: &str = "last.pt";
-pub const METRICS: &str = "metrics.csv";
-pub const SUMMARY: &str = "summary.json";
-pub const CURVES: &str = "curves.png";
-pub const TRAIN_BATCH: &str = "train_batch.png";
-pub const VAL_PREDICTIONS: &str = "val_predictions.png";
-pub const MODEL_ONNX: &str = "model.onnx";
-/// Written with `--quantize int8` (see [`crate::export::int8_path`]).
-pub const MODEL_INT8: &str = "model.int8.onnx";
-/// Every file a run writes into its output folder.
-pub const OUTPUTS: [&str; 9] =
-    [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, VAL_PREDICTIONS, MODEL_ONNX, MODEL_INT8];
 
 /// Everything fixed before the first epoch.
 struct Start {
@@ -239,9 +62,7 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     let resumed = match &cfg.resume {
         Some(p) => {
             let r = checkpoint::load_last(p)?;
-            let state: RunState = serde_json::from_str(&r.run_state).map_err(|e| {
-                TrainError::Checkpoint(CheckpointError::Invalid { path: p.clone(), reason: format!("run state: {e}") })
-            })?;
+            let state = RunState::parse(p, &r.run_state)?;
             Some((p.clone(), r, state))
         }
         None => None,
@@ -253,17 +74,9 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     hyper.optim.epochs = hyper.epochs;
     let arch = validate(&hyper, device)?;
     let recorded = resumed.as_ref().and_then(|(_, _, s)| s.data.clone());
-    let Some(data) = cfg.data.clone().or(recorded) else {
-        return Err(TrainError::Config("no data folder given (and none recorded in the checkpoint)".into()));
-    };
+    let data = cfg.data.clone().or(recorded).ok_or(ConfigError::NoDataFolder)?;
     // A resumed run continues in its checkpoint's folder unless told otherwise.
-    let out = match (&cfg.out, &resumed) {
-        (Some(o), _) => o.clone(),
-        (None, Some((p, ..))) => {
-            p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
-        }
-        (None, None) => PathBuf::from(DEFAULT_OUT),
-    };
+    let out = cfg.output_folder();
     tch::manual_seed(hyper.seed as i64);
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -272,20 +85,18 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     Ok(Start { started, device, device_desc, hyper, arch, data, out, resumed })
 }
 
-fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, TrainError> {
-    let arch = arch::by_name(&h.arch).ok_or_else(|| {
-        TrainError::Config(format!("unknown architecture '{}' (known: {})", h.arch, arch::names().join(", ")))
-    })?;
+fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, ConfigError> {
+    let arch = arch::by_name(&h.arch).ok_or_else(|| ConfigError::UnknownArch { name: h.arch.clone() })?;
     if h.epochs == 0 {
-        return Err(TrainError::Config("epochs must be at least 1".into()));
+        return Err(ConfigError::ZeroEpochs);
     }
     if h.batch_size == 0 || h.eval_batch_size == 0 {
-        return Err(TrainError::Config("batch sizes must be at least 1".into()));
+        return Err(ConfigError::ZeroBatchSize);
     }
-    h.optim.validate().map_err(TrainError::Config)?;
-    h.augment.validate().map_err(TrainError::Config)?;
+    h.optim.validate()?;
+    h.augment.validate()?;
     if h.amp && !device.is_cuda() {
-        return Err(TrainError::Config("--amp (mixed precision) needs a CUDA device".into()));
+        return Err(ConfigError::AmpNeedsCuda);
     }
     if h.amp {
         // Fails now, not at the first batch, when this libtorch cannot set the type.
@@ -333,12 +144,12 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
 /// a warning (same class names in another folder are easy to mix up).
 fn check_resumed_data(path: &Path, state: &RunState, ds: &Dataset, obs: &mut dyn Observer) -> Result<(), TrainError> {
     if state.classes != ds.classes {
-        return Err(TrainError::Config(format!(
-            "{}: the checkpoint's classes ({}) differ from the data's ({})",
-            path.display(),
-            state.classes.join(", "),
-            ds.classes.join(", ")
-        )));
+        return Err(ConfigError::ClassesDiffer {
+            path: path.to_path_buf(),
+            checkpoint: state.classes.clone(),
+            data: ds.classes.clone(),
+        }
+        .into());
     }
     let now = ds.fingerprint();
     match &state.fingerprint {
@@ -364,13 +175,7 @@ fn describe_data(ds: &Dataset) -> String {
     let val = Dataset::counts(&ds.val, n);
     let per_class: Vec<String> =
         ds.classes.iter().enumerate().map(|(i, c)| format!("{c} {}/{}", train[i], val[i])).collect();
-    let split = match (&ds.split, &ds.layout.val_dir) {
-        (dataset::SplitKind::Random { fraction, seed }, _) => {
-            format!("{:.0}% of each class, seed {seed}", fraction * 100.0)
-        }
-        (dataset::SplitKind::Folder, Some(dir)) => format!("{}", dir.display()),
-        (dataset::SplitKind::Folder, None) => "a folder".to_string(),
-    };
+    let split = ds.describe_split();
     let mut s = format!(
         "data: {} — {n} classes, {} train / {} val images ({}; validation: {split})",
         ds.root.display(),
@@ -479,7 +284,7 @@ impl<'a> Epochs<'a> {
         let mut opt = Optimizer::new(h.optim.clone(), model.trainable(h.mode == Mode::FeatureExtract));
         if let Some((p, r, _)) = &start.resumed {
             opt.load_state(&r.optimizer, r.optimizer_steps)
-                .map_err(|reason| TrainError::Checkpoint(CheckpointError::Invalid { path: p.clone(), reason }))?;
+                .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
         }
         let preprocess = PreprocessConfig::default();
         let loader = Arc::new(Loader::new(preprocess.clone(), h.augment, cfg.workers, cfg.prefetch, h.seed)?);
@@ -684,9 +489,7 @@ fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
     let mut failed = None;
     let export = match &cfg.export {
         Some(settings) if epochs.best.is_some() && !epochs.interrupted => {
-            let quantize = settings.quantize.as_ref().map(|q| {
-                export::QuantizeOptions::from_dataset(epochs.ds, q.calibration_images, q.calibration, q.force)
-            });
+            let quantize = settings.quantize.as_ref().map(|q| export::QuantizeOptions::from_dataset(epochs.ds, q));
             let opts = ExportOptions {
                 probabilities: settings.probabilities,
                 images: epochs.val_samples.iter().map(|s| s.path.clone()).collect(),

@@ -5,32 +5,11 @@ use test_support as common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{image_folder, seed_data};
+use common::{image_folder, seed_data, stderr_of as stderr, TrainFixture, TrainedRun};
 
-fn train() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
-    // Never reach the network from tests: a proxy on a closed local port refuses at once.
-    cmd.env("ALL_PROXY", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
-    cmd
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A short CPU run from random weights; `extra` may set `--epochs` or `--device` itself.
-fn quick(data: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = train();
-    cmd.arg(data).arg("--out").arg(out).arg("--no-pretrained").args(extra);
-    for (flag, default) in [("--epochs", "1"), ("--device", "cpu")] {
-        if !extra.contains(&flag) {
-            cmd.args([flag, default]);
-        }
-    }
-    cmd
-}
+const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
 fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
@@ -47,17 +26,13 @@ fn metrics(out: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn one_epoch_writes_every_output_and_reports_bad_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["cats", "dogs"], 6, 3);
+    let f = TrainFixture::new(TRAIN, &["cats", "dogs"], 6, 3);
+    let data = &f.data;
     std::fs::write(data.join("train/cats/broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
     std::fs::write(data.join("train/dogs/empty.png"), b"").unwrap();
     std::fs::write(data.join("train/dogs/notes.txt"), b"hello").unwrap();
-    let out = tmp.path().join("models");
 
-    let run = quick(&data, &out, &[]).output().unwrap();
-    let err = stderr(&run);
-    assert!(run.status.success(), "{err}");
+    let TrainedRun { out, stderr: err } = f.train("models", &[]);
     assert!(err.contains("device: cpu"), "{err}");
     for bad in ["broken.jpg", "empty.png"] {
         let lines: Vec<&str> = err.lines().filter(|l| l.contains(bad)).collect();
@@ -100,9 +75,9 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
     assert_eq!(info.arch, "resnet18");
 
     // best.pt is a valid starting point for another run.
-    let again = tmp.path().join("again");
-    let mut cmd = train();
-    cmd.arg(&data)
+    let again = f.path("again");
+    let mut cmd = f.command();
+    cmd.arg(data)
         .arg("--out")
         .arg(&again)
         .arg("--weights")
@@ -115,18 +90,12 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
 
 #[test]
 fn resume_continues_exactly_where_the_run_stopped() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 4, 2);
-    let straight = tmp.path().join("straight");
-    let split = tmp.path().join("split");
-
-    let two = quick(&data, &straight, &["--epochs", "2"]).output().unwrap();
-    assert!(two.status.success(), "{}", stderr(&two));
-    let one = quick(&data, &split, &[]).output().unwrap();
-    assert!(one.status.success(), "{}", stderr(&one));
-    let resumed = train()
-        .arg(&data)
+    let f = TrainFixture::new(TRAIN, &["a", "b"], 4, 2);
+    let straight = f.train("straight", &["--epochs", "2"]).out;
+    let split = f.train("split", &[]).out;
+    let resumed = f
+        .command()
+        .arg(&f.data)
         .arg("--out")
         .arg(&split)
         .arg("--resume")
@@ -150,15 +119,10 @@ fn resume_continues_exactly_where_the_run_stopped() {
 
 #[test]
 fn feature_extract_trains_only_the_classifier() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 4, 2);
-    let first = tmp.path().join("first");
-    let run = quick(&data, &first, &["--no-export"]).output().unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
-    let frozen = tmp.path().join("frozen");
-    let mut cmd = train();
-    cmd.arg(&data).arg("--out").arg(&frozen).arg("--weights").arg(first.join("best.pt"));
+    let (f, TrainedRun { out: first, .. }) = TrainedRun::new(TRAIN, &["a", "b"], &["--no-export"]);
+    let frozen = f.path("frozen");
+    let mut cmd = f.command();
+    cmd.arg(&f.data).arg("--out").arg(&frozen).arg("--weights").arg(first.join("best.pt"));
     cmd.args(["--mode", "feature-extract", "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--no-export"]);
     let run = cmd.output().unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
@@ -175,11 +139,9 @@ fn feature_extract_trains_only_the_classifier() {
 
 #[test]
 fn first_ctrl_c_finishes_the_epoch_and_saves_last_pt() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 8, 2);
-    let out = tmp.path().join("out");
-    let mut child = quick(&data, &out, &["--epochs", "5"]).stderr(Stdio::piped()).spawn().unwrap();
+    let f = TrainFixture::new(TRAIN, &["a", "b"], 8, 2);
+    let out = f.path("out");
+    let mut child = f.quick("out", &["--epochs", "5"]).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
@@ -222,72 +184,69 @@ fn fails(cmd: &mut Command, expect: &[&str]) -> String {
 
 #[test]
 fn bad_settings_and_inputs_fail_with_one_clear_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 2, 1);
-    let out = tmp.path().join("out");
-    let missing = tmp.path().join("nowhere");
+    let f = TrainFixture::new(TRAIN, &["a", "b"], 2, 1);
+    let (data, out) = (&f.data, f.path("out"));
+    let missing = f.path("nowhere");
 
-    fails(&mut quick(&missing, &out, &[]), &["nowhere", "folder not found"]);
+    fails(&mut f.quick_on(&missing, &out, &[]), &["nowhere", "folder not found"]);
 
-    let one_class = tmp.path().join("one");
+    let one_class = f.path("one");
     image_folder(&one_class, &["only"], 2, 1);
-    fails(&mut quick(&one_class, &out, &[]), &["found one class folder (only)", "at least two"]);
+    fails(&mut f.quick_on(&one_class, &out, &[]), &["found one class folder (only)", "at least two"]);
 
-    let empty_class = tmp.path().join("emptyclass");
+    let empty_class = f.path("emptyclass");
     image_folder(&empty_class, &["a", "b"], 2, 1);
-    for f in std::fs::read_dir(empty_class.join("train/b")).unwrap() {
-        std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+    for file in std::fs::read_dir(empty_class.join("train/b")).unwrap() {
+        std::fs::write(file.unwrap().path(), b"garbage").unwrap();
     }
-    fails(&mut quick(&empty_class, &out, &[]), &["class 'b' has no readable image"]);
+    fails(&mut f.quick_on(&empty_class, &out, &[]), &["class 'b' has no readable image"]);
 
-    fails(&mut quick(&data, &out, &["--amp"]), &["--amp", "CUDA"]);
-    fails(&mut quick(&data, &out, &["--amp", "--amp-dtype", "bfloat16"]), &["--amp", "CUDA"]);
-    let no_amp = quick(&data, &out, &["--amp-dtype", "bfloat16"]).output().unwrap();
+    fails(&mut f.quick("out", &["--amp"]), &["--amp", "CUDA"]);
+    fails(&mut f.quick("out", &["--amp", "--amp-dtype", "bfloat16"]), &["--amp", "CUDA"]);
+    let no_amp = f.quick("out", &["--amp-dtype", "bfloat16"]).output().unwrap();
     assert_eq!(no_amp.status.code(), Some(2), "{}", stderr(&no_amp));
     assert!(stderr(&no_amp).contains("--amp"), "{}", stderr(&no_amp));
-    fails(&mut quick(&data, &out, &["--device", "cuda"]), &["CUDA requested"]);
+    fails(&mut f.quick("out", &["--device", "cuda"]), &["CUDA requested"]);
 
-    let junk = tmp.path().join("junk.pth");
+    let junk = f.path("junk.pth");
     std::fs::write(&junk, b"junk").unwrap();
-    let mut cmd = train();
-    cmd.arg(&data).arg("--out").arg(&out).arg("--weights").arg(&junk).args(["--epochs", "1"]);
+    let mut cmd = f.command();
+    cmd.arg(data).arg("--out").arg(&out).arg("--weights").arg(&junk).args(["--epochs", "1"]);
     fails(&mut cmd, &["junk.pth", "not a torch.save file"]);
 
     // Default weights: not cached (empty TORCH_HOME) and no network.
-    let torch_home = tmp.path().join("torch_home");
-    let mut cmd = train();
-    cmd.arg(&data).arg("--out").arg(&out).args(["--epochs", "1"]).env("TORCH_HOME", &torch_home);
+    let torch_home = f.path("torch_home");
+    let mut cmd = f.command();
+    cmd.arg(data).arg("--out").arg(&out).args(["--epochs", "1"]).env("TORCH_HOME", &torch_home);
     fails(&mut cmd, &["resnet18-f37072fd.pth", "--no-pretrained", "--weights"]);
 
     // Resuming from a file that is not a last.pt.
-    let ok = quick(&data, &out, &[]).output().unwrap();
-    assert!(ok.status.success(), "{}", stderr(&ok));
-    let mut cmd = train();
-    cmd.arg(&data).arg("--out").arg(&out).arg("--resume").arg(out.join("best.pt"));
+    f.train("out", &[]);
+    let mut cmd = f.command();
+    cmd.arg(data).arg("--out").arg(&out).arg("--resume").arg(out.join("best.pt"));
     fails(&mut cmd, &["best.pt", "resume from last.pt"]);
 
     // `train export`: a second export of the run, with probabilities, and its failures.
-    let onnx = tmp.path().join("again.onnx");
-    let mut cmd = train();
+    let onnx = f.path("again.onnx");
+    let mut cmd = f.command();
     cmd.arg("export")
         .arg("--weights")
         .arg(out.join("best.pt"))
         .arg("--out")
         .arg(&onnx)
         .arg("--data")
-        .arg(&data)
+        .arg(data)
         .arg("--probabilities");
     let exported = cmd.output().unwrap();
     assert!(exported.status.success(), "{}", stderr(&exported));
     assert!(stderr(&exported).contains("on 2 validation images"), "{}", stderr(&exported));
     assert!(onnx.is_file());
-    let mut cmd = train();
-    cmd.arg("export").arg("--weights").arg(tmp.path().join("missing.pt")).arg("--out").arg(&onnx);
+    let mut cmd = f.command();
+    cmd.arg("export").arg("--weights").arg(f.path("missing.pt")).arg("--out").arg(&onnx);
     fails(&mut cmd, &["missing.pt: weights file not found"]);
 
     // Bad arguments are clap's business: usage error, exit code 2.
-    let out2 = train().arg(&data).args(["--epochs", "many"]).output().unwrap();
+    let out2 = f.command().arg(data).args(["--epochs", "many"]).output().unwrap();
     assert_eq!(out2.status.code(), Some(2));
 }
 
@@ -314,11 +273,8 @@ fn one_epoch_on_the_seed_dataset() {
         eprintln!("skipped: seed dataset not found");
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let run = quick(&data, &out, &[]).output().unwrap();
-    let err = stderr(&run);
-    assert!(run.status.success(), "{err}");
+    let f = TrainFixture::with_data(TRAIN, |_| data.clone());
+    let TrainedRun { out, stderr: err } = f.train("out", &[]);
     println!("{err}");
     let s = summary(&out);
     assert_eq!(s["classes"], serde_json::json!(["ants", "bees"]));
@@ -344,7 +300,8 @@ fn one_epoch_on_the_seed_dataset() {
     assert!((deployed - trained).abs() < 1e-9, "deployed accuracy {deployed} vs validation {trained}");
 
     // int8 on real photographs: a valid ONNX file whose logits follow the float model's.
-    let export = train()
+    let export = f
+        .command()
         .args(["export", "--weights"])
         .arg(out.join("best.pt"))
         .arg("--out")
@@ -395,20 +352,16 @@ fn labelled_paths(data: &Path, c: &infer::Classifier) -> Vec<PathBuf> {
 /// every activation is refused with both accuracies and the agreement, and leaves no file.
 #[test]
 fn int8_gate_passes_sound_calibration_and_refuses_a_broken_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("colours");
-    image_folder(&data, &["red", "green", "blue"], 8, 4);
-    let out = tmp.path().join("out");
-    let trained = quick(&data, &out, &["--epochs", "2", "--lr", "0.01"]).output().unwrap();
-    assert!(trained.status.success(), "{}", stderr(&trained));
+    let f = TrainFixture::new(TRAIN, &["red", "green", "blue"], 8, 4);
+    let out = f.train("out", &["--epochs", "2", "--lr", "0.01"]).out;
     let export = |calibration: &str| {
-        train()
+        f.command()
             .args(["export", "--weights"])
             .arg(out.join("best.pt"))
             .arg("--out")
             .arg(out.join("model.onnx"))
             .arg("--data")
-            .arg(&data)
+            .arg(&f.data)
             .args(["--quantize", "int8", "--calibration", calibration])
             .output()
             .unwrap()
@@ -437,12 +390,12 @@ fn int8_gate_passes_sound_calibration_and_refuses_a_broken_one() {
 #[test]
 fn hostile_weight_files_are_refused_in_one_line() {
     use std::io::Write;
-    let tmp = tempfile::tempdir().unwrap();
+    let f = TrainFixture::new(TRAIN, &["a", "b"], 2, 1);
     let mut w = train::pickle::Writer::new();
     w.global("builtins", "eval");
     w.str("print(1)");
     w.reduce();
-    let file = tmp.path().join("evil.pt");
+    let file = f.path("evil.pt");
     // With this toolkit's record, so that `--resume` and `export` get as far as the pickle.
     let info = train::checkpoint::ModelInfo::new("resnet18", vec!["a".into(), "b".into()], Default::default(), 1, None);
     {
@@ -453,13 +406,11 @@ fn hostile_weight_files_are_refused_in_one_line() {
         zip.write_all(&serde_json::to_vec(&info).unwrap()).unwrap();
         zip.finish().unwrap();
     }
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 2, 1);
-    let out = |n: &str| tmp.path().join(n);
+    let (data, out) = (&f.data, |n: &str| f.path(n));
     let runs = [
-        train().arg(&data).arg("--weights").arg(&file).args(["--device", "cpu", "--out"]).arg(out("o1")).output(),
-        train().arg(&data).arg("--resume").arg(&file).args(["--device", "cpu", "--out"]).arg(out("o2")).output(),
-        train().args(["export", "--weights"]).arg(&file).arg("--out").arg(out("m.onnx")).output(),
+        f.command().arg(data).arg("--weights").arg(&file).args(["--device", "cpu", "--out"]).arg(out("o1")).output(),
+        f.command().arg(data).arg("--resume").arg(&file).args(["--device", "cpu", "--out"]).arg(out("o2")).output(),
+        f.command().args(["export", "--weights"]).arg(&file).arg("--out").arg(out("m.onnx")).output(),
     ];
     for run in runs {
         let run = run.unwrap();
@@ -475,15 +426,11 @@ fn hostile_weight_files_are_refused_in_one_line() {
 /// this process's time beside the whole training's, and warns when the data changed.
 #[test]
 fn resume_continues_in_its_own_folder_and_says_when_the_data_changed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 4, 2);
-    let run = tmp.path().join("run");
-    let first = quick(&data, &run, &["--no-export"]).output().unwrap();
-    assert!(first.status.success(), "{}", stderr(&first));
-    let elsewhere = tmp.path().join("elsewhere");
+    let (f, TrainedRun { out: run, .. }) = TrainedRun::new(TRAIN, &["a", "b"], &["--no-export"]);
+    let elsewhere = f.path("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    let resumed = train()
+    let resumed = f
+        .command()
         .current_dir(&elsewhere)
         .arg("--resume")
         .arg(run.join("last.pt"))
@@ -500,9 +447,10 @@ fn resume_continues_in_its_own_folder_and_says_when_the_data_changed() {
     assert!(s["total_seconds"].as_f64().unwrap() > s["process_seconds"].as_f64().unwrap());
 
     // Another folder with the same class names but other files: accepted, with a warning.
-    let other = tmp.path().join("other");
+    let other = f.path("other");
     image_folder(&other, &["a", "b"], 5, 2);
-    let changed = train()
+    let changed = f
+        .command()
         .arg(&other)
         .arg("--resume")
         .arg(run.join("last.pt"))
@@ -520,25 +468,25 @@ fn resume_continues_in_its_own_folder_and_says_when_the_data_changed() {
 /// listed — model.onnx and val_predictions.png included.
 #[test]
 fn layouts_augmentation_and_pictures() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("digits");
-    for (split, n) in [("train", 6), ("valid", 2), ("test", 2)] {
-        for (c, class) in ["chiffre é 7", "кот"].iter().enumerate() {
-            let dir = data.join(split).join(class);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let img = image::GrayImage::from_fn(8, 8, |x, y| {
-                    image::Luma([((x + y + i) * 20 % 256) as u8 ^ (c as u8 * 200)])
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
+    let f = TrainFixture::with_data(TRAIN, |tmp| {
+        let data = tmp.join("digits");
+        for (split, n) in [("train", 6), ("valid", 2), ("test", 2)] {
+            for (c, class) in ["chiffre é 7", "кот"].iter().enumerate() {
+                let dir = data.join(split).join(class);
+                std::fs::create_dir_all(&dir).unwrap();
+                for i in 0..n {
+                    let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                        image::Luma([((x + y + i) * 20 % 256) as u8 ^ (c as u8 * 200)])
+                    });
+                    img.save(dir.join(format!("{i}.png"))).unwrap();
+                }
             }
         }
-    }
-    let out = tmp.path().join("out");
+        data
+    });
+    let data = &f.data;
     let args = ["--no-flip", "--crop-scale", "0.5", "1", "--crop-ratio", "1", "1", "--quantize", "int8", "--force"];
-    let run = quick(&data, &out, &args).output().unwrap();
-    let err = stderr(&run);
-    assert!(run.status.success(), "{err}");
+    let TrainedRun { out, stderr: err } = f.train("out", &args);
     let valid = data.join("valid");
     assert!(err.contains(&format!("validation: {}", valid.display())), "{err}");
     assert!(err.contains(&format!("not used: {}", data.join("test").display())), "{err}");
@@ -558,7 +506,7 @@ fn layouts_augmentation_and_pictures() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert!(image::open(out.join("val_predictions.png")).unwrap().width() > 100);
-    let bad = quick(&data, &tmp.path().join("bad"), &["--crop-scale", "0", "2"]).output().unwrap();
+    let bad = f.quick("bad", &["--crop-scale", "0", "2"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("--crop-scale 0 2"), "{}", stderr(&bad));
 }
@@ -570,14 +518,8 @@ fn layouts_augmentation_and_pictures() {
 /// contiguous state dict, the export verifies itself, and the setting is recorded.
 #[test]
 fn channels_last_trains_like_the_default_layout() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    image_folder(&data, &["a", "b"], 4, 2);
-    let (plain, nhwc) = (tmp.path().join("plain"), tmp.path().join("nhwc"));
-    for (out, extra) in [(&plain, &[][..]), (&nhwc, &["--channels-last"][..])] {
-        let run = quick(&data, out, extra).output().unwrap();
-        assert!(run.status.success(), "{}", stderr(&run));
-    }
+    let (f, TrainedRun { out: plain, .. }) = TrainedRun::new(TRAIN, &["a", "b"], &[]);
+    let nhwc = f.train("nhwc", &["--channels-last"]).out;
     for (a, b) in metrics(&plain).iter().zip(&metrics(&nhwc)) {
         let (la, lb): (f64, f64) = (a[2].parse().unwrap(), b[2].parse().unwrap());
         assert_eq!(a[..2], b[..2]);
@@ -594,4 +536,84 @@ fn channels_last_trains_like_the_default_layout() {
     let diff = (&x[w] - &y[w]).abs().max().double_value(&[]);
     assert!(diff < 1e-3, "{w} differs by {diff}");
     assert!(nhwc.join("model.onnx").exists(), "the export verified itself against the tch model");
+}
+
+/// What the library says while preparing an export.
+#[derive(Default)]
+struct Notes(Vec<String>);
+
+impl train::Observer for Notes {
+    fn info(&mut self, msg: &str) {
+        self.0.push(msg.to_string());
+    }
+    fn warn(&mut self, msg: &str) {
+        self.0.push(format!("warning: {msg}"));
+    }
+}
+
+/// `train export --quantize int8 --data ROOT` on a data set without a validation folder gates
+/// the int8 model on the run's own validation images: ROOT split with the run's
+/// `--val-fraction` and `--seed` (read from its last.pt, else its summary.json), not with the
+/// defaults, which would put training images among them; with neither file, the defaults, and
+/// a note that says so.
+#[test]
+fn export_gates_on_the_runs_own_validation_split() {
+    let classes = ["red", "green", "blue"];
+    let f = TrainFixture::with_data(TRAIN, |tmp| {
+        let data = tmp.join("flat");
+        common::class_folders(&data, &classes, 6);
+        data
+    });
+    let out = f.train("out", &["--val-fraction", "0.5", "--seed", "3", "--no-export"]).out;
+    assert_eq!(summary(&out)["val_counts"], serde_json::json!([3, 3, 3]));
+
+    let export = f
+        .command()
+        .args(["export", "--weights"])
+        .arg(out.join("best.pt"))
+        .arg("--out")
+        .arg(out.join("model.onnx"))
+        .arg("--data")
+        .arg(&f.data)
+        .args(["--quantize", "int8", "--force"])
+        .output()
+        .unwrap();
+    let err = stderr(&export);
+    assert!(export.status.success(), "{err}");
+    let note = format!("validation split from {}: 50% of each class, seed 3", out.join("last.pt").display());
+    assert!(err.contains(&note), "{err}");
+    let int8 = infer::Classifier::builder(out.join("model.int8.onnx"))
+        .execution_provider(infer::ExecutionProvider::Cpu)
+        .build()
+        .unwrap();
+    // Half of each class: 9 images (the defaults, a fifth of each class, would give 3).
+    assert_eq!(int8.metadata().quantization.as_ref().unwrap().validation_images, 9);
+
+    // The gate's images are exactly the run's validation images, whichever record gives them.
+    let ok = |_: &Path| Ok(());
+    let scan = |val_fraction, seed| {
+        let opts = train::dataset::ScanOptions { val_fraction, seed, val_dir: None, check: &ok };
+        let ds = train::dataset::scan(&f.data, &opts).unwrap();
+        ds.val.into_iter().map(|s| (s.path, s.label)).collect::<Vec<_>>()
+    };
+    let request = train::export::ExportRequest {
+        weights: out.join("best.pt"),
+        out: out.join("model.onnx"),
+        data: Some(f.data.clone()),
+        quantize: Some(train::QuantizeSettings::default()),
+        ..Default::default()
+    };
+    let gate_images = |expect_note: &str| {
+        let mut notes = Notes::default();
+        let opts = request.options(&mut notes).unwrap();
+        assert!(notes.0.iter().any(|n| n.contains(expect_note)), "{:?}", notes.0);
+        opts.quantize.unwrap().validation
+    };
+    let run_split = scan(0.5, 3);
+    assert_ne!(run_split, scan(0.5, 0), "the seed matters");
+    assert_eq!(gate_images("last.pt: 50% of each class, seed 3"), run_split);
+    std::fs::remove_file(out.join("last.pt")).unwrap();
+    assert_eq!(gate_images("summary.json: 50% of each class, seed 3"), run_split);
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    assert_eq!(gate_images("20% of each class, seed 0 (the defaults: no last.pt or summary.json"), scan(0.2, 0));
 }

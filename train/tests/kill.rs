@@ -10,16 +10,10 @@
 use test_support as common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use common::{fixtures, Rng};
 use std::time::{Duration, Instant};
-
-fn train() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
-    cmd.env("ALL_PROXY", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
-    cmd
-}
 
 /// Two colour classes of small PNGs, plus the fixture TIFFs of separate planes (readable) and
 /// the recorded crasher files (most unreadable) among the training images.
@@ -62,7 +56,7 @@ fn data_set(root: &Path) -> (usize, usize) {
 }
 
 fn start(data: &Path, out: &Path, resume: bool) -> Child {
-    let mut cmd = train();
+    let mut cmd = common::train_command(env!("CARGO_BIN_EXE_train"));
     cmd.arg(data).arg("--out").arg(out).args(["--no-pretrained", "--device", "cpu", "--epochs", "2"]);
     if resume {
         cmd.arg("--resume").arg(out.join("last.pt"));

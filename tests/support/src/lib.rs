@@ -1,9 +1,10 @@
 //! Helpers shared by the tests of every crate of the workspace, as a dev-dependency: paths
 //! into the repository, the venv's Python, the seed data, fixtures and generated images.
-//! It depends on neither `infer` nor `train`, so both can use it.
+//! It depends on neither `infer` nor `train`, so both can use it; the `train` binary's runs are
+//! given its path ([`TrainFixture`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -73,19 +74,117 @@ pub const BLUE: [u8; 3] = [20, 40, 220];
 
 /// `root/{train,val}/<class>/<i>.png`, each class with its own colour.
 pub fn image_folder(root: &Path, classes: &[&str], train: usize, val: usize) {
+    for split in ["train", "val"] {
+        class_folders(&root.join(split), classes, if split == "train" { train } else { val });
+    }
+}
+
+/// `root/<class>/<i>.png`, `n` per class, each class with its own colour: a data set without a
+/// validation folder.
+pub fn class_folders(root: &Path, classes: &[&str], n: usize) {
     for (c, class) in classes.iter().enumerate() {
-        for (split, n) in [("train", train), ("val", val)] {
-            let dir = root.join(split).join(class);
-            std::fs::create_dir_all(&dir).expect("create class folder");
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(64 + (i as u32 % 3) * 8, 48, |x, y| {
-                    let mut p = [40u8, 40, 40];
-                    p[c % 3] = 200;
-                    image::Rgb([p[0].wrapping_add((x + i as u32) as u8), p[1].wrapping_add(y as u8), p[2]])
-                });
-                img.save(dir.join(format!("{i}.png"))).expect("save image");
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).expect("create class folder");
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(64 + (i as u32 % 3) * 8, 48, |x, y| {
+                let mut p = [40u8, 40, 40];
+                p[c % 3] = 200;
+                image::Rgb([p[0].wrapping_add((x + i as u32) as u8), p[1].wrapping_add(y as u8), p[2]])
+            });
+            img.save(dir.join(format!("{i}.png"))).expect("save image");
+        }
+    }
+}
+
+/// The `train` binary at `bin` (`env!("CARGO_BIN_EXE_train")`) as a command that never reaches
+/// the network: a proxy on a closed local port refuses at once.
+pub fn train_command(bin: impl AsRef<Path>) -> Command {
+    let mut cmd = Command::new(bin.as_ref());
+    cmd.env("ALL_PROXY", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
+    cmd
+}
+
+/// What a command printed on stderr.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs of the `train` binary on an image folder inside a temporary folder, which every output
+/// folder named here sits in too: the fixture of the end-to-end tests.
+pub struct TrainFixture {
+    pub tmp: tempfile::TempDir,
+    /// The image folder.
+    pub data: PathBuf,
+    bin: PathBuf,
+}
+
+/// A run that succeeded: its output folder and what it printed.
+pub struct TrainedRun {
+    pub out: PathBuf,
+    pub stderr: String,
+}
+
+impl TrainFixture {
+    /// `tmp/data` holding `train` and `val` images of each class ([`image_folder`]).
+    pub fn new(bin: impl AsRef<Path>, classes: &[&str], train: usize, val: usize) -> TrainFixture {
+        TrainFixture::with_data(bin, |tmp| {
+            let data = tmp.join("data");
+            image_folder(&data, classes, train, val);
+            data
+        })
+    }
+
+    /// The image folder that `make` returns, given the temporary folder to make it in.
+    pub fn with_data(bin: impl AsRef<Path>, make: impl FnOnce(&Path) -> PathBuf) -> TrainFixture {
+        let tmp = tempfile::tempdir().expect("temporary folder");
+        let data = make(tmp.path());
+        TrainFixture { tmp, data, bin: bin.as_ref().to_path_buf() }
+    }
+
+    /// `name` inside the temporary folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// The binary, kept off the network ([`train_command`]).
+    pub fn command(&self) -> Command {
+        train_command(&self.bin)
+    }
+
+    /// A short CPU run from random weights on `data` into `out`; `extra` may set `--epochs` or
+    /// `--device` itself (else 1 and cpu).
+    pub fn quick_on(&self, data: &Path, out: &Path, extra: &[&str]) -> Command {
+        let mut cmd = self.command();
+        cmd.arg(data).arg("--out").arg(out).arg("--no-pretrained").args(extra);
+        for (flag, default) in [("--epochs", "1"), ("--device", "cpu")] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, default]);
             }
         }
+        cmd
+    }
+
+    /// [`TrainFixture::quick_on`] the fixture's image folder, into `tmp/<out>`.
+    pub fn quick(&self, out: &str, extra: &[&str]) -> Command {
+        self.quick_on(&self.data, &self.path(out), extra)
+    }
+
+    /// Runs [`TrainFixture::quick`] and asserts that it succeeded.
+    pub fn train(&self, out: &str, extra: &[&str]) -> TrainedRun {
+        let run = self.quick(out, extra).output().expect("start train");
+        let stderr = stderr_of(&run);
+        assert!(run.status.success(), "{stderr}");
+        TrainedRun { out: self.path(out), stderr }
+    }
+}
+
+impl TrainedRun {
+    /// A fixture of `classes` (4 training and 2 validation images each) and one
+    /// [`TrainFixture::train`] run of it into `tmp/out`.
+    pub fn new(bin: impl AsRef<Path>, classes: &[&str], extra: &[&str]) -> (TrainFixture, TrainedRun) {
+        let fixture = TrainFixture::new(bin, classes, 4, 2);
+        let run = fixture.train("out", extra);
+        (fixture, run)
     }
 }
 

@@ -1,0 +1,374 @@
+//! The `train` binary's command line: the arguments, with the library's defaults, and their
+//! mapping onto the library's settings ([`TrainArgs::config`], [`ExportArgs::request`]).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use train::amp::AmpDtype;
+use train::augment::Augment;
+use train::config::{QuantizeKind, QuantizeSettings, DEFAULT_OUT};
+use train::dataset::VALIDATION_DIRS;
+use train::device::DeviceChoice;
+use train::export::{ExportRequest, MAX_ACCURACY_DROP, MIN_AGREEMENT};
+use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
+use train::quantize::{Calibration, DEFAULT_PERCENTILE};
+use train::{ExportSettings, Hyper, Mode, TrainConfig, WeightsSource};
+
+/// Fine-tune a ResNet image classifier on a folder of labelled images, keep the best model and
+/// export it to ONNX.
+///
+/// DATA is ROOT/train/<class>/<images> beside ROOT/val (or valid/, test/), or ROOT/<class>/<images>
+/// (a seeded, stratified split holds out --val-fraction of each class). Writes best.pt,
+/// last.pt, metrics.csv, summary.json, curves.png, train_batch.png, val_predictions.png and
+/// model.onnx into --out.
+#[derive(Parser, Debug)]
+#[command(
+    name = "train",
+    version,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// What this machine offers training and inference: libtorch's version and location,
+    /// whether libtorch_cuda is linked, the CUDA devices and cuDNN it sees, then ONNX Runtime's
+    /// library, version and execution providers. Exit 0 when --device works.
+    Doctor(DoctorArgs),
+    /// Export a checkpoint (best.pt) to a self-describing ONNX model, verified with ONNX Runtime.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// The device that must work: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = DeviceChoice::default())]
+    pub device: DeviceChoice,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Checkpoint to export: best.pt or last.pt written by `train`, or a torchvision state dict
+    /// (then give --arch and --classes).
+    #[arg(long, value_name = "FILE", default_value_os_t = ExportRequest::default().weights)]
+    weights: PathBuf,
+
+    /// ONNX file to write.
+    #[arg(long, value_name = "FILE", default_value_os_t = ExportRequest::default().out)]
+    out: PathBuf,
+
+    /// Images to verify the export on: a data folder (its validation folder when it has one)
+    /// or files. Default: a random batch.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+
+    /// Also output softmax probabilities (`probabilities`) besides `logits`.
+    #[arg(long)]
+    probabilities: bool,
+
+    /// Architecture, for a state dict without this toolkit's record (must agree with it otherwise).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(train::arch::names()))]
+    arch: Option<String>,
+
+    /// Comma-separated class names in index order, for a state dict without this toolkit's record.
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+
+    #[command(flatten)]
+    quantize: QuantizeArgs,
+}
+
+/// `--quantize int8` and its settings, for `train` and `train export` alike.
+#[derive(clap::Args, Debug, Clone)]
+struct QuantizeArgs {
+    #[arg(long, value_enum, value_name = "TYPE", help = format!(
+        "Also write an int8 model beside model.onnx (model.int8.onnx), calibrated on training images and kept \
+         only when it loses at most {} point of validation accuracy and agrees with the float model on {}% of \
+         the validation images",
+        100.0 * MAX_ACCURACY_DROP,
+        100.0 * MIN_AGREEMENT
+    ))]
+    quantize: Option<QuantizeKind>,
+
+    /// Training images drawn (with a fixed seed) to calibrate the int8 model.
+    #[arg(long, value_name = "N", default_value_t = QuantizeSettings::default().calibration_images)]
+    calibration_images: usize,
+
+    #[arg(long, value_name = "METHOD", default_value_t = QuantizeSettings::default().calibration, help = format!(
+        "How activation ranges are set: auto (the better of minmax and percentile on the calibration images), \
+         minmax, percentile ({DEFAULT_PERCENTILE}) or percentile:P"
+    ))]
+    calibration: Calibration,
+
+    /// Keep the int8 model even when the accuracy gate refuses it.
+    #[arg(long)]
+    force: bool,
+}
+
+impl QuantizeArgs {
+    fn settings(&self) -> Option<QuantizeSettings> {
+        self.quantize.map(|kind| QuantizeSettings {
+            kind,
+            calibration: self.calibration,
+            calibration_images: self.calibration_images,
+            force: self.force,
+        })
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Image folder to train on [with --resume: the checkpoint's].
+    #[arg(required_unless_present = "resume")]
+    data: Option<PathBuf>,
+
+    #[arg(long, help = format!("Output folder [default: {DEFAULT_OUT}; with --resume: the checkpoint's folder]"))]
+    out: Option<PathBuf>,
+
+    /// Network architecture.
+    #[arg(long, default_value_t = Hyper::default().arch, value_parser = clap::builder::PossibleValuesParser::new(train::arch::names()))]
+    arch: String,
+
+    /// Initial weights: a torchvision state dict (.pth/.pt from torch.save, or .safetensors).
+    /// Default: torchvision's ImageNet weights from torch's cache, downloaded when missing.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_pretrained")]
+    weights: Option<PathBuf>,
+
+    /// Start from random weights instead of pretrained ones.
+    #[arg(long)]
+    no_pretrained: bool,
+
+    /// Train every layer, or only the new classifier on a frozen backbone.
+    #[arg(long, value_enum, default_value_t = Hyper::default().mode)]
+    mode: Mode,
+
+    #[arg(long, help = format!("Number of epochs [default: {}; with --resume, the checkpoint's]", Hyper::default().epochs))]
+    epochs: Option<usize>,
+
+    /// Training batch size.
+    #[arg(long, default_value_t = Hyper::default().batch_size)]
+    batch_size: usize,
+
+    /// Validation batch size (results do not depend on it; larger is faster).
+    #[arg(long, default_value_t = Hyper::default().eval_batch_size)]
+    eval_batch_size: usize,
+
+    #[arg(long, value_enum, default_value_t = OptimConfig::default().optimizer)]
+    optimizer: OptimizerKind,
+
+    /// Initial learning rate.
+    #[arg(long, default_value_t = OptimConfig::default().lr)]
+    lr: f64,
+
+    /// SGD momentum.
+    #[arg(long, default_value_t = OptimConfig::default().momentum)]
+    momentum: f64,
+
+    /// Weight decay (L2 for SGD, decoupled for AdamW).
+    #[arg(long, default_value_t = OptimConfig::default().weight_decay)]
+    weight_decay: f64,
+
+    /// Learning-rate schedule, stepped once per epoch.
+    #[arg(long, value_enum, default_value_t = OptimConfig::default().schedule)]
+    scheduler: ScheduleKind,
+
+    /// Epochs between learning-rate decays (step schedule).
+    #[arg(long, default_value_t = OptimConfig::default().step_size)]
+    step_size: usize,
+
+    /// Decay factor (step schedule).
+    #[arg(long, default_value_t = OptimConfig::default().gamma)]
+    gamma: f64,
+
+    /// Fraction of each class held out for validation when DATA has no validation folder.
+    #[arg(long, default_value_t = Hyper::default().val_fraction)]
+    val_fraction: f64,
+
+    #[arg(long, value_name = "NAME", help = format!(
+        "The validation folder's name in DATA [default: {}]", VALIDATION_DIRS.join(", else ")
+    ))]
+    val_dir: Option<String>,
+
+    /// Range of the random crops' area, as a fraction of the image (RandomResizedCrop's scale).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = <[f64; 2]>::from(Augment::default().scale))]
+    crop_scale: Vec<f64>,
+
+    /// Range of the random crops' aspect ratio, width/height (RandomResizedCrop's ratio).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = <[f64; 2]>::from(Augment::default().ratio))]
+    crop_ratio: Vec<f64>,
+
+    /// No random horizontal flips (for digits, text, anything with a handedness).
+    #[arg(long)]
+    no_flip: bool,
+
+    /// Seed for initialisation, shuffling, augmentation and the validation split.
+    #[arg(long, default_value_t = Hyper::default().seed)]
+    seed: u64,
+
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = TrainConfig::default().device)]
+    device: DeviceChoice,
+
+    /// Mixed precision (float16 autocast with loss scaling); CUDA only.
+    #[arg(long)]
+    amp: bool,
+
+    /// The type mixed precision computes in: float16 (with loss scaling) or bfloat16 (GPUs from
+    /// Ampere on; no loss scaling needed).
+    #[arg(long, value_enum, default_value_t = AmpDtype::default(), requires = "amp")]
+    amp_dtype: AmpDtype,
+
+    /// Convolution kernels and batches in the channels-last (NHWC) memory layout, which
+    /// tensor-core convolutions on GPUs prefer, mostly with --amp.
+    #[arg(long)]
+    channels_last: bool,
+
+    /// Continue an interrupted run from its last.pt, with that run's settings, data folder and
+    /// output folder (unless DATA or --out are given).
+    #[arg(long, value_name = "LAST_PT")]
+    resume: Option<PathBuf>,
+
+    /// Threads decoding and augmenting images [default: number of CPUs].
+    #[arg(long)]
+    workers: Option<usize>,
+
+    /// libtorch compute threads [default: libtorch's choice].
+    #[arg(long)]
+    threads: Option<usize>,
+
+    /// Batches prepared ahead of training.
+    #[arg(long, default_value_t = TrainConfig::default().prefetch)]
+    prefetch: usize,
+
+    /// Do not export best.pt to model.onnx at the end.
+    #[arg(long)]
+    no_export: bool,
+
+    /// Export with a softmax `probabilities` output besides `logits`.
+    #[arg(long)]
+    probabilities: bool,
+
+    #[command(flatten)]
+    quantize: QuantizeArgs,
+}
+
+impl TrainArgs {
+    /// The library's configuration for these arguments.
+    pub fn config(&self) -> TrainConfig {
+        let defaults = TrainConfig::default();
+        let epochs = self.epochs.unwrap_or(defaults.hyper.epochs);
+        let weights = match (&self.weights, self.no_pretrained) {
+            (Some(p), _) => WeightsSource::File(p.clone()),
+            (None, true) => WeightsSource::Scratch,
+            (None, false) => WeightsSource::Pretrained,
+        };
+        let optim = OptimConfig {
+            optimizer: self.optimizer,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.scheduler,
+            step_size: self.step_size,
+            gamma: self.gamma,
+            epochs,
+            ..defaults.hyper.optim
+        };
+        let pair = |v: &[f64]| (v[0], v[1]);
+        TrainConfig {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            hyper: Hyper {
+                arch: self.arch.clone(),
+                mode: self.mode,
+                epochs,
+                batch_size: self.batch_size,
+                eval_batch_size: self.eval_batch_size,
+                optim,
+                val_fraction: self.val_fraction,
+                val_dir: self.val_dir.clone(),
+                augment: Augment { scale: pair(&self.crop_scale), ratio: pair(&self.crop_ratio), flip: !self.no_flip },
+                seed: self.seed,
+                amp: self.amp,
+                amp_dtype: self.amp_dtype,
+                channels_last: self.channels_last,
+            },
+            weights,
+            resume: self.resume.clone(),
+            epochs_override: if self.resume.is_some() { self.epochs } else { None },
+            device: self.device,
+            workers: self.workers.unwrap_or(defaults.workers),
+            threads: self.threads,
+            prefetch: self.prefetch,
+            export: (!self.no_export)
+                .then(|| ExportSettings { probabilities: self.probabilities, quantize: self.quantize.settings() }),
+        }
+    }
+}
+
+impl ExportArgs {
+    /// The library's request for these arguments.
+    pub fn request(&self) -> ExportRequest {
+        ExportRequest {
+            weights: self.weights.clone(),
+            out: self.out.clone(),
+            data: self.data.clone(),
+            probabilities: self.probabilities,
+            arch: self.arch.clone(),
+            classes: self.classes.clone(),
+            quantize: self.quantize.settings(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The arguments' defaults are the library's, and the help states its thresholds.
+    #[test]
+    fn defaults_and_thresholds_come_from_the_library() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for text in [
+            "loses at most 1 point of validation accuracy and agrees with the float model on 98% of",
+            "percentile (99.999) or percentile:P",
+            "Number of epochs [default: 25; with --resume, the checkpoint's]",
+            "Output folder [default: models;",
+            "[default: val, else valid, else test]",
+            "[default: 0.08 1]",
+            "[default: 300]",
+            "feature-extract",
+            "adamw",
+            "bfloat16",
+        ] {
+            assert!(help.contains(text), "'{text}' not in:\n{help}");
+        }
+        let cli = Cli::try_parse_from(["train", "data", "--quantize", "int8"]).unwrap();
+        let (config, defaults) = (cli.train.config(), TrainConfig::default());
+        assert_eq!(config.hyper, defaults.hyper);
+        assert_eq!(config.weights, defaults.weights);
+        assert_eq!(
+            (config.device, config.workers, config.prefetch),
+            (defaults.device, defaults.workers, defaults.prefetch)
+        );
+        let q = config.export.and_then(|e| e.quantize).unwrap();
+        assert_eq!(
+            (q.calibration, q.calibration_images),
+            (Calibration::Auto, QuantizeSettings::default().calibration_images)
+        );
+        let Some(Command::Export(export)) = Cli::try_parse_from(["train", "export"]).unwrap().command else {
+            panic!("export expected");
+        };
+        let (request, defaults) = (export.request(), ExportRequest::default());
+        assert_eq!((request.weights, request.out), (defaults.weights, defaults.out));
+    }
+}
