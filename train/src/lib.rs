@@ -9,6 +9,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod dataset;
 pub mod device;
+pub mod dist;
 pub mod doctor;
 pub mod error;
 pub mod export;
