@@ -110,42 +110,33 @@ fn dist_shim(lib: Option<&Path>) {
         (inc, def)
     };
     // Headers that exist can still fail to compile (another gloo version, say): then the shim is
-    // built without that backend rather than failing the build.
-    let mut attempts = Vec::new();
-    attempts.push((gloo.is_some(), nccl.as_ref()));
-    if nccl.is_some() {
-        attempts.push((gloo.is_some(), None));
+    // built with fewer backends rather than failing the build; the compiler's errors show above.
+    let mut attempts: Vec<(bool, Option<&Vec<PathBuf>>)> = Vec::new();
+    for attempt in [(gloo.is_some(), nccl.as_ref()), (false, nccl.as_ref()), (gloo.is_some(), None), (false, None)] {
+        if !attempts.contains(&attempt) {
+            attempts.push(attempt);
+        }
     }
-    if gloo.is_some() {
-        attempts.push((false, None));
-    }
-    for (i, (use_gloo, use_nccl)) in attempts.iter().enumerate() {
-        let (inc, def) = with(*use_gloo, *use_nccl);
-        let last = i + 1 == attempts.len();
+    let names = |gloo: bool, nccl: bool| match (gloo, nccl) {
+        (true, true) => "gloo and nccl",
+        (true, false) => "gloo",
+        (false, true) => "nccl",
+        (false, false) => "no backend",
+    };
+    for (i, &(use_gloo, use_nccl)) in attempts.iter().enumerate() {
+        let (inc, def) = with(use_gloo, use_nccl);
         match try_build(&csrc, &inc, &def) {
             Ok(()) => {
                 if i > 0 {
-                    println!(
-                        "cargo:warning=train::dist: built with backends: {}",
-                        match (use_gloo, use_nccl.is_some()) {
-                            (true, true) => "gloo, nccl",
-                            (true, false) => "gloo",
-                            (false, true) => "nccl",
-                            (false, false) => "none",
-                        }
-                    );
+                    println!("cargo:warning=train::dist: built with {}", names(use_gloo, use_nccl.is_some()));
                 }
                 return;
             }
-            Err(e) if !last => {
-                let first = e.lines().find(|l| l.contains("error")).unwrap_or(e.lines().next().unwrap_or(""));
-                println!(
-                    "cargo:warning=train::dist: the shim did not compile with {}{}: {}; retrying without",
-                    if *use_gloo { "gloo " } else { "" },
-                    if use_nccl.is_some() { "nccl" } else { "" },
-                    first.trim()
-                );
-            }
+            Err(_) if i + 1 < attempts.len() => println!(
+                "cargo:warning=train::dist: csrc/dist.cpp did not compile with {} (the compiler's \
+                 errors are above); retrying with fewer backends",
+                names(use_gloo, use_nccl.is_some())
+            ),
             Err(e) => panic!("train::dist: csrc/dist.cpp does not compile against libtorch: {e}"),
         }
     }

@@ -45,10 +45,10 @@ struct Output {
 fn run_pair(scenario: &str) -> [Output; 2] {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
-    let mut children: Vec<_> = (0..2)
+    let commands = (0..2)
         .map(|rank| {
-            Command::new(&exe)
-                .args(["child", "--exact", "--nocapture", "--test-threads=1"])
+            let mut cmd = Command::new(&exe);
+            cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
                 .env(SCENARIO, scenario)
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", "2")
@@ -57,13 +57,19 @@ fn run_pair(scenario: &str) -> [Output; 2] {
                 .env("MASTER_PORT", port.to_string())
                 .env("GLOO_SOCKET_IFNAME", "lo")
                 .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .env_remove("TORCHELASTIC_RESTART_COUNT")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                .env_remove("TORCHELASTIC_RESTART_COUNT");
+            cmd
         })
+        .collect();
+    run_all(commands, scenario)
+}
+
+/// Runs the commands together; kills them all past [`DEADLINE`].
+fn run_all<const N: usize>(commands: Vec<Command>, what: &str) -> [Output; N] {
+    assert_eq!(commands.len(), N);
+    let mut children: Vec<_> = commands
+        .into_iter()
+        .map(|mut cmd| cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
         .collect();
     // Drain the pipes on threads, so a chatty child never blocks on a full pipe.
     let readers: Vec<_> = children
@@ -81,9 +87,9 @@ fn run_pair(scenario: &str) -> [Output; 2] {
         })
         .collect();
     let start = Instant::now();
-    let mut codes = [None, None];
-    let mut done = [false, false];
-    while !(done[0] && done[1]) {
+    let mut codes = [None; N];
+    let mut done = [false; N];
+    while done.iter().any(|d| !d) {
         for (i, child) in children.iter_mut().enumerate() {
             if !done[i] {
                 if let Some(status) = child.try_wait().unwrap() {
@@ -98,12 +104,12 @@ fn run_pair(scenario: &str) -> [Output; 2] {
                 let _ = child.wait();
             }
             let texts: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
-            panic!("{scenario}: the ranks did not finish within {DEADLINE:?}:\n{}", texts.join("\n----\n"));
+            panic!("{what}: did not finish within {DEADLINE:?}:\n{}", texts.join("\n----\n"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut texts = readers.into_iter().map(|r| r.join().unwrap());
-    [Output { code: codes[0], text: texts.next().unwrap() }, Output { code: codes[1], text: texts.next().unwrap() }]
+    codes.map(|code| Output { code, text: texts.next().unwrap() })
 }
 
 fn assert_both_ok(scenario: &str) {
@@ -165,6 +171,40 @@ fn reducer_backward_fails_when_a_peer_is_gone() {
     }
 }
 
+/// Launched by torchrun (`--no-python`): the ranks read torchrun's environment, connect to the
+/// store its agent hosts (TORCHELASTIC_USE_AGENT_STORE) under the attempt's prefix, and train
+/// with the Reducer.
+#[test]
+fn torchrun_launches_the_ranks_with_its_agent_store() {
+    if !gloo_or_skip() {
+        return;
+    }
+    let python = test_support::repo_root().join(".venv/bin/python");
+    if !python.exists() {
+        eprintln!("SKIPPED: no venv (scripts/setup.sh) for torchrun");
+        return;
+    }
+    let mut torchrun = Command::new(python);
+    torchrun
+        .args(["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"])
+        .arg(format!("--master-port={}", free_port()))
+        .arg("--no-python")
+        .arg(std::env::current_exe().unwrap())
+        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO, "reducer")
+        .env("GLOO_SOCKET_IFNAME", "lo")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("OMP_NUM_THREADS", "1");
+    for var in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE"] {
+        torchrun.env_remove(var);
+    }
+    let [out] = run_all(vec![torchrun], "torchrun");
+    assert_eq!(out.code, Some(0), "torchrun failed:\n{}", out.text);
+    for rank in 0..2 {
+        assert!(out.text.contains(&format!("rank {rank}: reducer ok")), "rank {rank}:\n{}", out.text);
+    }
+}
+
 /// One process, world size 1: the group works alone, and bad arguments are typed errors that
 /// name the rank and the operation.
 #[test]
@@ -212,29 +252,44 @@ fn single_rank_group_and_argument_errors() {
     }
 }
 
-/// A rank whose store never comes up: joining fails with a timeout, not a hang.
+/// A backend left out of this build (its headers were missing) is a typed error, not a crash.
+#[test]
+fn a_backend_left_out_of_the_build_is_a_typed_error() {
+    for backend in [Backend::Gloo, Backend::Nccl] {
+        if backend.is_compiled_in() {
+            continue;
+        }
+        let config = GroupConfig {
+            backend,
+            rank: 0,
+            world_size: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: free_port(),
+            store: StoreRole::Host,
+            store_prefix: None,
+            timeout: TIMEOUT,
+            device_index: 0,
+        };
+        let err = ProcessGroup::new(&config).unwrap_err();
+        assert!(matches!(err, DistError::Unavailable { rank: 0, .. }), "{err:?}");
+        assert!(err.to_string().contains("not compiled into this build"), "{err}");
+    }
+}
+
+/// A rank whose store never comes up: joining fails with a timeout, not a hang. (In a child
+/// process, whose output is captured: libtorch logs each failed connection attempt.)
 #[test]
 fn joining_without_a_store_times_out() {
     if !gloo_or_skip() {
         return;
     }
-    let config = GroupConfig {
-        backend: Backend::Gloo,
-        rank: 1,
-        world_size: 2,
-        master_addr: "127.0.0.1".into(),
-        master_port: free_port(),
-        store: StoreRole::Client,
-        store_prefix: None,
-        timeout: Duration::from_secs(1),
-        device_index: 0,
-    };
-    let start = Instant::now();
-    let err = ProcessGroup::new(&config).unwrap_err();
-    // TCPStore's client retries once after its first attempt times out.
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
-    assert!(matches!(err, DistError::Timeout { rank: 1, .. } | DistError::Store { rank: 1, .. }), "{err:?}");
-    assert!(err.to_string().starts_with("rank 1: init process group"), "{err}");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO, "no_store")
+        .env("MASTER_PORT", free_port().to_string());
+    let [out] = run_all(vec![cmd], "no_store");
+    assert_eq!(out.code, Some(0), "{}", out.text);
+    assert!(out.text.contains("rank 1: no_store ok"), "{}", out.text);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,6 +299,9 @@ fn joining_without_a_store_times_out() {
 #[test]
 fn child() {
     let Ok(scenario) = std::env::var(SCENARIO) else { return };
+    if scenario == "no_store" {
+        return no_store();
+    }
     let env = Env::from_env().unwrap().expect("RANK and WORLD_SIZE are set");
     let pg = ProcessGroup::new(&env.group_config(Backend::Gloo, TIMEOUT)).unwrap();
     let rank = pg.rank();
@@ -474,4 +532,28 @@ fn reducer_peer_exits(pg: &ProcessGroup) {
     let msg = err.to_string();
     assert!(msg.starts_with("rank 0: backward (gradient all-reduce)"), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
+}
+
+/// Rank 1 of 2 whose store (rank 0) never comes up.
+fn no_store() {
+    let config = GroupConfig {
+        backend: Backend::Gloo,
+        rank: 1,
+        world_size: 2,
+        master_addr: "127.0.0.1".into(),
+        master_port: std::env::var("MASTER_PORT").unwrap().parse().unwrap(),
+        store: StoreRole::Client,
+        store_prefix: None,
+        timeout: Duration::from_secs(1),
+        device_index: 0,
+    };
+    let start = Instant::now();
+    let err = ProcessGroup::new(&config).unwrap_err();
+    let took = start.elapsed();
+    println!("rank 1: after {took:?}: {err}");
+    // TCPStore's client retries once, after a delay, when its first attempt times out.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(matches!(err, DistError::Timeout { rank: 1, .. } | DistError::Store { rank: 1, .. }), "{err:?}");
+    assert!(err.to_string().starts_with("rank 1: init process group"), "{err}");
+    println!("rank 1: no_store ok");
 }
