@@ -3,6 +3,8 @@
 #  - a project-local Python venv (.venv) with pinned wheels: torch (the libtorch that tch links),
 #    torchvision (the reference for tests and benchmarks) and onnxruntime (the shared library
 #    that `ort` loads at run time);
+#  - the headers train's c10d shim is compiled with (train/build.rs): gloo's (Debian's
+#    libgloo-dev) and, where the torch wheel has CUDA, the CUDA headers NCCL's needs;
 #  - data/hymenoptera_data, linked from ../shared/data when present, else downloaded and checked.
 # A second run finds everything in place and returns in seconds.
 #
@@ -104,6 +106,54 @@ link(libs[-1], os.path.join("onnxruntime", "libonnxruntime.so"))
 for provider in sorted(glob.glob(os.path.join(capi, "libonnxruntime_providers_*.so"))):
     link(provider, os.path.join("onnxruntime", os.path.basename(provider)))
 PY
+
+# --- Headers for distributed training (train::dist) ----------------------------------------
+# train/build.rs compiles train/csrc/dist.cpp against libtorch's c10d headers. The wheel ships
+# those but not the headers they include: gloo's (for ProcessGroupGloo, CPU) and, for
+# ProcessGroupNCCL, CUDA's crt/ and cccl's nv/ (NCCL's own and the CUDA runtime's come with the
+# wheel's dependencies). A backend whose headers are missing is left out of the build, with a
+# warning; nothing here is fatal.
+if [[ -f /usr/include/gloo/algorithm.h || -n "${GLOO_INCLUDE_DIR:-}" ]]; then
+    log "gloo headers present"
+else
+    sudo=()
+    [[ "$(id -u)" == 0 ]] || sudo=(sudo -n)
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "warning: no apt-get; install gloo's headers (Debian/Ubuntu: libgloo-dev) or set GLOO_INCLUDE_DIR, else train is built without the gloo backend"
+    elif [[ ${#sudo[@]} -gt 0 ]] && ! sudo -n true 2>/dev/null; then
+        log "warning: not root and no passwordless sudo; run 'apt-get install libgloo-dev' as root, else train is built without the gloo backend"
+    else
+        log "installing libgloo-dev (gloo's headers, for the gloo backend of train::dist)"
+        export DEBIAN_FRONTEND=noninteractive
+        if ${sudo[@]+"${sudo[@]}"} apt-get install -y -q --no-install-recommends libgloo-dev >/dev/null 2>&1 \
+            || { ${sudo[@]+"${sudo[@]}"} apt-get update -q >/dev/null 2>&1 \
+                 && ${sudo[@]+"${sudo[@]}"} apt-get install -y -q --no-install-recommends libgloo-dev >/dev/null 2>&1; }; then
+            log "libgloo-dev installed"
+        else
+            log "warning: apt-get install libgloo-dev failed; train is built without the gloo backend"
+        fi
+    fi
+fi
+
+# Only a CUDA 13.0 torch wheel gets the CUDA headers NCCL's backend needs; a CPU wheel needs none.
+cuda_headers="$("$venv/bin/python" - <<'PY'
+import os, torch
+cuda = torch.version.cuda or ""
+nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+if cuda and os.path.exists(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cuda.so")):
+    have = all(os.path.exists(os.path.join(nvidia, "cu13", "include", h)) for h in ("crt/host_config.h", "nv/target"))
+    print(cuda, "present" if have else "missing")
+PY
+)" || cuda_headers=""
+case "$cuda_headers" in
+    "") ;;  # CPU wheel: no NCCL
+    *" present") log "CUDA headers for the nccl backend present" ;;
+    13.0" missing")
+        log "installing nvidia-cuda-crt and nvidia-cuda-cccl 13.0 (headers for the nccl backend of train::dist)"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*" \
+            || log "warning: pip could not install the CUDA headers; train is built without the nccl backend" ;;
+    *) log "warning: torch is built with CUDA ${cuda_headers% *}, for which this script has no NCCL header packages; train is built without the nccl backend" ;;
+esac
 
 # --- Dataset -------------------------------------------------------------------------------
 data="$root/data/hymenoptera_data"

@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod dataset;
 pub mod device;
+pub mod dist;
 pub mod doctor;
 pub mod error;
 pub mod export;
