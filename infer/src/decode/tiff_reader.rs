@@ -259,7 +259,11 @@ fn old_jpeg<R: Read + Seek>(
     let mut data = Vec::new();
     file.seek(SeekFrom::Start(offset))?;
     file.take((end - offset).min(limits.max_alloc())).read_to_end(&mut data)?;
-    let decoded = super::decode_bytes_with_status(&data, limits)?;
+    // Decoded as JPEG only: any other format here could lead back to this function.
+    if !data.starts_with(super::jpeg::SOI) {
+        return Err(corrupt("old-style JPEG stream that is not a JPEG stream"));
+    }
+    let decoded = super::jpeg::decode(std::io::Cursor::new(data), limits)?;
     if decoded.image.dimensions() != (width, height) {
         let (w, h) = decoded.image.dimensions();
         return Err(corrupt(format!("old-style JPEG stream of {w}x{h} in a {width}x{height} image")));
@@ -824,12 +828,13 @@ fn jpeg(raw: &[u8], l: &Layout, want: usize) -> Result<Vec<u8>, String> {
         zune_jpeg::zune_core::options::DecoderOptions::default().set_strict_mode(false).jpeg_set_out_colorspace(colour);
     let mut decoder =
         zune_jpeg::JpegDecoder::new_with_options(zune_jpeg::zune_core::bytestream::ZCursor::new(&stream[..]), options);
-    decoder.decode_headers().map_err(|e| format!("JPEG data: {e:?}"))?;
+    decoder.decode_headers().map_err(|e| format!("JPEG data: {}", super::collapse_whitespace(&format!("{e:?}"))))?;
     let (w, h) = decoder.dimensions().ok_or("JPEG data without dimensions")?;
     if w as u64 * h as u64 * colour.num_components() as u64 > want as u64 + (1 << 20) {
         return Err(format!("JPEG data of {w}x{h} pixels for a {}x{} chunk", l.chunk_w, l.chunk_h));
     }
-    let mut out = decoder.decode().map_err(|e| format!("JPEG data: {e:?}"))?;
+    let mut out =
+        decoder.decode().map_err(|e| format!("JPEG data: {}", super::collapse_whitespace(&format!("{e:?}"))))?;
     // A strip's JPEG data is as wide as the strip; rows are then whole.
     if w as u32 != l.chunk_w {
         return Err(format!("JPEG data {w} pixels wide in a chunk of {}", l.chunk_w));
