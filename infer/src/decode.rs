@@ -1,19 +1,30 @@
 //! Decoding files to upright 8-bit RGB, the one pixel format the preprocessing takes.
 //!
-//! The format is recognised by content, not by extension. Grayscale, alpha, 16-bit, palette and
-//! CMYK images are converted to RGB (alpha is dropped, as PIL's `convert("RGB")` does), and the
-//! EXIF orientation is applied so that a rotated photo is classified upright. Dimensions are
-//! checked against [`DecodeLimits`] from the header, before any pixel is decoded, and the
-//! decoders' own allocations are capped from the same limit.
+//! The format is recognised by content, not by extension (TGA, which has no signature, by its
+//! header as Pillow does). Grayscale, alpha, 16-bit, palette and CMYK images are converted to
+//! RGB as PIL's `convert("RGB")` converts them (alpha is dropped), and the EXIF orientation is
+//! applied so that a rotated photo is classified upright. Dimensions are checked against
+//! [`DecodeLimits`] from the header, before any pixel is decoded, and the decoders' own
+//! allocations are capped from the same limit.
+//!
+//! Most formats go to the `image` crate. Files it refuses or reads otherwise than Pillow do
+//! have their own paths here: BMP ([`bmp`]), ICO's choice of entry ([`ico`]), TGA headers
+//! ([`tga`]), GIFs without a colour table, JPEG files cut short or with stray bytes ([`jpeg`]),
+//! and TIFF ([`tiff_reader`]).
 //!
 //! Decoders are third-party code that can panic on input they do not expect: [`decode_file`]
 //! and [`decode_bytes`] run them under [`crate::guard::isolate`], so such a file becomes
 //! [`DecodeError::Crashed`] like any other bad file.
 
+mod bmp;
+mod ico;
+mod jpeg;
+mod lab;
+mod tga;
 mod tiff_reader;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Read, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use image::metadata::Orientation;
@@ -79,103 +90,174 @@ pub enum DecodeError {
     Crashed(String),
 }
 
+/// A decoded image, and what the decoding noticed about its file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub image: RgbImage,
+    /// The file ends before its image data does (a JPEG cut short): the missing part was
+    /// filled in, as libjpeg fills it. A field for callers to keep or skip such files, not an
+    /// error.
+    pub incomplete: bool,
+}
+
+impl Decoded {
+    fn whole(image: RgbImage) -> Decoded {
+        Decoded { image, incomplete: false }
+    }
+}
+
 /// Runs one decode under the panic guard.
-fn guarded(f: impl FnOnce() -> Result<RgbImage, DecodeError>) -> Result<RgbImage, DecodeError> {
+fn guarded(f: impl FnOnce() -> Result<Decoded, DecodeError>) -> Result<Decoded, DecodeError> {
     guard::isolate("the image decoder", f).unwrap_or_else(|p| Err(DecodeError::Crashed(p.message)))
 }
 
 /// Decodes the file at `path` into upright 8-bit RGB.
 pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    guarded(|| decode_file_unguarded(path, limits))
+    decode_file_with_status(path, limits).map(|d| d.image)
 }
 
-fn decode_file_unguarded(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Err(DecodeError::Empty);
-    }
-    let mut reader = BufReader::new(file);
-    if reader.fill_buf()?.starts_with(JPEG_SOI) {
-        // JPEGs are checked for completeness first, which needs the whole file.
-        let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes)?;
-        return decode_bytes_unguarded(&bytes, limits);
-    }
-    decode_reader(reader, limits)
+/// Decodes the file at `path` into upright 8-bit RGB, saying whether the file was incomplete.
+pub fn decode_file_with_status(path: &Path, limits: DecodeLimits) -> Result<Decoded, DecodeError> {
+    guarded(|| {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Err(DecodeError::Empty);
+        }
+        decode_reader(BufReader::new(file), limits)
+    })
 }
 
 /// Decodes an encoded image held in memory into upright 8-bit RGB.
 pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    guarded(|| decode_bytes_unguarded(bytes, limits))
+    decode_bytes_with_status(bytes, limits).map(|d| d.image)
 }
 
-fn decode_bytes_unguarded(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if bytes.starts_with(JPEG_SOI) && !jpeg_is_complete(bytes) {
-        return Err(DecodeError::Corrupt("truncated JPEG (no end-of-image marker after the image data)".into()));
-    }
-    decode_reader(Cursor::new(bytes), limits)
-}
-
-const JPEG_SOI: &[u8] = &[0xFF, 0xD8, 0xFF];
-
-/// Whether a JPEG's image data is followed by its end-of-image marker. The JPEG decoder fills
-/// a cut-off image with grey instead of failing (PIL refuses it), so this is checked apart:
-/// marker segments are skipped up to the first scan; after it, entropy-coded data cannot hold
-/// the bytes FF D9 (an FF there is always followed by 00 or a restart marker).
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let mut i = 2;
-    while i + 4 <= bytes.len() {
-        if bytes[i] != 0xFF {
-            return false;
+/// Decodes an encoded image held in memory, saying whether it was incomplete.
+pub fn decode_bytes_with_status(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeError> {
+    guarded(|| {
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty);
         }
-        let marker = bytes[i + 1];
-        match marker {
-            0xFF => i += 1, // fill byte
-            0xD9 => return true,
-            0x01 | 0xD0..=0xD7 => i += 2,
-            _ => {
-                let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
-                if marker == 0xDA {
-                    let scan = (i + 2 + len).min(bytes.len());
-                    return bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9]);
-                }
-                i += 2 + len;
+        decode_reader(Cursor::new(bytes), limits)
+    })
+}
+
+/// The formats with a path of their own, by their first bytes; `image` reads the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Jpeg,
+    Tiff,
+    Bmp,
+    Ico,
+    /// A GIF without a global colour table.
+    GifWithoutColours,
+    Other(ImageFormat),
+    /// No signature: TGA when its header is one Pillow accepts.
+    Unknown,
+}
+
+/// TIFF's byte orders and versions, BigTIFF (version 43) included.
+pub(crate) fn is_tiff(head: &[u8]) -> bool {
+    [b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"].iter().any(|m| head.starts_with(*m))
+}
+
+fn sniff_format(head: &[u8]) -> Sniffed {
+    if head.starts_with(jpeg::SOI) {
+        return Sniffed::Jpeg;
+    }
+    if is_tiff(head) {
+        return Sniffed::Tiff;
+    }
+    match image::guess_format(head) {
+        Ok(ImageFormat::Bmp) => Sniffed::Bmp,
+        Ok(ImageFormat::Ico) => Sniffed::Ico,
+        // The screen descriptor's flags byte: bit 7 says a global colour table follows.
+        Ok(ImageFormat::Gif) if head.len() > 10 && head[10] & 0x80 == 0 => Sniffed::GifWithoutColours,
+        Ok(format) => Sniffed::Other(format),
+        Err(_) => Sniffed::Unknown,
+    }
+}
+
+fn decode_reader<R: BufRead + Seek>(mut reader: R, limits: DecodeLimits) -> Result<Decoded, DecodeError> {
+    let head = reader.fill_buf()?;
+    let head = head[..head.len().min(32)].to_vec();
+    match sniff_format(&head) {
+        Sniffed::Jpeg => jpeg::decode(reader, limits),
+        Sniffed::Tiff => {
+            let link = tiff_reader::check_directory(&mut reader)?;
+            let start = reader.stream_position()?;
+            let mut reader = tiff_reader::FirstPage::new(reader, link)?;
+            if let Some((img, orientation)) = tiff_reader::decode(&mut reader, limits)? {
+                return Ok(Decoded::whole(upright(img, orientation)));
             }
+            reader.seek(SeekFrom::Start(start))?;
+            decode_with_image(BufReader::new(reader), Some(ImageFormat::Tiff), limits)
         }
+        Sniffed::Bmp => bmp::decode_file(&mut reader, limits).map(Decoded::whole),
+        Sniffed::Ico => ico::decode(&mut reader, limits).map(Decoded::whole),
+        Sniffed::GifWithoutColours => decode_gif_without_colours(reader, limits),
+        Sniffed::Other(format) => decode_with_image(reader, Some(format), limits),
+        Sniffed::Unknown => match tga::header(&head) {
+            Some(header) => tga::decode(reader, header, limits).map(Decoded::whole),
+            None => Err(DecodeError::UnknownFormat),
+        },
     }
-    false
 }
 
-fn decode_reader<R: BufRead + Seek>(mut reader: R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let format = image::guess_format(reader.fill_buf()?).ok();
-    if format == Some(ImageFormat::Tiff) {
-        tiff_reader::check_directory(&mut reader)?;
-        let start = reader.stream_position()?;
-        if let Some((img, orientation)) = tiff_reader::decode(&mut reader, limits)? {
-            return Ok(upright(img, orientation));
-        }
-        reader.seek(std::io::SeekFrom::Start(start))?;
+/// `image`'s reading of a format, converted as Pillow converts it.
+fn decode_with_image<R: BufRead + Seek>(
+    reader: R,
+    format: Option<ImageFormat>,
+    limits: DecodeLimits,
+) -> Result<Decoded, DecodeError> {
+    let mut reader = ImageReader::new(reader);
+    match format {
+        Some(f) => reader.set_format(f),
+        None => reader = reader.with_guessed_format()?,
     }
-    let mut reader = ImageReader::new(reader).with_guessed_format()?;
-    if reader.format().is_none() {
-        return Err(DecodeError::UnknownFormat);
-    }
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_alloc());
-    reader.limits(image_limits);
-    let mut decoder = reader.into_decoder().map_err(image_error)?;
+    let mut decoder = reader_decoder(reader, limits)?;
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;
     // A missing or unreadable EXIF block just means "upright".
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    Ok(upright(to_rgb8(img), orientation))
+    Ok(Decoded::whole(upright(to_rgb8(img), orientation)))
 }
 
-fn upright(img: RgbImage, orientation: Orientation) -> RgbImage {
+fn reader_decoder<'a, R: BufRead + Seek + 'a>(
+    mut reader: ImageReader<R>,
+    limits: DecodeLimits,
+) -> Result<Box<dyn ImageDecoder + 'a>, DecodeError> {
+    if reader.format().is_none() {
+        return Err(DecodeError::UnknownFormat);
+    }
+    reader.limits(image_limits(limits));
+    reader.into_decoder().map(|d| Box::new(d) as Box<dyn ImageDecoder>).map_err(image_error)
+}
+
+fn image_limits(limits: DecodeLimits) -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_alloc = Some(limits.max_alloc());
+    l
+}
+
+/// A GIF without a colour table, which Pillow reads as grey (index `i` is grey level `i`):
+/// the same file given a grey colour table, for `image`'s decoder, which otherwise refuses it.
+fn decode_gif_without_colours<R: Read>(reader: R, limits: DecodeLimits) -> Result<Decoded, DecodeError> {
+    const SCREEN_DESCRIPTOR_END: usize = 13;
+    let mut bytes = Vec::new();
+    reader.take(limits.max_alloc()).read_to_end(&mut bytes)?;
+    if bytes.len() < SCREEN_DESCRIPTOR_END {
+        return Err(DecodeError::Corrupt("truncated file".into()));
+    }
+    // Flags: a global table (bit 7) of 2^(7+1) entries.
+    bytes[10] |= 0x87;
+    let grey: Vec<u8> = (0..=255u8).flat_map(|v| [v, v, v]).collect();
+    bytes.splice(SCREEN_DESCRIPTOR_END..SCREEN_DESCRIPTOR_END, grey);
+    decode_with_image(Cursor::new(bytes), Some(ImageFormat::Gif), limits)
+}
+
+pub(super) fn upright(img: RgbImage, orientation: Orientation) -> RgbImage {
     if orientation == Orientation::NoTransforms {
         return img;
     }
@@ -187,8 +269,9 @@ fn upright(img: RgbImage, orientation: Orientation) -> RgbImage {
     }
 }
 
-/// Pillow's `convert("RGB")`: alpha is dropped, and 16-bit samples keep their high byte (as
-/// Pillow's unpackers do; `image`'s own conversion rounds instead, one level apart).
+/// Pillow's `convert("RGB")`: alpha is dropped; 16-bit colour samples keep their high byte (as
+/// Pillow's unpackers do; `image`'s own conversion rounds instead, one level apart); 16-bit
+/// greyscale (Pillow's mode `I;16`) is clipped to 0–255, as Pillow's conversion clips it.
 fn to_rgb8(img: DynamicImage) -> RgbImage {
     fn high(v: u16) -> u8 {
         (v >> 8) as u8
@@ -197,7 +280,8 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
     let from = |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageLuma16(g) => from(&|x, y| [high(g.get_pixel(x, y).0[0]); 3]),
+        DynamicImage::ImageLuma16(g) => from(&|x, y| [clip_u16(g.get_pixel(x, y).0[0]); 3]),
+        // Pillow reads 16-bit grey with alpha as 8-bit `LA`, from the high bytes.
         DynamicImage::ImageLumaA16(g) => from(&|x, y| [high(g.get_pixel(x, y).0[0]); 3]),
         DynamicImage::ImageRgb16(c) => from(&|x, y| c.get_pixel(x, y).0.map(high)),
         DynamicImage::ImageRgba16(c) => from(&|x, y| {
@@ -208,7 +292,12 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
     }
 }
 
-fn image_error(e: image::ImageError) -> DecodeError {
+/// Pillow's conversion of an integer grey sample (modes `I;16`, `I`) to 8 bits: clipped.
+pub(super) fn clip_u16(v: u16) -> u8 {
+    v.min(255) as u8
+}
+
+pub(super) fn image_error(e: image::ImageError) -> DecodeError {
     match e {
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             DecodeError::Corrupt("truncated file".into())
@@ -259,22 +348,6 @@ mod tests {
         let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(4, 3, Rgb([65535u16, 0, 32896])));
         let rgb = decode_bytes(&encode(&deep, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(0, 0), &Rgb([255, 0, 128]));
-    }
-
-    #[test]
-    fn truncated_jpegs_are_rejected() {
-        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8 * 3, y as u8 * 5, 7])));
-        let jpg = encode(&img, ImageFormat::Jpeg);
-        assert!(jpeg_is_complete(&jpg));
-        assert!(decode_bytes(&jpg, DecodeLimits::default()).is_ok());
-        for cut in [jpg.len() - 2, jpg.len() / 2, 200] {
-            let err = decode_bytes(&jpg[..cut], DecodeLimits::default()).unwrap_err();
-            assert!(err.to_string().contains("truncated"), "{cut}: {err}");
-        }
-        // Data after the end marker (as some cameras append) is fine.
-        let mut trailing = jpg.clone();
-        trailing.extend_from_slice(b"trailer data");
-        assert!(decode_bytes(&trailing, DecodeLimits::default()).is_ok());
     }
 
     #[test]

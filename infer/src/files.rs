@@ -1,7 +1,8 @@
 //! Turning command-line paths into the list of image files to classify.
 //!
 //! Folders are walked recursively in sorted order; a file found there is taken when its
-//! extension names an image format or its first bytes are an image signature. Files named
+//! extension names an image format or its bytes carry an image signature (TGA, which has none
+//! at its start, by the TGA 2.0 footer at its end). Files named
 //! explicitly are always taken (a non-image then gets an error record). Unreadable folders and
 //! broken links become error records too; nothing aborts the walk.
 
@@ -11,8 +12,10 @@ use crate::error::ItemError;
 use crate::prediction::FileResult;
 
 /// Extensions taken as images when walking folders (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] =
-    &["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm"];
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "jpe", "jfif", "png", "gif", "bmp", "dib", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm", "tga",
+    "icb", "vda", "vst", "ico", "qoi",
+];
 
 /// One entry of the expanded input, in order.
 #[derive(Debug)]
@@ -73,8 +76,23 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The TGA 2.0 footer: the last 18 bytes of a file that has one.
+const TGA_FOOTER: &[u8] = b"TRUEVISION-XFILE.\0";
+
 fn looks_like_image(path: &Path) -> bool {
-    crate::decode::sniff(path, 32).is_ok_and(|head| image::guess_format(&head).is_ok())
+    let signature = |head: &[u8]| image::guess_format(head).is_ok() || crate::decode::is_tiff(head);
+    crate::decode::sniff(path, 32).is_ok_and(|head| signature(&head)) || has_tga_footer(path)
+}
+
+fn has_tga_footer(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut tail = [0u8; 18];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::End(-(tail.len() as i64)))?;
+            f.read_exact(&mut tail)
+        })
+        .is_ok_and(|()| tail == TGA_FOOTER)
 }
 
 /// Whether a file found in a folder is taken as an image: its extension names an image format
@@ -138,8 +156,11 @@ mod tests {
         std::fs::write(root.join("b/c/z.JPG"), b"x").unwrap();
         std::fs::write(root.join("a.png"), b"x").unwrap();
         std::fs::write(root.join("notes.txt"), b"hello").unwrap();
-        // An image without an extension, by its signature.
+        // An image without an extension, by its signature; a TGA by its footer; BigTIFF.
         std::fs::write(root.join("noext"), b"\x89PNG\r\n\x1a\n0000000000000000").unwrap();
+        std::fs::write(root.join("targa"), [&[0u8; 40][..], b"TRUEVISION-XFILE.\0"].concat()).unwrap();
+        std::fs::write(root.join("big"), b"II+\0\x08\0\0\0").unwrap();
+        std::fs::write(root.join("c.tga"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("gone.jpg"), root.join("dangling.jpg")).unwrap();
         let inputs = collect(&[root.to_path_buf(), root.join("missing.jpg"), root.join("notes.txt")]);
         assert_eq!(inputs.ignored, 1);
@@ -152,9 +173,12 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(order, ["a.png", "b/c/z.JPG", "dangling.jpg", "noext", "missing.jpg", "notes.txt"]);
+        assert_eq!(
+            order,
+            ["a.png", "b/c/z.JPG", "big", "c.tga", "dangling.jpg", "noext", "targa", "missing.jpg", "notes.txt"]
+        );
         let (files, errors) = inputs.into_parts();
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 7);
         let errors: Vec<String> = errors.iter().map(|e| e.error_line().unwrap()).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].ends_with("dangling.jpg: broken symbolic link"));

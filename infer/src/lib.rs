@@ -57,7 +57,9 @@ pub mod stream;
 
 pub use classifier::{Classifier, ClassifierBuilder};
 pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
-pub use decode::{decode_bytes, decode_file, DecodeError, DecodeLimits};
+pub use decode::{
+    decode_bytes, decode_bytes_with_status, decode_file, decode_file_with_status, DecodeError, DecodeLimits, Decoded,
+};
 pub use device::DeviceSpec;
 pub use error::{first_line, InferError, ItemError};
 pub use metadata::{ModelMetadata, Quantization};

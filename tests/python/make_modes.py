@@ -29,9 +29,11 @@ save("la", la, "png", gray)
 pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
 save("palette", pal, "png", pal)
 save("palette_gif", pal, "gif", pal)
-# 16-bit grayscale scaled from 8 bits: an exact decoder gets the 8-bit values back.
-deep = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
-save("gray16", deep, "png", gray)
+# 16-bit grayscale (Pillow's mode I;16) scaled from 8 bits: Pillow's convert("RGB") clips it to
+# 0-255, so it comes out almost white; the reference is Pillow's own reading.
+gray16_path = os.path.join(out, "gray16.png")
+Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(gray16_path)
+Image.open(gray16_path).convert("RGB").save(os.path.join(out, "gray16.ref.png"))
 # CMYK JPEG; the reference is PIL's own decode and conversion.
 cmyk_path = os.path.join(out, "cmyk.jpg")
 base.convert("CMYK").save(cmyk_path, quality=95)

@@ -5,16 +5,23 @@
 //! the whole-image reader of `tiff` 0.11 mis-sizes the bottom row of tiles of every plane but
 //! the first in a planar (`PlanarConfiguration = 2`) image and panics, its chunk reader fails
 //! on LZW tiles with right-edge padding, and `image` refuses palette and planar CMYK TIFFs.
-//! Each strip or tile of each plane is decompressed (none, LZW, Deflate, PackBits), the
-//! horizontal predictor undone, and the rows placed into the picture, clipped to the image.
+//! `tiff` does not read fax (Group 3) data, LZMA, the reversed fill order, YCbCr JPEG data,
+//! old-style JPEG, CIELab or integer samples wider than 16 bits either. Each strip or tile of
+//! each plane is decompressed (none, LZW, Deflate, PackBits, LZMA, CCITT Group 3 1-D and
+//! Group 4, JPEG), the horizontal predictor undone, and the rows placed into the picture,
+//! clipped to the image.
 //!
 //! Colour conversions are Pillow's (`Image.convert("RGB")`), so training and deployment see what
-//! torchvision sees: 16-bit samples keep their high byte, 1/2/4-bit grey scales to 0–255,
-//! palettes index a 16-bit colour map by its high bytes, CMYK uses Pillow's integer formula,
-//! 32-bit floating-point grey (Pillow's mode `F`) is truncated and clipped to 0–255.
+//! torchvision sees: 16-bit colour samples keep their high byte; 16- and 32-bit integer grey
+//! (Pillow's modes `I;16` and `I`) is clipped to 0–255 (negative values are 0); 1/2/4-bit grey
+//! scales to 0–255; palettes index a 16-bit colour map by its high bytes; CMYK uses Pillow's
+//! integer formula; CIELab goes through [`super::lab`]; 32-bit floating-point grey (Pillow's
+//! mode `F`) is truncated and clipped to 0–255; premultiplied (associated) alpha is divided
+//! out as Pillow's `RGBa` unpacker does. YCbCr JPEG data is decoded to RGB by the JPEG decoder
+//! (as libtiff has libjpeg do), old-style JPEG from its embedded JPEG stream.
 //!
-//! Other layouts (JPEG or fax compression, other floating-point or signed samples, YCbCr, Lab,
-//! a reversed fill order) return `None` and go to the `image` crate.
+//! Other layouts (other floating-point or signed samples, uncompressed YCbCr) return `None`
+//! and go to the `image` crate.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -33,6 +40,8 @@ enum Colour {
     Rgb,
     Cmyk,
     Palette,
+    /// CIELab: L 0–255, a and b signed.
+    Lab,
 }
 
 impl Colour {
@@ -40,7 +49,7 @@ impl Colour {
     fn used_samples(self) -> usize {
         match self {
             Colour::Gray | Colour::Palette => 1,
-            Colour::Rgb => 3,
+            Colour::Rgb | Colour::Lab => 3,
             Colour::Cmyk => 4,
         }
     }
@@ -52,6 +61,13 @@ enum Compression {
     Lzw,
     Deflate,
     PackBits,
+    Lzma,
+    /// CCITT Group 3, one-dimensional (with end-of-line codes).
+    Fax3,
+    Fax4,
+    /// JPEG data (Compression 7) decoded to RGB or grey; the directory's JPEGTables are
+    /// prepended to each strip or tile.
+    Jpeg,
 }
 
 /// Everything about the layout that the reading needs, from the directory.
@@ -69,6 +85,14 @@ struct Layout {
     big_endian: bool,
     /// 32-bit IEEE samples (`SampleFormat = 3`).
     float: bool,
+    /// Signed integer samples (`SampleFormat = 2`; grey only).
+    signed: bool,
+    /// Bits stored least significant first (`FillOrder = 2`; bilevel only).
+    reversed_bits: bool,
+    /// The first extra sample is premultiplied (associated) alpha, divided out as Pillow does.
+    premultiplied: bool,
+    /// The JPEG tables stream shared by every strip or tile (JPEG compression).
+    jpeg_tables: Option<Vec<u8>>,
     /// Strip or tile size; strips are as wide as the image.
     chunk_w: u32,
     chunk_h: u32,
@@ -90,12 +114,13 @@ fn tiff_error(e: tiff::TiffError) -> DecodeError {
     }
 }
 
-/// Checks that no entry of the first directory declares more data than the file holds.
+/// Checks that no entry of the first directory declares more data than the file holds, and
+/// returns where the first directory's link to the next one lies (offset and width).
 ///
 /// The `tiff` crate reserves room for a tag's declared value count before reading the values
 /// (with a 256 MiB default cap, and no way to lower it before the first directory is read), so
 /// a 20-byte entry can make it allocate hundreds of megabytes. Both TIFF paths run this first.
-pub(super) fn check_directory<R: Read + Seek>(reader: &mut R) -> Result<(), DecodeError> {
+pub(super) fn check_directory<R: Read + Seek>(reader: &mut R) -> Result<(u64, u64), DecodeError> {
     let start = reader.stream_position()?;
     let file_len = reader.seek(SeekFrom::End(0))?.saturating_sub(start);
     let mut head = [0u8; 16];
@@ -141,7 +166,48 @@ pub(super) fn check_directory<R: Read + Seek>(reader: &mut R) -> Result<(), Deco
         }
     }
     reader.seek(SeekFrom::Start(start))?;
-    Ok(())
+    let next = start + ifd + count_len as u64 + table.len() as u64;
+    Ok((next, value_len as u64))
+}
+
+/// A TIFF file seen with its first directory as the only one: the link to the next directory
+/// reads as 0. Only the first page is decoded (as Pillow opens it), and `tiff` refuses a file
+/// whose directories form a cycle before anything is read; Pillow reads the first page of
+/// such a file, and so does this.
+pub(super) struct FirstPage<R> {
+    inner: R,
+    /// Where the link lies, and its width.
+    link: (u64, u64),
+    pos: u64,
+}
+
+impl<R: Seek> FirstPage<R> {
+    pub(super) fn new(mut inner: R, link: (u64, u64)) -> std::io::Result<FirstPage<R>> {
+        let pos = inner.stream_position()?;
+        Ok(FirstPage { inner, link, pos })
+    }
+}
+
+impl<R: Read> Read for FirstPage<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let (at, len) = self.link;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            let p = self.pos + i as u64;
+            if p >= at && p < at + len {
+                *b = 0;
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for FirstPage<R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
 }
 
 /// Decodes a TIFF whose layout this module handles; `Ok(None)` leaves it to the `image` crate.
@@ -152,18 +218,57 @@ pub(super) fn decode<R: Read + Seek>(
     let mut dec = Decoder::new(reader).map_err(tiff_error)?;
     let (width, height) = dec.dimensions().map_err(tiff_error)?;
     limits.check(width, height)?;
-    let Some(layout) = layout(&mut dec, width, height)? else { return Ok(None) };
-    let palette = match layout.colour {
-        Colour::Palette => Some(read_palette(&mut dec, layout.bits)?),
-        _ => None,
-    };
     let orientation = dec
         .find_tag_unsigned::<u16>(Tag::Orientation)
         .map_err(tiff_error)?
         .and_then(|v| Orientation::from_exif(v.min(255) as u8))
         .unwrap_or(Orientation::NoTransforms);
+    if dec.find_tag_unsigned::<u16>(Tag::Compression).map_err(tiff_error)? == Some(OLD_JPEG) {
+        return old_jpeg(&mut dec, width, height, limits).map(|img| Some((img, orientation)));
+    }
+    let Some(layout) = layout(&mut dec, width, height)? else { return Ok(None) };
+    let palette = match layout.colour {
+        Colour::Palette => Some(read_palette(&mut dec, layout.bits)?),
+        _ => None,
+    };
     let img = read_pixels(dec.inner(), &layout, palette.as_deref(), limits)?;
     Ok(Some((img, orientation)))
+}
+
+const OLD_JPEG: u16 = 6;
+
+/// Old-style JPEG (Compression 6), as scanners and early cameras wrote it: decoded from the
+/// complete JPEG stream that `JPEGInterchangeFormat` points at, which libtiff reads too. Files
+/// without one (tables spread over the old JPEG tags) are refused.
+fn old_jpeg<R: Read + Seek>(
+    dec: &mut Decoder<R>,
+    width: u32,
+    height: u32,
+    limits: DecodeLimits,
+) -> Result<RgbImage, DecodeError> {
+    let mut tag = |t: u16| dec.find_tag_unsigned::<u64>(Tag::from_u16_exhaustive(t)).map_err(tiff_error);
+    let (Some(offset), length) = (tag(513)?, tag(514)?) else {
+        return Err(corrupt("old-style JPEG without a JPEGInterchangeFormat stream"));
+    };
+    let file = dec.inner();
+    let file_len = file.seek(SeekFrom::End(0))?;
+    let end = length.map_or(file_len, |l| offset.saturating_add(l).min(file_len));
+    if offset >= end {
+        return Err(DecodeError::Corrupt("truncated file (old-style JPEG stream)".into()));
+    }
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(offset))?;
+    file.take((end - offset).min(limits.max_alloc())).read_to_end(&mut data)?;
+    // Decoded as JPEG only: any other format here could lead back to this function.
+    if !data.starts_with(super::jpeg::SOI) {
+        return Err(corrupt("old-style JPEG stream that is not a JPEG stream"));
+    }
+    let decoded = super::jpeg::decode(std::io::Cursor::new(data), limits)?;
+    if decoded.image.dimensions() != (width, height) {
+        let (w, h) = decoded.image.dimensions();
+        return Err(corrupt(format!("old-style JPEG stream of {w}x{h} in a {width}x{height} image")));
+    }
+    Ok(decoded.image)
 }
 
 /// Reads the directory into a [`Layout`], or `None` for layouts left to the `image` crate.
@@ -172,9 +277,13 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
     let photometric = u16_tag(Tag::PhotometricInterpretation)?;
     let compression = match u16_tag(Tag::Compression)?.unwrap_or(1) {
         1 => Compression::None,
+        3 => Compression::Fax3,
+        4 => Compression::Fax4,
         5 => Compression::Lzw,
+        7 => Compression::Jpeg,
         8 | 32946 => Compression::Deflate,
         32773 => Compression::PackBits,
+        34925 => Compression::Lzma,
         _ => return Ok(None),
     };
     let predictor = match u16_tag(Tag::Predictor)?.unwrap_or(1) {
@@ -184,13 +293,17 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
     };
     let planar = u16_tag(Tag::PlanarConfiguration)?.unwrap_or(1) == 2;
     let samples = usize::from(u16_tag(Tag::SamplesPerPixel)?.unwrap_or(1));
-    if u16_tag(Tag::FillOrder)?.unwrap_or(1) != 1 {
-        return Ok(None);
+    let reversed_bits = u16_tag(Tag::FillOrder)?.unwrap_or(1) == 2;
+    // Group 3 with 2-D coding (T4Options bit 0) is not read here.
+    let t4_options = dec.find_tag_unsigned::<u32>(Tag::Unknown(292)).map_err(tiff_error)?.unwrap_or(0);
+    if compression == Compression::Fax3 && t4_options & 1 != 0 {
+        return Err(corrupt("CCITT Group 3 with 2-D coding is not supported"));
     }
-    let float = match dec.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_error)?.as_deref() {
-        None => false,
-        Some(f) if f.iter().all(|&s| s == 1) => false,
-        Some(f) if f.iter().all(|&s| s == 3) => true,
+    let (float, signed) = match dec.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).map_err(tiff_error)?.as_deref() {
+        None => (false, false),
+        Some(f) if f.iter().all(|&s| s == 1) => (false, false),
+        Some(f) if f.iter().all(|&s| s == 2) => (false, true),
+        Some(f) if f.iter().all(|&s| s == 3) => (true, false),
         Some(_) => return Ok(None),
     };
     let bits = dec.find_tag_unsigned_vec::<u16>(Tag::BitsPerSample).map_err(tiff_error)?.unwrap_or(vec![1]);
@@ -199,17 +312,37 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
         return Ok(None);
     }
     let bits = u8::try_from(first).unwrap_or(0);
-    // Pillow reads floating-point samples only as one-channel 32-bit grey.
-    if float != (bits == 32) || (float && (samples != 1 || predictor)) {
+    let fax = matches!(compression, Compression::Fax3 | Compression::Fax4);
+    if (fax && bits != 1) || (reversed_bits && (bits != 1 || !matches!(compression, Compression::None) && !fax)) {
+        return Ok(None);
+    }
+    // Pillow reads floating-point samples only as one-channel 32-bit grey, and signed ones
+    // only as 16- or 32-bit grey.
+    if (float && (bits != 32 || samples != 1 || predictor))
+        || (signed && !matches!(bits, 16 | 32))
+        || (bits == 32 && predictor)
+    {
         return Ok(None);
     }
     let Some((colour, invert)) = colour_of(photometric, bits) else { return Ok(None) };
+    if (signed || bits == 32) && colour != Colour::Gray {
+        return Ok(None);
+    }
+    // YCbCr JPEG data, which the JPEG decoder turns into RGB (as libtiff has libjpeg do), is
+    // read here; RGB and grey JPEG data, and uncompressed YCbCr, go to the `image` crate.
+    let ycbcr_jpeg = photometric == Some(6) && compression == Compression::Jpeg;
+    let readable = ycbcr_jpeg && !planar && samples == 3 && !predictor;
+    if (photometric == Some(6) || compression == Compression::Jpeg) && !readable {
+        return Ok(None);
+    }
     if samples < colour.used_samples() || samples > 16 {
         return Err(corrupt(format!("{samples} samples per pixel for a {colour:?} image")));
     }
-    if predictor && bits < 8 {
+    if predictor && (bits < 8 || compression == Compression::Jpeg) {
         return Err(corrupt("horizontal predictor with fewer than 8 bits per sample"));
     }
+    let extra = dec.find_tag_unsigned_vec::<u16>(Tag::ExtraSamples).map_err(tiff_error)?.unwrap_or_default();
+    let premultiplied = extra.first() == Some(&1) && samples > colour.used_samples() && bits == 8;
     let tiled = dec.find_tag(Tag::TileWidth).map_err(tiff_error)?.is_some();
     let mut u32_tag = |tag: Tag| dec.find_tag_unsigned::<u32>(tag).map_err(tiff_error);
     let (chunk_w, chunk_h) = if tiled {
@@ -220,11 +353,18 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
     if chunk_w == 0 || chunk_h == 0 {
         return Err(corrupt("zero-sized tiles or strips"));
     }
+    if fax && chunk_w > u32::from(u16::MAX) {
+        return Err(corrupt(format!("fax data {chunk_w} pixels wide")));
+    }
     let (offsets_tag, counts_tag) =
         if tiled { (Tag::TileOffsets, Tag::TileByteCounts) } else { (Tag::StripOffsets, Tag::StripByteCounts) };
     let mut u64_vec = |tag: Tag| dec.find_tag_unsigned_vec::<u64>(tag).map_err(tiff_error);
     let offsets = u64_vec(offsets_tag)?.ok_or_else(|| corrupt("no strip or tile offsets"))?;
     let byte_counts = u64_vec(counts_tag)?.ok_or_else(|| corrupt("no strip or tile byte counts"))?;
+    let jpeg_tables = match compression {
+        Compression::Jpeg => dec.find_tag_unsigned_vec::<u8>(Tag::JPEGTables).map_err(tiff_error)?,
+        _ => None,
+    };
     let big_endian = dec.byte_order() == ByteOrder::BigEndian;
     Ok(Some(Layout {
         width,
@@ -238,6 +378,10 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
         predictor,
         big_endian,
         float,
+        signed,
+        reversed_bits,
+        premultiplied,
+        jpeg_tables,
         chunk_w,
         chunk_h,
         offsets,
@@ -250,9 +394,14 @@ fn layout<R: Read + Seek>(dec: &mut Decoder<R>, width: u32, height: u32) -> Resu
 fn colour_of(photometric: Option<u16>, bits: u8) -> Option<(Colour, bool)> {
     Some(match (photometric, bits) {
         (Some(1), 32) => (Colour::Gray, false),
-        (Some(0), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, true),
-        (Some(1), 1 | 2 | 4 | 8 | 16) => (Colour::Gray, false),
+        // Pillow reads 16-bit grey as `I;16` whichever value is white (no inversion).
+        (Some(0 | 1), 16) => (Colour::Gray, false),
+        (Some(0), 1 | 2 | 4 | 8) => (Colour::Gray, true),
+        (Some(1), 1 | 2 | 4 | 8) => (Colour::Gray, false),
         (Some(2), 8 | 16) => (Colour::Rgb, false),
+        // YCbCr: as JPEG data only (see `layout`), decoded to RGB.
+        (Some(6), 8) => (Colour::Rgb, false),
+        (Some(8), 8) => (Colour::Lab, false),
         (Some(3), 1 | 2 | 4 | 8) => (Colour::Palette, false),
         (Some(5), 8 | 16) => (Colour::Cmyk, false),
         _ => return None,
@@ -269,7 +418,7 @@ fn read_pixels<R: Read + Seek>(
     let file_len = file.seek(SeekFrom::End(0))?;
     let across = l.width.div_ceil(l.chunk_w) as usize;
     let per_plane = across * l.height.div_ceil(l.chunk_h) as usize;
-    let planes = if l.planar { l.colour.used_samples() } else { 1 };
+    let planes = if l.planar { l.colour.used_samples() + usize::from(l.premultiplied) } else { 1 };
     let row_bytes = (l.chunk_w as usize * l.step() * usize::from(l.bits)).div_ceil(8);
     if (row_bytes as u64).saturating_mul(u64::from(l.chunk_h)) > limits.max_alloc() {
         return Err(corrupt(format!("{}x{} strips or tiles exceed the decoding limits", l.chunk_w, l.chunk_h)));
@@ -332,8 +481,11 @@ fn read_chunk<R: Read + Seek>(
     let mut raw = Vec::with_capacity(count as usize);
     file.seek(SeekFrom::Start(offset))?;
     file.by_ref().take(count).read_to_end(&mut raw)?;
+    if l.reversed_bits {
+        raw.iter_mut().for_each(|b| *b = b.reverse_bits());
+    }
     let want = row_bytes * rows;
-    let data = decompress(&raw, l.compression, want).map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
+    let data = decompress(&raw, l, want, row_bytes).map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
     if data.len() < want {
         return Err(corrupt(format!("chunk {index} holds {} bytes, {want} needed", data.len())));
     }
@@ -352,13 +504,16 @@ fn place(
 ) -> Result<(), DecodeError> {
     let step = l.step();
     let row_len = if l.bits < 8 { row_bytes } else { row_bytes / (usize::from(l.bits) / 8) };
+    // Grey samples wider than 8 bits are already clipped to 8 bits by `samples_of`.
+    let high_byte = l.bits == 16 && l.colour != Colour::Gray;
     let to8 = |v: u16| -> u8 {
-        if l.bits == 16 {
+        if high_byte {
             (v >> 8) as u8
         } else {
             v as u8
         }
     };
+    let alpha_at = l.colour.used_samples();
     for y in 0..r.h {
         let at = y * row_len;
         let out_row = &mut rgb[((r.y0 + y) * width + r.x0) * 3..][..r.w * 3];
@@ -372,15 +527,21 @@ fn place(
                         None => px.fill(scale_low_bits(v, l.bits)),
                     }
                 }
+                Colour::Gray if l.premultiplied => px.fill(unpremultiply(to8(sample(0)), to8(sample(alpha_at)))),
                 Colour::Gray => px.fill(to8(sample(0))),
                 Colour::Palette => {
                     let map = palette.ok_or_else(|| corrupt("no colour map"))?;
                     px.copy_from_slice(&map[usize::from(sample(0)).min(map.len() - 1)]);
                 }
                 Colour::Rgb => {
+                    let alpha = if l.premultiplied { Some(to8(sample(alpha_at))) } else { None };
                     for (c, p) in px.iter_mut().enumerate() {
-                        *p = to8(sample(c));
+                        *p = alpha.map_or(to8(sample(c)), |a| unpremultiply(to8(sample(c)), a));
                     }
+                }
+                Colour::Lab => {
+                    let [l_, a, b] = [0, 1, 2].map(|s| to8(sample(s)));
+                    px.copy_from_slice(&super::lab::to_rgb(l_, a as i8, b as i8));
                 }
                 Colour::Cmyk => {
                     let [c, m, y, k] = [0, 1, 2, 3].map(|s| to8(sample(s)));
@@ -392,9 +553,12 @@ fn place(
     Ok(())
 }
 
-/// Decompresses one strip or tile, producing at most `want` bytes.
-fn decompress(raw: &[u8], compression: Compression, want: usize) -> Result<Vec<u8>, String> {
-    match compression {
+/// Decompresses one strip or tile, producing at most `want` bytes (`row_bytes` a row).
+fn decompress(raw: &[u8], l: &Layout, want: usize, row_bytes: usize) -> Result<Vec<u8>, String> {
+    match l.compression {
+        Compression::Lzma => lzma(raw, want),
+        Compression::Fax3 | Compression::Fax4 => Ok(fax(raw, l, want, row_bytes)),
+        Compression::Jpeg => jpeg(raw, l, want),
         Compression::None => Ok(raw[..raw.len().min(want)].to_vec()),
         Compression::Lzw => {
             let mut out = vec![0u8; want];
@@ -423,44 +587,50 @@ fn decompress(raw: &[u8], compression: Compression, want: usize) -> Result<Vec<u
                 .map_err(|e| format!("Deflate data: {e}"))?;
             Ok(out)
         }
-        Compression::PackBits => {
-            let mut out = Vec::with_capacity(want);
-            let mut i = 0;
-            while i < raw.len() && out.len() < want {
-                let n = raw[i] as i8;
-                i += 1;
-                match n {
-                    0..=127 => {
-                        let run = &raw[i..raw.len().min(i + n as usize + 1)];
-                        out.extend_from_slice(run);
-                        i += run.len();
-                    }
-                    -127..=-1 => {
-                        if let Some(&b) = raw.get(i) {
-                            out.extend(std::iter::repeat_n(b, (1 - n as isize) as usize));
-                        }
-                        i += 1;
-                    }
-                    -128 => {} // no-op
-                }
-            }
-            out.truncate(want);
-            Ok(out)
-        }
+        Compression::PackBits => Ok(packbits(raw, want)),
     }
 }
 
+/// PackBits runs, producing at most `want` bytes.
+fn packbits(raw: &[u8], want: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(want);
+    let mut i = 0;
+    while i < raw.len() && out.len() < want {
+        let n = raw[i] as i8;
+        i += 1;
+        match n {
+            0..=127 => {
+                let run = &raw[i..raw.len().min(i + n as usize + 1)];
+                out.extend_from_slice(run);
+                i += run.len();
+            }
+            -127..=-1 => {
+                if let Some(&b) = raw.get(i) {
+                    out.extend(std::iter::repeat_n(b, (1 - n as isize) as usize));
+                }
+                i += 1;
+            }
+            -128 => {} // no-op
+        }
+    }
+    out.truncate(want);
+    out
+}
+
 /// A chunk's rows as samples: 16-bit values in host order with the predictor undone; 8-bit
-/// values widened; packed sub-byte rows kept one byte per value (see [`unpack`]); floats
-/// already converted to 0–255 as Pillow does. Grey that the file stores with 0 as white is
-/// inverted here.
+/// values widened; packed sub-byte rows kept one byte per value (see [`unpack`]); 16- and
+/// 32-bit grey (integer or floating-point) already converted to 0–255 as Pillow does. Grey
+/// that the file stores with 0 as white is inverted here.
 fn samples_of(data: &[u8], l: &Layout, row_bytes: usize, step: usize) -> Vec<u16> {
-    if l.float {
+    if l.bits == 32 {
         return data
             .chunks_exact(4)
             .map(|b| {
                 let b = [b[0], b[1], b[2], b[3]];
-                float_to_u8(if l.big_endian { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) }).into()
+                let bits = if l.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
+                // Pillow's mode `I` is signed 32-bit, unsigned files included (`I;32N`).
+                let v = if l.float { float_to_u8(f32::from_bits(bits)) } else { (bits as i32).clamp(0, 255) as u8 };
+                u16::from(v)
             })
             .collect();
     }
@@ -484,9 +654,14 @@ fn samples_of(data: &[u8], l: &Layout, row_bytes: usize, step: usize) -> Vec<u16
         }
     }
     if l.invert {
-        let max = if l.bits == 16 { u16::MAX } else { 0xff };
         for v in &mut values {
-            *v = max - *v; // sub-byte samples: inverting the packed byte inverts each value
+            *v = 0xff - *v; // sub-byte samples: inverting the packed byte inverts each value
+        }
+    }
+    if l.bits == 16 && l.colour == Colour::Gray {
+        // Pillow's `I;16` (and signed `I`) to 8 bits: clipped.
+        for v in &mut values {
+            *v = if l.signed { (*v as i16).clamp(0, 255) as u16 } else { u16::from(super::clip_u16(*v)) };
         }
     }
     values
@@ -519,6 +694,153 @@ fn cmyk_to_rgb(c: u8, m: u8, y: u8, k: u8) -> [u8; 3] {
         ((t >> 8) + t) >> 8
     };
     [c, m, y].map(|v| (nk - muldiv255(i32::from(v), nk)).clamp(0, 255) as u8)
+}
+
+/// Pillow's `RGBa` unpacker: a premultiplied sample divided by its alpha (0 when alpha is 0).
+fn unpremultiply(v: u8, alpha: u8) -> u8 {
+    match alpha {
+        0 => 0,
+        255 => v,
+        a => (u32::from(v) * 255 / u32::from(a)).min(255) as u8,
+    }
+}
+
+/// LZMA data: an .xz stream (as libtiff writes it). Its LZMA2 chunks declare their sizes, and
+/// the stream is refused when they add up to more than the strip or tile holds, before any
+/// decoding: the decoder keeps its whole output in memory.
+fn lzma(raw: &[u8], want: usize) -> Result<Vec<u8>, String> {
+    let declared = xz_unpacked_size(raw).ok_or("LZMA data: not an .xz stream of LZMA2 data")?;
+    if declared > want as u64 + (1 << 20) {
+        return Err(format!("LZMA data of {declared} bytes for {want}"));
+    }
+    let mut out = Vec::with_capacity(want);
+    lzma_rs::xz_decompress(&mut std::io::Cursor::new(raw), &mut out).map_err(|e| format!("LZMA data: {e}"))?;
+    out.truncate(want);
+    Ok(out)
+}
+
+/// The total of the unpacked sizes that the LZMA2 chunks of an .xz stream's blocks declare.
+fn xz_unpacked_size(xz: &[u8]) -> Option<u64> {
+    if !xz.starts_with(b"\xFD7zXZ\0") {
+        return None;
+    }
+    let mut at = 12;
+    let mut total = 0u64;
+    // Blocks, until the index (a zero byte where a block header would start).
+    while *xz.get(at)? != 0 {
+        let header_len = (usize::from(xz[at]) + 1) * 4;
+        at += header_len;
+        // LZMA2 chunks: a control byte, then sizes; 0 ends the block's data.
+        loop {
+            let control = *xz.get(at)?;
+            match control {
+                0 => {
+                    at += 1;
+                    break;
+                }
+                1 | 2 => {
+                    let size = usize::from(u16::from_be_bytes([*xz.get(at + 1)?, *xz.get(at + 2)?])) + 1;
+                    total += size as u64;
+                    at += 3 + size;
+                }
+                0x80..=0xFF => {
+                    let unpacked = (usize::from(control & 0x1F) << 16)
+                        + usize::from(u16::from_be_bytes([*xz.get(at + 1)?, *xz.get(at + 2)?]))
+                        + 1;
+                    let packed = usize::from(u16::from_be_bytes([*xz.get(at + 3)?, *xz.get(at + 4)?])) + 1;
+                    let props = usize::from(control >= 0xC0);
+                    total += unpacked as u64;
+                    at += 5 + props + packed;
+                }
+                _ => return None,
+            }
+        }
+        // Block padding to four bytes, then the check (its size from the stream flags).
+        at = at.div_ceil(4) * 4;
+        at += match xz[7] & 0x0F {
+            0 => 0,
+            1 => 4,
+            4 => 8,
+            10 => 32,
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+/// CCITT fax data (Group 3 one-dimensional, Group 4) as packed rows, 1 bits for black (as
+/// libtiff gives them; the photometric interpretation then says which is white). Rows the
+/// data does not reach stay white; the caller checks the length.
+fn fax(raw: &[u8], l: &Layout, want: usize, row_bytes: usize) -> Vec<u8> {
+    let width = u16::try_from(l.chunk_w).unwrap_or(u16::MAX);
+    let rows = want / row_bytes.max(1);
+    let mut out = vec![0u8; want];
+    let mut row = 0;
+    let mut line = |transitions: &[u16]| {
+        if row < rows {
+            let dst = &mut out[row * row_bytes..][..row_bytes];
+            for (x, colour) in fax::decoder::pels(transitions, width).enumerate() {
+                if colour == fax::Color::Black {
+                    dst[x / 8] |= 0x80 >> (x % 8);
+                }
+            }
+        }
+        row += 1;
+    };
+    let height = u16::try_from(rows).unwrap_or(u16::MAX);
+    if l.compression == Compression::Fax4 {
+        fax::decoder::decode_g4(raw.iter().copied(), width, Some(height), &mut line);
+        return out;
+    }
+    let bytes = raw.iter().map(|&b| Ok::<u8, std::convert::Infallible>(b));
+    let Ok(mut decoder) = fax::decoder::Group3Decoder::new(bytes) else { return out };
+    for _ in 0..rows {
+        match decoder.advance() {
+            Ok(fax::decoder::DecodeStatus::Incomplete) => line(decoder.transitions()),
+            // A strip's last line has no end-of-line code after it (libtiff writes none), which
+            // the decoder reports as an error: the line is complete all the same.
+            Ok(fax::decoder::DecodeStatus::End) | Err(_) => {
+                line(decoder.transitions());
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// JPEG data of one strip or tile, with the directory's tables, decoded to RGB or grey.
+fn jpeg(raw: &[u8], l: &Layout, want: usize) -> Result<Vec<u8>, String> {
+    // The tables stream is SOI, tables, EOI: its EOI and the data's SOI are left out.
+    let mut stream = Vec::with_capacity(raw.len() + l.jpeg_tables.as_ref().map_or(0, Vec::len));
+    match &l.jpeg_tables {
+        Some(t) if t.len() >= 4 && raw.len() >= 2 => {
+            stream.extend_from_slice(&t[..t.len() - 2]);
+            stream.extend_from_slice(&raw[2..]);
+        }
+        _ => stream.extend_from_slice(raw),
+    }
+    let colour = if l.colour == Colour::Gray {
+        zune_jpeg::zune_core::colorspace::ColorSpace::Luma
+    } else {
+        zune_jpeg::zune_core::colorspace::ColorSpace::RGB
+    };
+    let options =
+        zune_jpeg::zune_core::options::DecoderOptions::default().set_strict_mode(false).jpeg_set_out_colorspace(colour);
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(zune_jpeg::zune_core::bytestream::ZCursor::new(&stream[..]), options);
+    decoder.decode_headers().map_err(|e| format!("JPEG data: {}", super::collapse_whitespace(&format!("{e:?}"))))?;
+    let (w, h) = decoder.dimensions().ok_or("JPEG data without dimensions")?;
+    if w as u64 * h as u64 * colour.num_components() as u64 > want as u64 + (1 << 20) {
+        return Err(format!("JPEG data of {w}x{h} pixels for a {}x{} chunk", l.chunk_w, l.chunk_h));
+    }
+    let mut out =
+        decoder.decode().map_err(|e| format!("JPEG data: {}", super::collapse_whitespace(&format!("{e:?}"))))?;
+    // A strip's JPEG data is as wide as the strip; rows are then whole.
+    if w as u32 != l.chunk_w {
+        return Err(format!("JPEG data {w} pixels wide in a chunk of {}", l.chunk_w));
+    }
+    out.truncate(want);
+    Ok(out)
 }
 
 /// The colour map of a palette image: `2^bits` RGB entries from the 16-bit `ColorMap` tag.
@@ -557,10 +879,10 @@ mod tests {
     }
 
     #[test]
-    fn packbits() {
+    fn packbits_runs() {
         // literal run of 3, repeat 'z' 4 times, no-op, literal 1
         let raw = [2, b'a', b'b', b'c', 0xfd, b'z', 0x80, 0, b'q'];
-        assert_eq!(decompress(&raw, Compression::PackBits, 100).unwrap(), b"abczzzzq");
-        assert_eq!(decompress(&raw, Compression::PackBits, 5).unwrap(), b"abczz");
+        assert_eq!(packbits(&raw, 100), b"abczzzzq");
+        assert_eq!(packbits(&raw, 5), b"abczz");
     }
 }
