@@ -24,6 +24,10 @@ pub struct Prediction {
     pub confidence: f32,
     /// The most probable classes, best first.
     pub top_k: Vec<Scored>,
+    /// The image came from a file that ends before its image data does (a JPEG cut short):
+    /// what was missing was filled in, as libjpeg does. Written in records only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 /// The outcome for one input file.
@@ -58,6 +62,9 @@ impl Serialize for FileResult {
                 m.serialize_entry("label", &p.label)?;
                 m.serialize_entry("confidence", &p.confidence)?;
                 m.serialize_entry("top_k", &p.top_k)?;
+                if p.incomplete {
+                    m.serialize_entry("incomplete", &true)?;
+                }
             }
             Err(e) => m.serialize_entry("error", &e.to_string())?,
         }
@@ -103,6 +110,7 @@ impl Ranker {
             label: top_k[0].label.clone(),
             confidence: top_k[0].probability,
             top_k,
+            incomplete: false,
         };
         Ranked { probabilities, prediction }
     }

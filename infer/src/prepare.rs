@@ -8,13 +8,23 @@ use std::path::Path;
 
 use image::RgbImage;
 
-use crate::decode::{decode_bytes, decode_file, DecodeLimits};
+use crate::decode::{decode_bytes_with_status, decode_file_with_status, DecodeLimits, Decoded};
 use crate::error::{InferError, ItemError};
 use crate::guard;
+use crate::prediction::Prediction;
 use crate::preprocess::PreprocessConfig;
 
-/// One image's model input (`3 × size × size` values), or why it has none.
-pub type Prepared = Result<Vec<f32>, ItemError>;
+/// One image's model input, and what its decoding noticed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedImage {
+    /// `3 × size × size` values.
+    pub input: Vec<f32>,
+    /// The file ended before its image data did (see [`Decoded::incomplete`]).
+    pub incomplete: bool,
+}
+
+/// One image's model input, or why it has none.
+pub type Prepared = Result<PreparedImage, ItemError>;
 
 /// Runs one preparation under the panic guard: a panic (in a decoder, say) is this item's
 /// error, never the caller's.
@@ -22,19 +32,23 @@ fn guarded(context: &'static str, f: impl FnOnce() -> Prepared) -> Prepared {
     guard::isolate(context, f).unwrap_or_else(|p| Err(ItemError::Crashed(p)))
 }
 
+fn transform(decoded: Decoded, preprocess: &PreprocessConfig) -> Prepared {
+    Ok(PreparedImage { input: preprocess.eval(&decoded.image)?, incomplete: decoded.incomplete })
+}
+
 /// Decodes `path` and applies the eval transform; any failure is this file's error.
 pub fn prepare_file(path: &Path, preprocess: &PreprocessConfig, limits: DecodeLimits) -> Prepared {
-    guarded("preparing an image", || Ok(preprocess.eval(&decode_file(path, limits)?)?))
+    guarded("preparing an image", || transform(decode_file_with_status(path, limits)?, preprocess))
 }
 
 /// Decodes an encoded image (a file's bytes) and applies the eval transform.
 pub fn prepare_bytes(bytes: &[u8], preprocess: &PreprocessConfig, limits: DecodeLimits) -> Prepared {
-    guarded("preparing an image", || Ok(preprocess.eval(&decode_bytes(bytes, limits)?)?))
+    guarded("preparing an image", || transform(decode_bytes_with_status(bytes, limits)?, preprocess))
 }
 
 /// Applies the eval transform to a decoded image.
 pub fn prepare_image(img: &RgbImage, preprocess: &PreprocessConfig) -> Prepared {
-    guarded("preprocessing", || Ok(preprocess.eval(img)?))
+    guarded("preprocessing", || Ok(PreparedImage { input: preprocess.eval(img)?, incomplete: false }))
 }
 
 /// A batch of prepared items on its way to the model: the ready inputs go in together, and
@@ -51,28 +65,32 @@ impl PreparedBatch {
 
     /// The ready items' inputs, concatenated in order (`n × 3 × size × size`), and `n`.
     pub fn input(&self) -> (Vec<f32>, usize) {
-        let mut input = Vec::with_capacity(self.0.iter().flatten().map(Vec::len).sum());
+        let mut input = Vec::with_capacity(self.0.iter().flatten().map(|p| p.input.len()).sum());
         for p in self.0.iter().flatten() {
-            input.extend_from_slice(p);
+            input.extend_from_slice(&p.input);
         }
         (input, self.ready())
     }
 
-    /// Pairs `outputs` (one per ready item, in order) with the items. When the model failed,
-    /// every ready item fails with that error; failed items keep theirs.
-    pub fn results<T>(self, outputs: Result<Vec<T>, InferError>) -> Vec<Result<T, ItemError>> {
-        let (mut outputs, failed) = match outputs {
-            Ok(o) => (o.into_iter(), None),
+    /// Pairs `predictions` (one per ready item, in order) with the items, each marked
+    /// incomplete when its file was. When the model failed, every ready item fails with that
+    /// error; failed items keep theirs.
+    pub fn results(self, predictions: Result<Vec<Prediction>, InferError>) -> Vec<Result<Prediction, ItemError>> {
+        let (mut predictions, failed) = match predictions {
+            Ok(p) => (p.into_iter(), None),
             Err(e) => (Vec::new().into_iter(), Some(e)),
         };
         self.0
             .into_iter()
             .map(|p| {
-                let _ready = p?;
-                match &failed {
-                    Some(e) => Err(ItemError::Batch(e.clone())),
-                    None => outputs.next().ok_or_else(|| ItemError::Batch(InferError::Run("missing output".into()))),
+                let prepared = p?;
+                if let Some(e) = &failed {
+                    return Err(ItemError::Batch(e.clone()));
                 }
+                let mut prediction =
+                    predictions.next().ok_or_else(|| ItemError::Batch(InferError::Run("missing output".into())))?;
+                prediction.incomplete = prepared.incomplete;
+                Ok(prediction)
             })
             .collect()
     }
@@ -83,27 +101,41 @@ mod tests {
     use super::*;
     use crate::decode::DecodeError;
 
+    fn ready(v: &[f32], incomplete: bool) -> Prepared {
+        Ok(PreparedImage { input: v.to_vec(), incomplete })
+    }
+
     fn batch() -> PreparedBatch {
-        PreparedBatch(vec![Ok(vec![1.0, 2.0]), Err(ItemError::Decode(DecodeError::Empty)), Ok(vec![3.0, 4.0])])
+        PreparedBatch(vec![
+            ready(&[1.0, 2.0], false),
+            Err(ItemError::Decode(DecodeError::Empty)),
+            ready(&[3.0, 4.0], true),
+        ])
+    }
+
+    fn prediction(label: &str) -> Prediction {
+        Prediction { class_index: 0, label: label.into(), confidence: 1.0, top_k: Vec::new(), incomplete: false }
     }
 
     #[test]
     fn ready_inputs_go_in_together_and_results_come_back_in_place() {
         let b = batch();
         assert_eq!(b.input(), (vec![1.0, 2.0, 3.0, 4.0], 2));
-        let r = b.results(Ok(vec!['a', 'b']));
-        assert_eq!(r[0].as_ref().unwrap(), &'a');
+        let r = b.results(Ok(vec![prediction("a"), prediction("b")]));
+        assert_eq!(r[0].as_ref().unwrap().label, "a");
         assert!(matches!(r[1], Err(ItemError::Decode(DecodeError::Empty))));
-        assert_eq!(r[2].as_ref().unwrap(), &'b');
+        let last = r[2].as_ref().unwrap();
+        assert_eq!((last.label.as_str(), last.incomplete), ("b", true), "the file's flag travels with its result");
+        assert!(!r[0].as_ref().unwrap().incomplete);
     }
 
     #[test]
     fn a_failed_or_short_run_fails_the_ready_items_only() {
-        let r = batch().results::<char>(Err(InferError::Run("boom".into())));
+        let r = batch().results(Err(InferError::Run("boom".into())));
         assert_eq!(r[0].as_ref().unwrap_err().to_string(), "inference failed: boom");
         assert!(matches!(r[1], Err(ItemError::Decode(_))));
         assert_eq!(r[2].as_ref().unwrap_err().to_string(), "inference failed: boom");
-        let r = batch().results(Ok(vec!['a']));
+        let r = batch().results(Ok(vec![prediction("a")]));
         assert_eq!(r[2].as_ref().unwrap_err().to_string(), "inference failed: missing output");
     }
 

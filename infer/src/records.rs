@@ -21,8 +21,9 @@ pub enum Format {
     Csv,
 }
 
-/// The first line of a CSV results file.
-pub const CSV_HEADER: &str = "path,label,class_index,confidence,top_k,error";
+/// The first line of a CSV results file (`incomplete` is `true` for an image decoded from a
+/// file cut short, else empty).
+pub const CSV_HEADER: &str = "path,label,class_index,confidence,top_k,error,incomplete";
 
 /// Writes records in one format.
 pub struct RecordWriter<W: Write> {
@@ -61,9 +62,10 @@ impl<W: Write> RecordWriter<W> {
                 // top_k as a JSON array in one field: unambiguous whatever the class names hold.
                 let top = serde_json::to_string(&p.top_k).map_err(std::io::Error::other)?;
                 let (path, label, top) = (csv_field(&path), csv_field(&p.label), csv_field(&top));
-                writeln!(self.out, "{path},{label},{},{:.6},{top},", p.class_index, p.confidence)
+                let incomplete = if p.incomplete { "true" } else { "" };
+                writeln!(self.out, "{path},{label},{},{:.6},{top},,{incomplete}", p.class_index, p.confidence)
             }
-            (Format::Csv, Err(e)) => writeln!(self.out, "{},,,,,{}", csv_field(&path), csv_field(&e.to_string())),
+            (Format::Csv, Err(e)) => writeln!(self.out, "{},,,,,{},", csv_field(&path), csv_field(&e.to_string())),
             (Format::Table, Ok(p)) => {
                 let w = self.label_width;
                 let mut line = format!("{:<w$}  {:>6.2}%  {path}", p.label, 100.0 * p.confidence);
@@ -71,6 +73,9 @@ impl<W: Write> RecordWriter<W> {
                     let top: Vec<String> =
                         p.top_k.iter().map(|s| format!("{} {:.2}%", s.label, 100.0 * s.probability)).collect();
                     line.push_str(&format!("  [{}]", top.join(", ")));
+                }
+                if p.incomplete {
+                    line.push_str("  (incomplete file)");
                 }
                 writeln!(self.out, "{line}")
             }
@@ -195,6 +200,7 @@ mod tests {
                 label: "be\"e,s".into(),
                 confidence: 0.75,
                 top_k: vec![Scored { class_index: 1, label: "be\"e,s".into(), probability: 0.75 }],
+                incomplete: path.starts_with('z'),
             }),
         };
         vec![

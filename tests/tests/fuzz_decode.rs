@@ -47,7 +47,7 @@ fn check_one(path: &Path, limits: DecodeLimits, budget: usize) -> Result<(Outcom
         return Err(format!("took {took:?}"));
     }
     let outcome = match result {
-        Ok(t) if t.len() == preprocess.input_len() && t.iter().all(|v| v.is_finite()) => Outcome::Decoded,
+        Ok(t) if t.input.len() == preprocess.input_len() && t.input.iter().all(|v| v.is_finite()) => Outcome::Decoded,
         Ok(_) => return Err("model input of the wrong size or with non-finite values".into()),
         Err(e) => {
             let msg = e.to_string();

@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let epochs: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
     let workers: usize = args.get(3).map_or(Ok(std::thread::available_parallelism()?.get()), |s| s.parse())?;
     let batch: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
-    let ok = |_: &std::path::Path| Ok(());
+    let ok = |_: &std::path::Path| Ok(train::dataset::FileNotes::default());
     let ds = scan(std::path::Path::new(root), &ScanOptions { val_fraction: 0.2, seed: 0, val_dir: None, check: &ok })?;
     // Every image of the folder, as one training pass.
     let mut samples = ds.train;

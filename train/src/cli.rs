@@ -208,6 +208,11 @@ pub struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
 
+    /// Leave out image files that end before their image data does (JPEGs cut short); by
+    /// default they are decoded as far as they go, as libjpeg does, and kept.
+    #[arg(long)]
+    skip_incomplete: bool,
+
     /// Seed for initialisation, shuffling, augmentation and the validation split.
     #[arg(long, default_value_t = Hyper::default().seed)]
     seed: u64,
@@ -293,6 +298,7 @@ impl TrainArgs {
                 optim,
                 val_fraction: self.val_fraction,
                 val_dir: self.val_dir.clone(),
+                skip_incomplete: self.skip_incomplete,
                 augment: Augment { scale: pair(&self.crop_scale), ratio: pair(&self.crop_ratio), flip: !self.no_flip },
                 seed: self.seed,
                 amp: self.amp,

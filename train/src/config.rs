@@ -81,6 +81,9 @@ pub struct Hyper {
     /// The validation folder's name under the data folder, when chosen (`--val-dir`).
     #[serde(default)]
     pub val_dir: Option<String>,
+    /// Leave out files that end before their image data does (kept by default).
+    #[serde(default)]
+    pub skip_incomplete: bool,
     #[serde(default)]
     pub augment: Augment,
     pub seed: u64,
@@ -108,6 +111,7 @@ impl Default for Hyper {
             optim,
             val_fraction: 0.2,
             val_dir: None,
+            skip_incomplete: false,
             augment: Augment::default(),
             seed: 0,
             amp: false,

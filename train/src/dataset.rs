@@ -64,6 +64,16 @@ pub struct Dataset {
     pub skipped: Vec<Skipped>,
     /// Files ignored for being neither image-named nor image-like.
     pub ignored: usize,
+    /// Files kept although they end before their image data does (JPEGs cut short, decoded
+    /// as libjpeg decodes them), sorted.
+    pub incomplete: Vec<PathBuf>,
+}
+
+/// What checking one readable file noticed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileNotes {
+    /// The file ends before its image data does (see [`infer::decode::Decoded::incomplete`]).
+    pub incomplete: bool,
 }
 
 impl Dataset {
@@ -131,8 +141,8 @@ pub struct ScanOptions<'a> {
     /// The validation folder's name under ROOT (`--val-dir`); default: the first of
     /// [`VALIDATION_DIRS`] present.
     pub val_dir: Option<&'a str>,
-    /// Checks that a file is a readable image; returns the reason when it is not.
-    pub check: &'a (dyn Fn(&Path) -> Result<(), String> + Sync),
+    /// Checks that a file is a readable image: what it noticed, or the reason it is not.
+    pub check: &'a (dyn Fn(&Path) -> Result<FileNotes, String> + Sync),
 }
 
 fn is_hidden(path: &Path) -> bool {
@@ -221,9 +231,17 @@ fn collect(
     Ok(out)
 }
 
-/// Decodes every candidate in parallel; returns the readable samples and the skipped files.
-/// Each check runs under the panic guard: a panic in it skips that file, by name.
-fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> (Vec<Sample>, Vec<Skipped>) {
+/// What [`verify`] found: the readable samples, the skipped files, and the readable files
+/// that are incomplete.
+struct Verified {
+    ok: Vec<Sample>,
+    skipped: Vec<Skipped>,
+    incomplete: Vec<PathBuf>,
+}
+
+/// Decodes every candidate in parallel. Each check runs under the panic guard: a panic in it
+/// skips that file, by name.
+fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> Verified {
     let checked: Vec<_> = candidates
         .into_par_iter()
         .map(|(label, path)| {
@@ -232,15 +250,19 @@ fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> (Vec<Sample>
             (result, label, path)
         })
         .collect();
-    let mut ok = Vec::new();
-    let mut skipped = Vec::new();
+    let mut v = Verified { ok: Vec::new(), skipped: Vec::new(), incomplete: Vec::new() };
     for (result, label, path) in checked {
         match result {
-            Ok(()) => ok.push(Sample { path, label }),
-            Err(reason) => skipped.push(Skipped { path, reason }),
+            Ok(notes) => {
+                if notes.incomplete {
+                    v.incomplete.push(path.clone());
+                }
+                v.ok.push(Sample { path, label });
+            }
+            Err(reason) => v.skipped.push(Skipped { path, reason }),
         }
     }
-    (ok, skipped)
+    v
 }
 
 /// Stratified split: per class, a seeded shuffle sends `round(n × fraction)` images (at least
@@ -343,16 +365,17 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
         None => None,
     };
 
-    let (train_ok, mut skipped) = verify(train_candidates, opts);
+    let Verified { ok: train_ok, mut skipped, mut incomplete } = verify(train_candidates, opts);
     let counts = Dataset::counts(&train_ok, classes.len());
     if let Some(i) = counts.iter().position(|&c| c == 0) {
         return Err(DatasetError::EmptyClass { class: classes[i].clone(), dir: class_root.join(&classes[i]) });
     }
     let (train, val, split) = match val_candidates {
         Some(candidates) => {
-            let (val_ok, val_skipped) = verify(candidates, opts);
-            skipped.extend(val_skipped);
-            (train_ok, val_ok, SplitKind::Folder)
+            let val = verify(candidates, opts);
+            skipped.extend(val.skipped);
+            incomplete.extend(val.incomplete);
+            (train_ok, val.ok, SplitKind::Folder)
         }
         None => {
             let (t, v) = stratified_split(train_ok, classes.len(), opts.val_fraction, opts.seed);
@@ -362,7 +385,8 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
     if val.is_empty() {
         return Err(DatasetError::EmptyValidation);
     }
-    Ok(Dataset { root: root.to_path_buf(), classes, train, val, split, layout, skipped, ignored })
+    incomplete.sort();
+    Ok(Dataset { root: root.to_path_buf(), classes, train, val, split, layout, skipped, ignored, incomplete })
 }
 
 /// The validation images of a data folder as [`scan`] would choose them (its validation
@@ -376,13 +400,13 @@ pub fn validation_images(root: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
-    fn ok_unless_bad(p: &Path) -> Result<(), String> {
+    fn ok_unless_bad(p: &Path) -> Result<FileNotes, String> {
         let name = p.to_string_lossy();
         assert!(!name.contains("boom"), "decoder bug");
         if name.contains("bad") {
             Err("corrupt".into())
         } else {
-            Ok(())
+            Ok(FileNotes { incomplete: name.contains("cut") })
         }
     }
 

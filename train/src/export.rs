@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::arch;
 use crate::checkpoint::ModelInfo;
 use crate::config::{Hyper, Observer, QuantizeSettings, BEST, DEFAULT_OUT, LAST, MODEL_ONNX, SUMMARY};
-use crate::dataset::{self, Dataset, ScanOptions};
+use crate::dataset::{self, Dataset, FileNotes, ScanOptions};
 use crate::error::{CheckpointError, ExportError, QuantizeError, VerifyError, WeightsError};
 use crate::model::{FoldedConv, ResNet};
 use crate::onnx_proto::tensor_shape_proto::{dimension, Dimension};
@@ -387,7 +387,8 @@ impl ExportRequest {
             None => (defaults.val_fraction, defaults.seed, defaults.val_dir.as_deref()),
         };
         // Unreadable files are left to the gate, which skips them.
-        let ds = dataset::scan(data, &ScanOptions { val_fraction, seed, val_dir, check: &|_| Ok(()) })?;
+        let ds =
+            dataset::scan(data, &ScanOptions { val_fraction, seed, val_dir, check: &|_| Ok(FileNotes::default()) })?;
         let split = ds.describe_split();
         match &recorded {
             Some(r) => {
@@ -511,7 +512,7 @@ fn compare(
         let prepared: Vec<(usize, Vec<f32>)> = chunk
             .par_iter()
             .filter_map(|(path, truth)| {
-                infer::prepare_file(path, preprocess, infer::DecodeLimits::default()).ok().map(|x| (*truth, x))
+                infer::prepare_file(path, preprocess, infer::DecodeLimits::default()).ok().map(|x| (*truth, x.input))
             })
             .collect();
         if prepared.is_empty() {
@@ -543,7 +544,7 @@ fn preprocessed(images: &[PathBuf], preprocess: &PreprocessConfig, max: usize) -
         if n == max {
             break;
         }
-        if let Ok(t) = infer::prepare_file(path, preprocess, infer::DecodeLimits::default()) {
+        if let Ok(t) = infer::prepare_file(path, preprocess, infer::DecodeLimits::default()).map(|p| p.input) {
             out.extend(t);
             n += 1;
         }

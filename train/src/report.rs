@@ -124,6 +124,8 @@ pub struct Summary {
     pub validation_folder: Option<PathBuf>,
     pub skipped_files: Vec<Skipped>,
     pub ignored_files: usize,
+    /// Files kept although they end before their image data does.
+    pub incomplete_files: Vec<PathBuf>,
     pub epochs_completed: usize,
     pub interrupted: bool,
     pub best: Option<Best>,

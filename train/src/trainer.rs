@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use infer::{decode_file, DecodeLimits, PreprocessConfig};
+use infer::decode::decode_file_with_status;
+use infer::{DecodeLimits, PreprocessConfig};
 use tch::Device;
 
 use crate::arch::{self, Arch};
@@ -17,7 +18,7 @@ use crate::config::{
     Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource, BEST, CURVES, LAST, METRICS, MODEL_ONNX, OUTPUTS,
     SUMMARY, TRAIN_BATCH, VAL_PREDICTIONS,
 };
-use crate::dataset::{self, Dataset, ScanOptions};
+use crate::dataset::{self, Dataset, FileNotes, ScanOptions};
 use crate::device;
 use crate::error::{CheckpointError, ConfigError, TrainError};
 use crate::export::{self, ExportOptions};
@@ -111,12 +112,17 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
     let limits = DecodeLimits::default();
     let crop = PreprocessConfig::default().crop_size;
     let small = AtomicUsize::new(0);
+    let skip_incomplete = start.hyper.skip_incomplete;
     let check = |p: &Path| {
-        let img = decode_file(p, limits).map_err(|e| e.to_string())?;
+        let decoded = decode_file_with_status(p, limits).map_err(|e| e.to_string())?;
+        if decoded.incomplete && skip_incomplete {
+            return Err("incomplete file (it ends before its image data does; --skip-incomplete)".into());
+        }
+        let img = &decoded.image;
         if img.width().min(img.height()) * 4 < crop {
             small.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(FileNotes { incomplete: decoded.incomplete })
     };
     let h = &start.hyper;
     let opts = ScanOptions { val_fraction: h.val_fraction, seed: h.seed, val_dir: h.val_dir.as_deref(), check: &check };
@@ -129,6 +135,13 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
     }
     if let Some((p, _, state)) = &start.resumed {
         check_resumed_data(p, state, &ds, obs)?;
+    }
+    if let [first, ..] = ds.incomplete.as_slice() {
+        obs.warn(&format!(
+            "{} file(s) end before their image data does and were decoded as far as they go, the rest filled in as libjpeg fills it (e.g. {}); they are kept (listed in summary.json), --skip-incomplete leaves them out",
+            ds.incomplete.len(),
+            first.display()
+        ));
     }
     obs.info(&describe_data(&ds));
     let total = ds.train.len() + ds.val.len();
@@ -467,6 +480,7 @@ impl<'a> Epochs<'a> {
             validation_folder: ds.layout.val_dir.clone(),
             skipped_files: ds.skipped.clone(),
             ignored_files: ds.ignored,
+            incomplete_files: ds.incomplete.clone(),
             epochs_completed: self.history.len(),
             interrupted,
             best: self.best,

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{image_folder, seed_data, stderr_of as stderr, TrainFixture, TrainedRun};
+use common::{colour_image, image_folder, seed_data, stderr_of as stderr, TrainFixture, TrainedRun, RED};
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
@@ -321,7 +321,7 @@ fn one_epoch_on_the_seed_dataset() {
     assert_eq!((quantization.calibration_images, quantization.validation_images), (64, 153));
     let (mut agree, mut diff, mut spread, mut n) = (0, 0.0f64, 0.0f64, 0);
     for path in truth.iter().zip(&labelled_paths(&data, &classifier)).map(|(_, p)| p) {
-        let x = infer::prepare_file(path, &classifier.metadata().preprocess, Default::default()).unwrap();
+        let x = infer::prepare_file(path, &classifier.metadata().preprocess, Default::default()).unwrap().input;
         let (a, b) = (classifier.run(&x).unwrap(), q.run(&x).unwrap());
         let top = |v: &[f32]| if v[0] >= v[1] { 0 } else { 1 };
         agree += usize::from(top(&a) == top(&b));
@@ -590,7 +590,7 @@ fn export_gates_on_the_runs_own_validation_split() {
     assert_eq!(int8.metadata().quantization.as_ref().unwrap().validation_images, 9);
 
     // The gate's images are exactly the run's validation images, whichever record gives them.
-    let ok = |_: &Path| Ok(());
+    let ok = |_: &Path| Ok(train::dataset::FileNotes::default());
     let scan = |val_fraction, seed| {
         let opts = train::dataset::ScanOptions { val_fraction, seed, val_dir: None, check: &ok };
         let ds = train::dataset::scan(&f.data, &opts).unwrap();
@@ -616,4 +616,30 @@ fn export_gates_on_the_runs_own_validation_split() {
     assert_eq!(gate_images("summary.json: 50% of each class, seed 3"), run_split);
     std::fs::remove_file(out.join("summary.json")).unwrap();
     assert_eq!(gate_images("20% of each class, seed 0 (the defaults: no last.pt or summary.json"), scan(0.2, 0));
+}
+
+/// A JPEG cut short is decoded as far as it goes and kept, named in a warning and in
+/// summary.json; `--skip-incomplete` leaves it out like an unreadable file.
+#[test]
+fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
+    let f = TrainFixture::new(TRAIN, &["cats", "dogs"], 4, 2);
+    let mut jpg = Vec::new();
+    colour_image(RED, 120, 90).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
+    std::fs::write(f.data.join("train/cats/cut.jpg"), &jpg[..jpg.len() * 2 / 3]).unwrap();
+
+    let TrainedRun { out, stderr: err } = f.train("kept", &["--no-export"]);
+    let warning: Vec<&str> = err.lines().filter(|l| l.contains("end before their image data")).collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(warning[0].starts_with("warning: 1 file(s)") && warning[0].contains("cut.jpg"), "{err}");
+    let s = summary(&out);
+    assert_eq!(s["train_counts"], serde_json::json!([5, 4]));
+    let listed = s["incomplete_files"].as_array().unwrap();
+    assert!(listed.len() == 1 && listed[0].as_str().unwrap().ends_with("cut.jpg"), "{s}");
+
+    let TrainedRun { out, stderr: err } = f.train("skipped", &["--no-export", "--skip-incomplete"]);
+    assert!(err.contains("skipped ") && err.contains("cut.jpg: incomplete file"), "{err}");
+    let s = summary(&out);
+    assert_eq!(s["train_counts"], serde_json::json!([4, 4]));
+    assert_eq!(s["incomplete_files"], serde_json::json!([]));
+    assert_eq!(s["hyperparameters"]["skip_incomplete"], true);
 }
