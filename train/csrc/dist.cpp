@@ -9,6 +9,7 @@
 #ifndef TRAIN_DIST_STUB
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cstdlib>
@@ -27,6 +28,8 @@
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 #include <torch/csrc/utils/tensor_flatten.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
@@ -46,8 +49,21 @@ struct dist_pg {
     std::chrono::milliseconds timeout{0};
 };
 
+// The reducer's clock (see dist_reducer_timings); the hook's completion callbacks run on the
+// backend's threads, hence the atomics.
+struct ReducerClock {
+    std::atomic<int64_t> allreduces{0};
+    std::atomic<int64_t> allreduce_ns{0};
+    // Steady-clock time of the latest launch.
+    std::atomic<int64_t> last_launch_ns{0};
+    int64_t backward_passes = 0;
+    int64_t backward_ns = 0;
+    int64_t exposed_ns = 0;
+};
+
 struct dist_reducer {
     std::shared_ptr<c10d::Reducer> reducer;
+    std::shared_ptr<ReducerClock> clock;
 };
 
 namespace {
@@ -187,6 +203,152 @@ c10::intrusive_ptr<c10d::Store> make_store(const std::string& addr, int port, bo
         store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
     }
     return store;
+}
+
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// DDP's default gradient communication (c10d's AllReduceCommHook: divide by the world size,
+// all-reduce the bucket's sum), timed: each all-reduce from launch to completion.
+class TimedAllreduceHook : public c10d::CppCommHookInterface<c10::intrusive_ptr<c10d::ProcessGroup>> {
+   public:
+    TimedAllreduceHook(c10::intrusive_ptr<c10d::ProcessGroup> pg, std::shared_ptr<ReducerClock> clock)
+        : c10d::CppCommHookInterface<c10::intrusive_ptr<c10d::ProcessGroup>>(std::move(pg)),
+          clock_(std::move(clock)) {}
+
+    c10::intrusive_ptr<c10::ivalue::Future> runHook(c10d::GradBucket& bucket) override {
+        std::vector<at::Tensor> tensors = {bucket.getBufferRef()};
+        // Divided before the sum, as DDP does, so that float16 gradients do not overflow.
+        tensors[0].div_(state_->getSize());
+        const int64_t launched = now_ns();
+        clock_->last_launch_ns.store(launched);
+        clock_->allreduces.fetch_add(1);
+        auto future = state_->allreduce(tensors)->getFuture();
+        auto clock = clock_;
+        future->addCallback(
+            [clock, launched](c10::ivalue::Future&) { clock->allreduce_ns.fetch_add(now_ns() - launched); });
+        return future;
+    }
+
+   private:
+    std::shared_ptr<ReducerClock> clock_;
+};
+
+// Sums `t` (contiguous, on the group's device) over the ranks, in place, and waits.
+void allreduce_sum_now(dist_pg* pg, at::Tensor& t) {
+    std::vector<at::Tensor> one{t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    wait(pg->pg->allreduce(one, opts), pg);
+}
+
+// Dimensions reduced by batch norm: all but the channels (dim 1).
+std::vector<int64_t> reduced_dims(const at::Tensor& x) {
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+    return dims;
+}
+
+// [1, C, 1, ...] for broadcasting per-channel values against `x`.
+std::vector<int64_t> channel_shape(const at::Tensor& x) {
+    std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+    shape[1] = x.size(1);
+    return shape;
+}
+
+// torch.nn.SyncBatchNorm's autograd function (torch/nn/modules/_functions.py), in plain ATen
+// operations so that it runs on the CPU too (PyTorch's fused kernels are CUDA-only).
+struct SyncBatchNormFn : public torch::autograd::Function<SyncBatchNormFn> {
+    static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                                                  const at::Tensor& weight, const at::Tensor& bias,
+                                                  const std::optional<at::Tensor>& running_mean,
+                                                  const std::optional<at::Tensor>& running_var, double momentum,
+                                                  double eps, int64_t pg_handle) {
+        auto* pg = reinterpret_cast<dist_pg*>(pg_handle);
+        const int64_t c = input.size(1);
+        const auto dims = reduced_dims(input);
+        // Sum, sum of squares (accumulated in double: E[x²] - E[x]² cancels) and count.
+        auto stats = at::empty({2 * c + 1}, input.options().dtype(at::kDouble));
+        stats.narrow(0, 0, c).copy_(at::sum(input, dims, false, at::kDouble));
+        stats.narrow(0, c, c).copy_(at::sum(input.square(), dims, false, at::kDouble));
+        stats.narrow(0, 2 * c, 1).fill_(static_cast<double>(input.numel() / std::max<int64_t>(c, 1)));
+        allreduce_sum_now(pg, stats);
+        const double count = stats.narrow(0, 2 * c, 1).item<double>();
+        if (count < 2) {
+            throw Invalid("sync batch norm: " + std::to_string(static_cast<int64_t>(count)) +
+                          " value(s) per channel across all ranks; training needs more than 1");
+        }
+        auto mean = stats.narrow(0, 0, c) / count;
+        auto var = (stats.narrow(0, c, c) / count - mean.square()).clamp_min(0);
+        if (running_mean.has_value() && running_mean->defined()) {
+            running_mean->mul_(1 - momentum).add_(mean.to(running_mean->scalar_type()), momentum);
+        }
+        if (running_var.has_value() && running_var->defined()) {
+            auto unbiased = var * (count / (count - 1));
+            running_var->mul_(1 - momentum).add_(unbiased.to(running_var->scalar_type()), momentum);
+        }
+        const auto kind = weight.scalar_type();
+        auto invstd = (var + eps).rsqrt().to(kind);
+        auto mean_k = mean.to(kind);
+        const auto shape = channel_shape(input);
+        auto scale = invstd * weight;
+        auto shift = bias - mean_k * scale;
+        auto out = (input * scale.view(shape) + shift.view(shape)).to(input.scalar_type());
+        ctx->save_for_backward({input, weight, mean_k, invstd});
+        ctx->saved_data["pg"] = pg_handle;
+        ctx->saved_data["count"] = count;
+        return {out};
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads) {
+        // Every rank's output reaches the loss the same way, so all skip the all-reduce together.
+        if (!grads[0].defined()) return torch::autograd::variable_list(8);
+        auto saved = ctx->get_saved_variables();
+        const auto& input = saved[0];
+        const auto& weight = saved[1];
+        const auto& mean = saved[2];
+        const auto& invstd = saved[3];
+        auto* pg = reinterpret_cast<dist_pg*>(ctx->saved_data["pg"].toInt());
+        const double count = ctx->saved_data["count"].toDouble();
+        const auto shape = channel_shape(input);
+        const auto dims = reduced_dims(input);
+        const int64_t c = input.size(1);
+        auto dy = grads[0].to(invstd.scalar_type());
+        auto xmu = input.to(invstd.scalar_type()) - mean.view(shape);
+        // This rank's sums over its batch: the weight's and bias's gradients (which DDP's
+        // reducer averages over the ranks, like every parameter's) and, reduced over all
+        // ranks, the input's.
+        auto sum_dy = at::sum(dy, dims, false, at::kDouble);
+        auto sum_dy_xmu = at::sum(dy * xmu, dims, false, at::kDouble);
+        at::Tensor grad_input, grad_weight, grad_bias;
+        if (ctx->needs_input_grad(1)) grad_weight = sum_dy_xmu.to(invstd.scalar_type()) * invstd;
+        if (ctx->needs_input_grad(2)) grad_bias = sum_dy.to(invstd.scalar_type());
+        if (ctx->needs_input_grad(0)) {
+            auto both = at::cat({sum_dy, sum_dy_xmu});
+            allreduce_sum_now(pg, both);
+            auto mean_dy = (both.narrow(0, 0, c) / count).to(invstd.scalar_type());
+            auto mean_dy_xmu = (both.narrow(0, c, c) / count).to(invstd.scalar_type());
+            auto scale = invstd * weight;
+            grad_input = ((dy - mean_dy.view(shape) - xmu * (invstd.square() * mean_dy_xmu).view(shape)) *
+                          scale.view(shape))
+                             .to(input.scalar_type());
+        }
+        // One entry per argument of forward: input, weight, bias, running_mean, running_var,
+        // momentum, eps, pg_handle.
+        return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+                at::Tensor()};
+    }
+};
+
+// The first line of a message.
+std::string first_line(const std::string& s) {
+    auto end = s.find('\n');
+    return end == std::string::npos ? s : s.substr(0, end);
 }
 
 }  // namespace
@@ -453,7 +615,9 @@ dist_status dist_reducer_create(dist_pg* pg, const dist_tensor* params, size_t n
             find_unused, gradient_as_bucket_view != 0, std::move(names), first_bucket_bytes_cap,
             /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
             /*bucket_bytes_cap_list=*/std::vector<int64_t>{});
-        *out = new dist_reducer{std::move(reducer)};
+        auto clock = std::make_shared<ReducerClock>();
+        reducer->register_comm_hook(std::make_unique<TimedAllreduceHook>(pg->pg, clock));
+        *out = new dist_reducer{std::move(reducer), std::move(clock)};
     });
 }
 
@@ -468,6 +632,108 @@ dist_status dist_reducer_prepare_for_backward(dist_reducer* r, const dist_tensor
         bool done = r->reducer->rebuild_buckets();
         if (rebuilt != nullptr) *rebuilt = done ? 1 : 0;
         r->reducer->prepare_for_backward(outs);
+    });
+}
+
+dist_status dist_reducer_backward(dist_reducer* r, dist_tensor loss, char** err) {
+    if (err != nullptr) *err = nullptr;
+    if (r == nullptr || !r->reducer || r->clock == nullptr) {
+        set_err(err, "null reducer");
+        return DIST_ERR_INVALID;
+    }
+    auto* l = static_cast<const at::Tensor*>(loss);
+    if (l == nullptr || !l->defined()) {
+        set_err(err, "undefined loss");
+        return DIST_ERR_INVALID;
+    }
+    const int64_t started = now_ns();
+    try {
+        torch::autograd::backward({*l});
+    } catch (const c10::Error& e) {
+        // The autograd engine rethrows what the reducer's all-reduce threw (gloo's "Connection
+        // closed by peer", a timeout...); the first line says it.
+        auto msg = first_line(e.what_without_backtrace());
+        set_err(err, msg);
+        return mentions_timeout(msg) ? DIST_ERR_TIMEOUT : DIST_ERR_COLLECTIVE;
+    } catch (const std::exception& e) {
+        auto msg = first_line(e.what());
+        set_err(err, msg);
+        return mentions_timeout(msg) ? DIST_ERR_TIMEOUT : DIST_ERR_COLLECTIVE;
+    } catch (...) {
+        set_err(err, "unknown C++ exception");
+        return DIST_ERR_INTERNAL;
+    }
+    const int64_t ended = now_ns();
+    auto& clock = *r->clock;
+    clock.backward_passes += 1;
+    clock.backward_ns += ended - started;
+    // No launch during this pass (a backward the reducer was not prepared for): nothing waited.
+    const int64_t last = clock.last_launch_ns.load();
+    if (last >= started) clock.exposed_ns += ended - last;
+    return DIST_OK;
+}
+
+void dist_reducer_timings_get(const dist_reducer* r, dist_reducer_timings* out) {
+    if (out == nullptr) return;
+    *out = dist_reducer_timings{};
+    if (r == nullptr || r->clock == nullptr) return;
+    const auto& c = *r->clock;
+    out->backward_passes = c.backward_passes;
+    out->allreduces = c.allreduces.load();
+    out->backward_seconds = static_cast<double>(c.backward_ns) * 1e-9;
+    out->allreduce_seconds = static_cast<double>(c.allreduce_ns.load()) * 1e-9;
+    out->exposed_seconds = static_cast<double>(c.exposed_ns) * 1e-9;
+}
+
+dist_status dist_sync_batch_norm(dist_pg* pg, dist_tensor input, dist_tensor weight, dist_tensor bias,
+                                 dist_tensor running_mean, dist_tensor running_var, double momentum,
+                                 double eps, dist_tensor* out, char** err) {
+    return guarded(err, [&] {
+        if (out == nullptr) throw Invalid("null output");
+        *out = nullptr;
+        check_pg(pg);
+        auto optional = [](dist_tensor t) {
+            auto* p = static_cast<const at::Tensor*>(t);
+            return p == nullptr ? at::Tensor() : *p;
+        };
+        auto x = optional(input);
+        if (!x.defined() || x.dim() < 2) throw Invalid("sync batch norm: the input must be [N, C, ...]");
+        if (x.device() != pg->device) {
+            throw Invalid("sync batch norm: the input is on " + x.device().str() +
+                          ", the process group's backend needs " + pg->device.str());
+        }
+        const int64_t c = x.size(1);
+        auto w = optional(weight);
+        auto b = optional(bias);
+        auto rm = optional(running_mean);
+        auto rv = optional(running_var);
+        for (const auto* t : {&w, &b, &rm, &rv}) {
+            if (t->defined() && (t->dim() != 1 || t->size(0) != c)) {
+                throw Invalid("sync batch norm: per-channel tensors must have " + std::to_string(c) + " values");
+            }
+        }
+        // A missing affine transform is the identity (tensors that need no gradient), so that the
+        // function's inputs are always input, weight, bias (custom functions take no undefined
+        // tensor).
+        auto per_channel = x.options().dtype(at::kFloat);
+        if (!w.defined()) w = at::ones({c}, per_channel);
+        if (!b.defined()) b = at::zeros({c}, per_channel);
+        auto some = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
+        auto result = SyncBatchNormFn::apply(x, w, b, some(rm), some(rv), momentum, eps,
+                                             reinterpret_cast<int64_t>(pg));
+        *out = new at::Tensor(std::move(result[0]));
+    });
+}
+
+dist_status dist_take_grads(const dist_tensor* params, size_t n, dist_tensor* out, char** err) {
+    return guarded(err, [&] {
+        if (n > 0 && out == nullptr) throw Invalid("null output array");
+        auto ps = borrow(params, n, "parameter");
+        for (size_t i = 0; i < ps.size(); ++i) {
+            auto& grad = ps[i].mutable_grad();
+            out[i] = new at::Tensor(std::move(grad));
+            grad = at::Tensor();
+        }
     });
 }
 
@@ -529,6 +795,16 @@ dist_status dist_reducer_prepare_for_backward(dist_reducer*, const dist_tensor*,
     if (rebuilt != NULL) *rebuilt = 0;
     return unavailable(err);
 }
+dist_status dist_reducer_backward(dist_reducer*, dist_tensor, char** err) { return unavailable(err); }
+void dist_reducer_timings_get(const dist_reducer*, dist_reducer_timings* out) {
+    if (out != NULL) memset(out, 0, sizeof *out);
+}
+dist_status dist_sync_batch_norm(dist_pg*, dist_tensor, dist_tensor, dist_tensor, dist_tensor, dist_tensor,
+                                 double, double, dist_tensor* out, char** err) {
+    if (out != NULL) *out = NULL;
+    return unavailable(err);
+}
+dist_status dist_take_grads(const dist_tensor*, size_t, dist_tensor*, char** err) { return unavailable(err); }
 void dist_reducer_destroy(dist_reducer*) {}
 }
 

@@ -112,8 +112,44 @@ dist_status dist_reducer_create(dist_pg* pg, const dist_tensor* params, size_t n
 // set to 1 then, else 0 (rebuilt may be NULL).
 dist_status dist_reducer_prepare_for_backward(dist_reducer* r, const dist_tensor* outputs,
                                               size_t n, int* rebuilt, char** err);
+// Runs `loss.backward()`, during which the reducer averages the gradients (a failed all-reduce,
+// such as a dead or stalled peer's, is returned as DIST_ERR_COLLECTIVE or DIST_ERR_TIMEOUT), and
+// adds to the reducer's timings (dist_reducer_timings).
+dist_status dist_reducer_backward(dist_reducer* r, dist_tensor loss, char** err);
 // Removes the autograd hooks and frees the reducer.
 void dist_reducer_destroy(dist_reducer* r);
+
+// Where the reducer's time went, summed over the backward passes run by dist_reducer_backward.
+// The gradient all-reduces are timed from launch to completion (CPU clock: exact for gloo; with
+// NCCL the completion is the host's view of asynchronous GPU work).
+typedef struct dist_reducer_timings {
+    int64_t backward_passes;
+    // All-reduces launched (one per bucket and pass).
+    int64_t allreduces;
+    // Wall time inside backward: computation plus the all-reduce time it did not hide.
+    double backward_seconds;
+    // Sum over the all-reduces of launch-to-completion time, mostly overlapping the computation.
+    double allreduce_seconds;
+    // From the launch of each pass's last bucket (the last gradient computed) to the end of the
+    // pass: the time backward spent waiting for all-reduces that computation no longer hid.
+    double exposed_seconds;
+} dist_reducer_timings;
+void dist_reducer_timings_get(const dist_reducer* r, dist_reducer_timings* out);
+
+// torch.nn.SyncBatchNorm's training-mode forward over `pg`, as an autograd function: the batch
+// statistics are those of every rank's batch (per-channel sum, sum of squares and count,
+// all-reduced in double precision); running_mean/running_var (may be NULL) are updated with the
+// global mean and unbiased variance; backward all-reduces the two per-channel gradient sums, so
+// the input's gradient is that of the global batch's statistics (as torch.nn.SyncBatchNorm).
+// `input` is [N, C, ...] on the group's device; `weight` and `bias` are [C]. Every rank must call
+// it for the same layers in the same order. *out receives a new tensor (free it as tch does).
+dist_status dist_sync_batch_norm(dist_pg* pg, dist_tensor input, dist_tensor weight, dist_tensor bias,
+                                 dist_tensor running_mean, dist_tensor running_var, double momentum,
+                                 double eps, dist_tensor* out, char** err);
+
+// Moves each parameter's .grad into out[i] (a new tensor, undefined when the parameter had none),
+// leaving .grad unset: PyTorch's zero_grad(set_to_none=True) after reading the gradients.
+dist_status dist_take_grads(const dist_tensor* params, size_t n, dist_tensor* out, char** err);
 
 #ifdef __cplusplus
 }

@@ -506,6 +506,13 @@ fn reducer(pg: &ProcessGroup, gradient_as_bucket_view: bool) {
     let flat: Vec<f64> = params.iter().flat_map(|p| values::<f64>(&p.to_kind(Kind::Double))).collect();
     let all = pg.all_gather_f64(&flat).unwrap();
     assert_eq!(all[0], all[1], "the replicas stay identical");
+    let t = reducer.timings();
+    assert_eq!(t.backward_passes, 3, "{t:?}");
+    assert!(t.allreduces >= 3 && t.allreduce > Duration::ZERO && t.exposed <= t.backward, "{t:?}");
+    // The gradients move out, leaving none behind (zero_grad(set_to_none=True)).
+    let grads = reducer.take_grads(&params).unwrap();
+    assert_eq!(grads.len(), params.len());
+    assert!(grads.iter().all(Tensor::defined) && params.iter().all(|p| !p.grad().defined()));
     drop(reducer);
     pg.barrier().unwrap();
 }

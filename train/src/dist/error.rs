@@ -19,6 +19,10 @@ pub enum Op {
     PrepareForBackward,
     /// The backward pass, during which the Reducer all-reduces the gradients.
     Backward,
+    /// Synchronised batch norm's statistics (forward) or gradient sums (backward).
+    SyncBatchNorm,
+    /// Moving the gradients out of the parameters.
+    TakeGrads,
 }
 
 impl fmt::Display for Op {
@@ -32,6 +36,8 @@ impl fmt::Display for Op {
             Op::ReducerInit => "create reducer",
             Op::PrepareForBackward => "reducer prepare_for_backward",
             Op::Backward => "backward (gradient all-reduce)",
+            Op::SyncBatchNorm => "sync batch norm",
+            Op::TakeGrads => "take gradients",
         })
     }
 }

@@ -97,10 +97,56 @@ extern "C" {
         rebuilt: *mut c_int,
         err: *mut *mut c_char,
     ) -> dist_status;
+    pub fn dist_reducer_backward(r: *mut dist_reducer, loss: dist_tensor, err: *mut *mut c_char) -> dist_status;
+    pub fn dist_reducer_timings_get(r: *const dist_reducer, out: *mut dist_reducer_timings);
     pub fn dist_reducer_destroy(r: *mut dist_reducer);
+
+    pub fn dist_sync_batch_norm(
+        pg: *mut dist_pg,
+        input: dist_tensor,
+        weight: dist_tensor,
+        bias: dist_tensor,
+        running_mean: dist_tensor,
+        running_var: dist_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut dist_tensor,
+        err: *mut *mut c_char,
+    ) -> dist_status;
+    pub fn dist_take_grads(
+        params: *const dist_tensor,
+        n: usize,
+        out: *mut dist_tensor,
+        err: *mut *mut c_char,
+    ) -> dist_status;
+}
+
+/// `dist_reducer_timings`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct dist_reducer_timings {
+    pub backward_passes: i64,
+    pub allreduces: i64,
+    pub backward_seconds: f64,
+    pub allreduce_seconds: f64,
+    pub exposed_seconds: f64,
 }
 
 /// The tensors as the array of `torch::Tensor*` the shim takes. The pointers borrow `tensors`.
 pub fn tensor_ptrs(tensors: &[tch::Tensor]) -> Vec<dist_tensor> {
-    tensors.iter().map(|t| t.as_ptr() as dist_tensor).collect()
+    tensors.iter().map(tensor_ptr).collect()
+}
+
+/// One tensor as the shim's `dist_tensor`, borrowing it.
+pub fn tensor_ptr(tensor: &tch::Tensor) -> dist_tensor {
+    tensor.as_ptr() as dist_tensor
+}
+
+/// Takes ownership of a tensor the shim allocated (`new at::Tensor`, freed by tch's `at_free`).
+///
+/// # Safety
+/// `t` must come from the shim, non-null, and be taken once.
+pub unsafe fn take_tensor(t: dist_tensor) -> tch::Tensor {
+    // SAFETY: per the contract above; tch frees it with `delete`, as the shim allocated it.
+    unsafe { tch::Tensor::from_ptr(t.cast()) }
 }

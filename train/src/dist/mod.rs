@@ -30,8 +30,9 @@ mod error;
 mod ffi;
 mod group;
 mod reducer;
+mod sync_bn;
 
 pub use env::Env;
 pub use error::{DistError, Op};
 pub use group::{Backend, GroupConfig, ProcessGroup, ReduceOp, StoreRole, DEFAULT_BUCKET_BYTES};
-pub use reducer::{Reducer, ReducerOptions};
+pub use reducer::{Reducer, ReducerOptions, ReducerTimings};

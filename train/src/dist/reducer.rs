@@ -1,6 +1,7 @@
 //! `Reducer`: DDP's bucketed, backward-overlapping gradient all-reduce (c10d::Reducer).
 use std::ffi::{c_char, c_int};
 use std::ptr::{self, NonNull};
+use std::time::Duration;
 
 use tch::Tensor;
 
@@ -107,18 +108,63 @@ impl Reducer {
     /// failed all-reduce (a peer gone or stalled past the group's timeout) is an error naming
     /// this rank, not a panic.
     pub fn backward(&mut self, loss: &Tensor) -> Result<(), DistError> {
-        loss.f_backward().map_err(|e| {
-            // libtorch's message, without the C++ backtrace tch appends.
-            let text = e.to_string();
-            let message = text.lines().next().unwrap_or_default().trim().to_owned();
-            let lower = message.to_lowercase();
-            if lower.contains("timed out") || lower.contains("timeout") {
-                DistError::Timeout { rank: self.rank, op: Op::Backward, message }
-            } else {
-                DistError::Collective { rank: self.rank, op: Op::Backward, message }
-            }
-        })
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: a live reducer and a tensor borrowed for the call.
+        let status = unsafe { ffi::dist_reducer_backward(self.raw.as_ptr(), ffi::tensor_ptr(loss), &mut err) };
+        check(status, err, self.rank, Op::Backward)
     }
+
+    /// Each tensor's `.grad`, moved out (undefined where there was none), leaving `.grad` unset:
+    /// PyTorch's `zero_grad(set_to_none=True)` after reading the gradients, so that the next
+    /// backward starts from nothing and the returned tensors are not overwritten by it.
+    pub fn take_grads(&self, params: &[Tensor]) -> Result<Vec<Tensor>, DistError> {
+        let ptrs = ffi::tensor_ptrs(params);
+        let mut out: Vec<ffi::dist_tensor> = vec![ptr::null_mut(); params.len()];
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: `ptrs` borrows the tensors for the call; `out` has room for one per parameter.
+        let status = unsafe { ffi::dist_take_grads(ptrs.as_ptr(), ptrs.len(), out.as_mut_ptr(), &mut err) };
+        // Take ownership of whatever was allocated before looking at the status.
+        let grads: Vec<Tensor> = out
+            .into_iter()
+            .filter(|p| !p.is_null())
+            // SAFETY: each non-null entry is a tensor the shim allocated for us, taken once.
+            .map(|p| unsafe { ffi::take_tensor(p) })
+            .collect();
+        check(status, err, self.rank, Op::TakeGrads)?;
+        Ok(grads)
+    }
+
+    /// Where the time of the backward passes run by [`Reducer::backward`] went, so far.
+    pub fn timings(&self) -> ReducerTimings {
+        let mut t = ffi::dist_reducer_timings::default();
+        // SAFETY: a live reducer and an out-pointer.
+        unsafe { ffi::dist_reducer_timings_get(self.raw.as_ptr(), &mut t) };
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        ReducerTimings {
+            backward_passes: t.backward_passes.max(0) as u64,
+            allreduces: t.allreduces.max(0) as u64,
+            backward: secs(t.backward_seconds),
+            allreduce: secs(t.allreduce_seconds),
+            exposed: secs(t.exposed_seconds),
+        }
+    }
+}
+
+/// The reducer's clock, summed over backward passes: how much of the gradient all-reduce the
+/// computation hid. Launch-to-completion times are measured on the host: exact for gloo; with
+/// NCCL they are the host's view of asynchronous GPU work.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReducerTimings {
+    pub backward_passes: u64,
+    /// All-reduces launched: one per bucket and pass.
+    pub allreduces: u64,
+    /// Wall time inside backward: computation plus the all-reduce time it did not hide.
+    pub backward: Duration,
+    /// Launch-to-completion time of the all-reduces, summed (mostly overlapping computation).
+    pub allreduce: Duration,
+    /// Time backward waited for all-reduces after its last gradient was computed: the part of
+    /// the communication the computation did not hide.
+    pub exposed: Duration,
 }
 
 impl Drop for Reducer {
