@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::augment::{random_resized_crop, Augment};
 use crate::dataset::{Sample, Skipped};
 use crate::error::ConfigError;
+use crate::sampler::Visits;
 
 /// Which transform a pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,20 @@ impl Loader {
     /// up to `prefetch` batches are in flight on the loader threads at once.
     pub fn batches(self: &Arc<Self>, samples: Arc<Vec<Sample>>, phase: Phase, batch_size: usize) -> Batches {
         let order = self.order(samples.len(), phase);
+        self.batches_of(samples, phase, Visits::all(order), batch_size)
+    }
+
+    /// As [`Loader::batches`], visiting only `visits` (a rank's shard of [`Loader::order`]);
+    /// each sample's augmentation is drawn for its position in the whole epoch, so that it does
+    /// not depend on how the epoch is split among ranks.
+    pub fn batches_of(
+        self: &Arc<Self>,
+        samples: Arc<Vec<Sample>>,
+        phase: Phase,
+        visits: Visits,
+        batch_size: usize,
+    ) -> Batches {
+        let Visits { order, positions } = visits;
         let me = Arc::clone(self);
         let n = self.preprocess.input_len();
         let stream = batching::stream(
@@ -130,8 +145,9 @@ impl Loader {
             order.clone(),
             batch_size,
             self.prefetch,
-            move |sample: &Sample, position| {
+            move |sample: &Sample, i| {
                 let mut buf = vec![0f32; n];
+                let position = positions.get(i).copied().unwrap_or(i);
                 me.load_one(sample, phase, position, &mut buf).map_err(LoadError)?;
                 Ok(buf)
             },
@@ -245,6 +261,28 @@ mod tests {
         let img = decode_file(&samples[2].path, DecodeLimits::default()).unwrap();
         let expected = small().eval(&img).unwrap();
         assert_eq!(&batches[1].images[..expected.len()], &expected[..]);
+    }
+
+    /// A sample's augmentation depends on its position in the epoch, not on which rank's shard
+    /// holds it: the two halves of an epoch, loaded as two ranks load them, are the epoch.
+    #[test]
+    fn shards_load_what_the_whole_epoch_loads() {
+        use crate::sampler::Shard;
+        let d = tempfile::tempdir().unwrap();
+        let samples = Arc::new(write_images(d.path(), 6));
+        let loader = Arc::new(Loader::new(small(), Augment::default(), 2, 2, 9).unwrap());
+        let phase = Phase::Train { epoch: 1 };
+        let whole: Vec<Batch> = loader.batches(Arc::clone(&samples), phase, 1).collect();
+        let order = loader.order(samples.len(), phase);
+        for rank in 0..2 {
+            let shard = Shard { rank, world: 2 }.padded(&order);
+            let batches: Vec<Batch> = loader.batches_of(Arc::clone(&samples), phase, shard, 1).collect();
+            assert_eq!(batches.len(), 3);
+            for (k, b) in batches.iter().enumerate() {
+                let w = &whole[2 * k + rank];
+                assert_eq!((&b.samples, &b.images), (&w.samples, &w.images), "rank {rank}, visit {k}");
+            }
+        }
     }
 
     #[test]
