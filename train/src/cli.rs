@@ -2,13 +2,16 @@
 //! mapping onto the library's settings ([`TrainArgs::config`], [`ExportArgs::request`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use train::amp::AmpDtype;
 use train::augment::Augment;
 use train::config::{QuantizeKind, QuantizeSettings, DEFAULT_OUT};
 use train::dataset::VALIDATION_DIRS;
+use train::ddp::{self, BackendChoice, DistConfig};
 use train::device::DeviceChoice;
+use train::dist::Env;
 use train::export::{ExportRequest, MAX_ACCURACY_DROP, MIN_AGREEMENT};
 use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use train::quantize::{Calibration, DEFAULT_PERCENTILE};
@@ -252,6 +255,23 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().prefetch)]
     prefetch: usize,
 
+    /// Batch norm with the statistics of all ranks' batches together, in a distributed run
+    /// (torch.nn.SyncBatchNorm); kept by --resume.
+    #[arg(long)]
+    sync_bn: bool,
+
+    /// Collectives backend of a distributed run: auto (nccl on GPUs, gloo on the CPU), nccl
+    /// or gloo. A run is distributed when the launcher sets RANK and WORLD_SIZE (torchrun,
+    /// PyTorchJob, srun; see docs/train.md).
+    #[arg(long, value_enum, value_name = "BACKEND", default_value_t = BackendChoice::default())]
+    dist_backend: BackendChoice,
+
+    /// Seconds a distributed run waits for the other ranks (joining, and each collective)
+    /// before failing.
+    #[arg(long, value_name = "SECONDS", default_value_t = ddp::DEFAULT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    dist_timeout: u64,
+
     /// Do not export best.pt to model.onnx at the end.
     #[arg(long)]
     no_export: bool,
@@ -304,6 +324,7 @@ impl TrainArgs {
                 amp: self.amp,
                 amp_dtype: self.amp_dtype,
                 channels_last: self.channels_last,
+                sync_bn: self.sync_bn,
             },
             weights,
             resume: self.resume.clone(),
@@ -314,7 +335,13 @@ impl TrainArgs {
             prefetch: self.prefetch,
             export: (!self.no_export)
                 .then(|| ExportSettings { probabilities: self.probabilities, quantize: self.quantize.settings() }),
+            distributed: None,
         }
+    }
+
+    /// How to join the job the launcher's variables (`env`) describe.
+    pub fn dist_config(&self, env: Env) -> DistConfig {
+        DistConfig { env, backend: self.dist_backend, timeout: Duration::from_secs(self.dist_timeout) }
     }
 }
 
@@ -371,6 +398,17 @@ mod tests {
             (q.calibration, q.calibration_images),
             (Calibration::Auto, QuantizeSettings::default().calibration_images)
         );
+        let env = Env {
+            rank: 1,
+            world_size: 2,
+            local_rank: 1,
+            master_addr: "node0".into(),
+            master_port: 29500,
+            agent_store: true,
+            restart_count: 0,
+        };
+        assert_eq!(cli.train.dist_config(env.clone()), DistConfig::new(env));
+        assert!(help.contains("--dist-timeout <SECONDS>") && help.contains("[default: 1800]"), "{help}");
         let Some(Command::Export(export)) = Cli::try_parse_from(["train", "export"]).unwrap().command else {
             panic!("export expected");
         };

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amp::AmpDtype;
 use crate::augment::Augment;
+use crate::ddp::DistConfig;
 use crate::device::DeviceChoice;
 use crate::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use crate::quantize::Calibration;
@@ -94,6 +95,10 @@ pub struct Hyper {
     /// Convolution kernels and batches in the channels-last (NHWC) layout.
     #[serde(default)]
     pub channels_last: bool,
+    /// Batch norm with the statistics of every rank's batch in a data-parallel job
+    /// (`torch.nn.SyncBatchNorm`); no effect in a single process. Recorded only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
 }
 
 impl Default for Hyper {
@@ -117,6 +122,7 @@ impl Default for Hyper {
             amp: false,
             amp_dtype: AmpDtype::default(),
             channels_last: false,
+            sync_bn: false,
         }
     }
 }
@@ -212,6 +218,9 @@ pub struct TrainConfig {
     pub prefetch: usize,
     /// Export the best model to `model.onnx` at the end.
     pub export: Option<ExportSettings>,
+    /// Join a data-parallel job (the launcher's RANK, WORLD_SIZE... read by the caller):
+    /// `None` trains in this process alone.
+    pub distributed: Option<DistConfig>,
 }
 
 impl Default for TrainConfig {
@@ -230,6 +239,7 @@ impl Default for TrainConfig {
             threads: None,
             prefetch: 4,
             export: Some(ExportSettings::default()),
+            distributed: None,
         }
     }
 }

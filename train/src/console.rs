@@ -166,6 +166,16 @@ impl Observer for Console {
     }
 }
 
+/// The console of a rank other than 0 in a distributed run: silent (rank 0 reports for the
+/// job; errors are printed by the binary).
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn info(&mut self, _msg: &str) {}
+    fn warn(&mut self, _msg: &str) {}
+}
+
 /// The int8 model's gate figures, one line.
 pub fn print_quantization(q: &infer::Quantization, passed: bool) {
     eprintln!(

@@ -131,6 +131,10 @@ pub enum ConfigError {
     Preprocess(#[from] infer::preprocess::PreprocessError),
     #[error("cannot start loader threads: {0}")]
     LoaderThreads(#[from] rayon::ThreadPoolBuildError),
+    #[error("--dist-backend {backend} cannot train on {device} (gloo takes CPU tensors, nccl GPU ones; --dist-backend auto picks)")]
+    DistBackend { backend: crate::dist::Backend, device: &'static str },
+    #[error("the ranks do not run the same training: {what}")]
+    RanksDiffer { what: String },
 }
 
 /// A device asked for that this machine does not have.
@@ -166,6 +170,21 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("interrupted")]
     Interrupted,
+    /// A collective of a data-parallel job failed: this rank's side of it.
+    #[error("{source} ({during}){}", peer_hint(source))]
+    Distributed { during: &'static str, source: crate::dist::DistError },
+}
+
+/// What a failed collective most likely means for the other ranks.
+fn peer_hint(e: &crate::dist::DistError) -> &'static str {
+    use crate::dist::DistError;
+    match e {
+        DistError::Collective { .. } | DistError::Store { .. } => {
+            "; another rank exited or lost its connection (its own error line says why)"
+        }
+        DistError::Timeout { .. } => "; another rank stalled or took longer than --dist-timeout",
+        _ => "",
+    }
 }
 
 /// Why an export could not be written. Nothing is left at the target then.

@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "cli")]
 pub mod console;
 pub mod dataset;
+pub mod ddp;
 pub mod device;
 pub mod dist;
 pub mod doctor;

@@ -11,6 +11,7 @@ use clap::Parser;
 use cli::{Cli, Command, DoctorArgs, ExportArgs, TrainArgs};
 use train::config::LAST;
 use train::console::{self, Console};
+use train::dist::Env;
 use train::error::ExportError;
 use train::{StopFlag, TrainError};
 
@@ -27,34 +28,92 @@ fn tune_allocator() {
     }
 }
 
+/// Records a stop request (Ctrl-C, or SIGTERM in a distributed run) and says what it does;
+/// the third ends the process.
+fn request_stop(stop: &StopFlag, announce: bool, signal: &str) {
+    let (what, again) = match signal {
+        "SIGTERM" => ("terminate", "SIGTERM again"),
+        _ => ("interrupt", "Ctrl-C again"),
+    };
+    match stop.request() {
+        1 if announce => eprintln!("\n{what}: finishing this epoch, then saving last.pt ({again} to stop now)"),
+        2 if announce => eprintln!("\n{what}: stopping now; the files of the last finished epoch are kept"),
+        1 | 2 => {}
+        _ => std::process::exit(130),
+    }
+}
+
+/// In a distributed run, SIGTERM asks for a stop as Ctrl-C does: torchrun forwards it to the
+/// ranks when it is stopped, and Kubernetes and Slurm send it before killing. The signal is
+/// blocked in every thread (call this before any other thread starts) and taken by one thread
+/// that waits for it, so the request is handled as ordinary code.
+fn stop_on_sigterm(stop: Arc<StopFlag>, announce: bool) {
+    // SAFETY: plain libc calls on a local signal set; no other thread exists yet to race with.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        let _ = std::thread::Builder::new().name("sigterm".into()).spawn(move || loop {
+            let mut signal = 0;
+            // SAFETY: waits for a signal of `set`, which every thread blocks.
+            if libc::sigwait(&set, &mut signal) == 0 && signal == libc::SIGTERM {
+                request_stop(&stop, announce, "SIGTERM");
+            }
+        });
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     infer::guard::install_cli_panic_hook();
     let cli = Cli::parse();
+    // The launcher's variables make `train` one rank of a distributed run; the subcommands
+    // always run alone.
+    let env = match (&cli.command, Env::from_env()) {
+        (None, Ok(env)) => env,
+        (None, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        (Some(_), _) => None,
+    };
+    // Rank 0 reports for the job; the other ranks print only their errors.
+    let reports = env.as_ref().is_none_or(|e| e.rank == 0);
     let stop = Arc::new(StopFlag::default());
+    if env.is_some() {
+        stop_on_sigterm(Arc::clone(&stop), reports);
+    }
     let handler_stop = Arc::clone(&stop);
-    let _ = ctrlc::set_handler(move || match handler_stop.request() {
-        1 => eprintln!("\ninterrupt: finishing this epoch, then saving last.pt (Ctrl-C again to stop now)"),
-        2 => eprintln!("\ninterrupt: stopping now; the files of the last finished epoch are kept"),
-        _ => std::process::exit(130),
-    });
+    let _ = ctrlc::set_handler(move || request_stop(&handler_stop, reports, "SIGINT"));
     let mut console = Console::new();
     let result = match &cli.command {
         Some(Command::Export(args)) => export(args, &mut console),
         Some(Command::Doctor(args)) => Ok(doctor(args)),
-        None => run(&cli.train, &mut console, &stop),
+        None => run(&cli.train, env.clone(), &mut console, &stop),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             console.clear();
             if matches!(e.downcast_ref::<TrainError>(), Some(TrainError::Interrupted)) {
-                let last = cli.train.config().output_folder().join(LAST);
-                eprintln!("interrupted: resume with --resume {}", last.display());
+                if reports {
+                    let last = cli.train.config().output_folder().join(LAST);
+                    eprintln!("interrupted: resume with --resume {}", last.display());
+                }
                 return ExitCode::from(130);
             }
             // The first line of the chain: libtorch messages can carry C++ backtraces.
-            eprintln!("error: {}", infer::first_line(format!("{e:#}")));
+            let message = infer::first_line(format!("{e:#}"));
+            match &env {
+                // Which rank failed, unless the message says so already.
+                Some(env) if !message.contains(&format!("rank {}:", env.rank)) => {
+                    eprintln!("error: rank {}: {message}", env.rank)
+                }
+                _ => eprintln!("error: {message}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -83,8 +142,15 @@ fn export(args: &ExportArgs, console: &mut Console) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: &TrainArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
-    let summary = train::run(&args.config(), console, stop).context("training failed")?;
-    console::print_summary(&summary);
+fn run(args: &TrainArgs, env: Option<Env>, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
+    let mut config = args.config();
+    config.distributed = env.map(|env| args.dist_config(env));
+    let reports = config.distributed.as_ref().is_none_or(|d| d.env.rank == 0);
+    let summary =
+        if reports { train::run(&config, console, stop) } else { train::run(&config, &mut console::Quiet, stop) }
+            .context("training failed")?;
+    if reports {
+        console::print_summary(&summary);
+    }
     Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
 }

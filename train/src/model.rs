@@ -2,10 +2,12 @@
 //! torchvision state dicts load as they are and ours load into torchvision.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::arch::{Arch, Block};
+use crate::dist::{DistError, ProcessGroup};
 use crate::error::WeightsError;
 
 const BN_MOMENTUM: f64 = 0.1;
@@ -86,12 +88,16 @@ struct BatchNorm {
 }
 
 impl BatchNorm {
+    fn count_batch(&self) {
+        let mut n = self.num_batches_tracked.shallow_clone();
+        tch::no_grad(|| {
+            let _ = n.f_add_scalar_(1);
+        });
+    }
+
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         if train {
-            let mut n = self.num_batches_tracked.shallow_clone();
-            tch::no_grad(|| {
-                let _ = n.f_add_scalar_(1);
-            });
+            self.count_batch();
         }
         x.batch_norm(
             Some(&self.weight),
@@ -104,7 +110,24 @@ impl BatchNorm {
             true,
         )
     }
+
+    /// Training mode with the statistics of every rank's batch (`torch.nn.SyncBatchNorm`).
+    fn forward_synced(&self, x: &Tensor, group: &ProcessGroup) -> Result<Tensor, DistError> {
+        self.count_batch();
+        group.sync_batch_norm(
+            x,
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            BN_MOMENTUM,
+            BN_EPS,
+        )
+    }
 }
+
+/// How a forward pass normalises: a function of a BatchNorm layer and its input.
+type Norm<'a, E> = &'a dyn Fn(&BatchNorm, &Tensor) -> Result<Tensor, E>;
 
 /// A residual block with BatchNorm folded into its convolutions.
 pub struct FoldedBlock {
@@ -150,23 +173,23 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward<E>(&self, x: &Tensor, norm: Norm<'_, E>) -> Result<Tensor, E> {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward(&conv.forward(&y), train);
+            y = norm(bn, &conv.forward(&y))?;
             if i < last {
                 // In place, as torchvision's `ReLU(inplace=True)`: saves an allocation per call.
                 let _ = y.relu_();
             }
         }
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x), train),
+            Some((conv, bn)) => norm(bn, &conv.forward(x))?,
             None => x.shallow_clone(),
         };
         let _ = y.g_add_(&identity);
         let _ = y.relu_();
-        y
+        Ok(y)
     }
 }
 
@@ -286,22 +309,41 @@ impl ResNet {
         ResNet { arch, num_classes, device, conv1, bn1, stages, fc, entries: b.entries }
     }
 
-    /// Pooled features, `[batch, feature_dim]`. `train` selects BatchNorm's batch statistics.
-    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = self.bn1.forward(&self.conv1.forward(x), train);
+    /// Pooled features, `[batch, feature_dim]`, each BatchNorm layer applied by `norm`.
+    fn features_by<E>(&self, x: &Tensor, norm: Norm<'_, E>) -> Result<Tensor, E> {
+        let mut y = norm(&self.bn1, &self.conv1.forward(x))?;
         let _ = y.relu_();
         y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
             for block in stage {
-                y = block.forward(&y, train);
+                y = block.forward(&y, norm)?;
             }
         }
-        y.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        Ok(y.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+    }
+
+    /// Pooled features, `[batch, feature_dim]`. `train` selects BatchNorm's batch statistics.
+    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
+        let Ok(y) = self.features_by::<Infallible>(x, &|bn, t| Ok(bn.forward(t, train)));
+        y
     }
 
     /// Logits, `[batch, num_classes]`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         self.fc.forward(&self.features(x, train))
+    }
+
+    /// Logits in training mode with synchronised batch norm: every BatchNorm layer normalises
+    /// with the statistics of all ranks' batches together ([`ProcessGroup::sync_batch_norm`]),
+    /// so the ranks of `group` must run it in step.
+    pub fn forward_synced(&self, x: &Tensor, group: &ProcessGroup) -> Result<Tensor, DistError> {
+        Ok(self.fc.forward(&self.features_by(x, &|bn, t| bn.forward_synced(t, group))?))
+    }
+
+    /// The BatchNorm statistics (running mean and variance, batch counts): the buffers
+    /// DistributedDataParallel broadcasts from rank 0 before each training step.
+    pub fn buffers(&self) -> Vec<Tensor> {
+        self.entries.iter().filter(|e| !e.trainable).map(|e| e.tensor.shallow_clone()).collect()
     }
 
     /// Logits with the backbone frozen: no graph through it and BatchNorm in eval mode,

@@ -138,9 +138,35 @@ pub struct Summary {
     pub weights: String,
     pub hyperparameters: serde_json::Value,
     pub outputs: Vec<PathBuf>,
+    /// How a data-parallel run trained; absent from a single process's summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistReport>,
     /// The end-of-training export, when one ran (reported by the caller, not written).
     #[serde(skip)]
     pub export: Option<ExportReport>,
+}
+
+/// How a data-parallel run trained, in `summary.json`; the times are rank 0's, in this process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistReport {
+    pub world_size: usize,
+    pub backend: String,
+    pub batch_per_rank: usize,
+    /// `batch_per_rank × world_size`: the batch each optimiser step averages over.
+    pub global_batch: usize,
+    pub sync_bn: bool,
+    /// Time in training phases.
+    pub train_seconds: f64,
+    /// Of it, waiting for the gradient all-reduce after backward's last gradient.
+    pub allreduce_exposed_seconds: f64,
+    /// Of it, the small collectives of each step (stop agreement, rank 0's BatchNorm statistics).
+    pub step_sync_seconds: f64,
+    /// Gradient all-reduces from launch to completion, summed (mostly hidden by backward).
+    pub allreduce_seconds: f64,
+    /// Backward passes, computation and exposed all-reduce.
+    pub backward_seconds: f64,
+    /// `(allreduce_exposed_seconds + step_sync_seconds) / train_seconds`.
+    pub communication_share: f64,
 }
 
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {

@@ -27,6 +27,9 @@ pub struct RunState {
     pub data: Option<PathBuf>,
     #[serde(default)]
     pub fingerprint: Option<Fingerprint>,
+    /// The ranks of a distributed run (absent for a single process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
 }
 
 impl RunState {

@@ -1,21 +1,26 @@
 //! One pass over a sample list, as a loop over batches that hands each to a step: the
-//! [`TrainStep`] (forward, loss, backward, optimiser update) or the [`EvalStep`] (forward on a
-//! BatchNorm-folded snapshot, recording each prediction). The loop keeps the running loss and
-//! accuracy and reports progress; the steps know nothing of loading or reporting.
+//! [`TrainStep`] (forward, loss, backward, optimiser update; in a data-parallel job, with the
+//! gradients averaged over the ranks) or the [`EvalStep`] (forward on a BatchNorm-folded
+//! snapshot, recording each prediction). The loop keeps the running loss and accuracy and
+//! reports progress, and a [`Gate`] decides around each batch whether to step and go on; the
+//! steps know nothing of loading or reporting.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::amp::{self, AmpDtype};
 use crate::config::{Mode, Observer, StopFlag};
 use crate::dataset::Sample;
+use crate::ddp::Ddp;
+use crate::dist::{DistError, Reducer};
 use crate::error::TrainError;
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::{FoldedNet, ResNet};
 use crate::optim::Optimizer;
 use crate::report::PhaseStats;
+use crate::sampler::Visits;
 
 /// What a step does with one batch: returns the batch's mean loss and the logits.
 pub(crate) trait Step {
@@ -68,24 +73,61 @@ pub(crate) struct TrainStep<'a> {
     pub lr: f64,
     pub mode: Mode,
     pub amp: Option<AmpDtype>,
+    /// In a data-parallel job: how the step keeps the replicas in step.
+    pub replicas: Option<Replicas<'a>>,
+}
+
+/// What a training step of one rank of a data-parallel job needs besides the model.
+pub(crate) struct Replicas<'a> {
+    pub ddp: &'a Ddp,
+    /// Averages the gradients over the ranks during backward.
+    pub reducer: &'a mut Reducer,
+    /// The optimiser's parameters, in its order: where the averaged gradients are taken from.
+    pub params: &'a [Tensor],
+    /// BatchNorm with every rank's batch statistics; otherwise rank 0's running statistics are
+    /// broadcast before each step, as DDP's `broadcast_buffers` does.
+    pub sync_bn: bool,
+}
+
+fn in_step(source: DistError) -> TrainError {
+    TrainError::Distributed { during: "training step", source }
+}
+
+impl TrainStep<'_> {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
+        match (self.mode, &mut self.replicas) {
+            (Mode::FeatureExtract, _) => Ok(self.model.forward_frozen_backbone(x)),
+            (Mode::Finetune, None) => Ok(self.model.forward(x, true)),
+            (Mode::Finetune, Some(r)) if r.sync_bn => self.model.forward_synced(x, r.ddp.group()).map_err(in_step),
+            (Mode::Finetune, Some(r)) => {
+                r.ddp.sync_buffers(self.model)?;
+                Ok(self.model.forward(x, true))
+            }
+        }
+    }
 }
 
 impl Step for TrainStep<'_> {
     fn step(&mut self, _batch: &Batch, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
-        let logits = amp::autocast(self.amp, || match self.mode {
-            Mode::Finetune => self.model.forward(x, true),
-            Mode::FeatureExtract => self.model.forward_frozen_backbone(x),
-        })?;
+        let amp = self.amp;
+        let logits = amp::autocast(amp, || self.forward(x))??;
         let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
+        let grads = match (&mut self.replicas, &self.scaler) {
+            (None, Some(s)) => self.opt.backward(&(&loss * s.scale))?,
+            (None, None) => self.opt.backward(&loss)?,
+            (Some(r), scaler) => {
+                let loss = match scaler {
+                    Some(s) => &loss * s.scale,
+                    None => loss.shallow_clone(),
+                };
+                r.reducer.prepare_for_backward(std::slice::from_ref(&loss)).map_err(in_step)?;
+                r.reducer.backward(&loss).map_err(in_step)?;
+                r.reducer.take_grads(r.params).map_err(in_step)?
+            }
+        };
         match self.scaler {
-            Some(s) => {
-                let grads = self.opt.backward(&(&loss * s.scale))?;
-                s.step(self.opt, grads, self.lr)?;
-            }
-            None => {
-                let grads = self.opt.backward(&loss)?;
-                self.opt.step(grads, self.lr)?;
-            }
+            Some(s) => s.step(self.opt, grads, self.lr)?,
+            None => self.opt.step(grads, self.lr)?,
         }
         Ok((loss.detach(), logits.detach()))
     }
@@ -101,16 +143,24 @@ pub struct Predicted {
 }
 
 /// Evaluation on a BatchNorm-folded snapshot of the weights: the same logits up to rounding,
-/// noticeably faster on the CPU. Keeps every prediction.
+/// noticeably faster on the CPU. Keeps every prediction, and each sample's loss when asked.
 pub(crate) struct EvalStep {
     net: FoldedNet,
     amp: Option<AmpDtype>,
     pub predictions: Vec<Predicted>,
+    /// Each prediction's cross-entropy, in the same order (with [`EvalStep::keeping_losses`]).
+    pub losses: Option<Vec<f32>>,
 }
 
 impl EvalStep {
     pub fn new(model: &ResNet, amp: Option<AmpDtype>) -> Result<EvalStep, TrainError> {
-        Ok(EvalStep { net: model.folded()?, amp, predictions: Vec::new() })
+        Ok(EvalStep { net: model.folded()?, amp, predictions: Vec::new(), losses: None })
+    }
+
+    /// Also keeps each sample's loss (for results gathered from several ranks).
+    pub fn keeping_losses(mut self) -> EvalStep {
+        self.losses = Some(Vec::new());
+        self
     }
 }
 
@@ -120,6 +170,10 @@ impl Step for EvalStep {
             let logits = amp::autocast(self.amp, || self.net.forward(x))?.to_kind(Kind::Float);
             Ok((logits.cross_entropy_for_logits(y), logits))
         })?;
+        if let Some(losses) = &mut self.losses {
+            let each = tch::no_grad(|| logits.f_cross_entropy_loss::<Tensor>(y, None, Reduction::None, -100, 0.0))?;
+            losses.extend(Vec::<f32>::try_from(each.to_device(Device::Cpu))?);
+        }
         let (confidence, class) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
         let confidence = Vec::<f32>::try_from(confidence.to_device(Device::Cpu))?;
         let class = Vec::<i64>::try_from(class.to_device(Device::Cpu))?;
@@ -137,7 +191,89 @@ pub(crate) struct Pass<'a> {
     pub crop: i64,
     /// Batches in the channels-last layout (`Hyper::channels_last`).
     pub channels_last: bool,
+}
+
+/// What to do with the next batch.
+pub(crate) enum Flow {
+    Step,
+    Skip,
+    /// End the pass now (a second stop request).
+    Stop,
+}
+
+/// Decides, around each batch of a pass, whether to step on it and whether to go on.
+pub(crate) trait Gate {
+    /// Before a batch; `empty` when none of its images loaded.
+    fn before(&mut self, empty: bool) -> Result<Flow, TrainError>;
+    /// After a step: whether to end the pass now.
+    fn after(&mut self) -> bool;
+}
+
+/// A single process's gate: skips empty batches and, when `stops`, ends the pass after the
+/// step during which a second stop request came.
+pub(crate) struct LocalGate<'a> {
     pub stop: &'a StopFlag,
+    pub stops: bool,
+}
+
+impl Gate for LocalGate<'_> {
+    fn before(&mut self, empty: bool) -> Result<Flow, TrainError> {
+        Ok(if empty { Flow::Skip } else { Flow::Step })
+    }
+
+    fn after(&mut self) -> bool {
+        self.stops && self.stop.level() >= 2
+    }
+}
+
+/// A rank's gate in a data-parallel job: before each batch the ranks agree on stop requests and
+/// empty batches, so that all step, skip or stop together.
+pub(crate) struct AgreedGate<'a> {
+    pub ddp: &'a Ddp,
+    pub stop: &'a StopFlag,
+    /// The stop level agreed so far, raised by each agreement.
+    pub agreed_stop: &'a mut usize,
+}
+
+impl Gate for AgreedGate<'_> {
+    fn before(&mut self, empty: bool) -> Result<Flow, TrainError> {
+        let agreed = self.ddp.agree(self.stop.level(), empty)?;
+        *self.agreed_stop = (*self.agreed_stop).max(agreed.level());
+        Ok(if agreed.stop_now {
+            Flow::Stop
+        } else if agreed.skip_batch {
+            Flow::Skip
+        } else {
+            Flow::Step
+        })
+    }
+
+    fn after(&mut self) -> bool {
+        false
+    }
+}
+
+/// What a pass added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Tally {
+    pub loss_sum: f64,
+    pub correct: i64,
+    pub seen: usize,
+    pub seconds: f64,
+}
+
+impl Tally {
+    pub fn stats(&self) -> PhaseStats {
+        match self.seen {
+            0 => PhaseStats { loss: f64::NAN, acc: 0.0, images: 0, seconds: self.seconds },
+            n => PhaseStats {
+                loss: self.loss_sum / n as f64,
+                acc: self.correct as f64 / n as f64,
+                images: n,
+                seconds: self.seconds,
+            },
+        }
+    }
 }
 
 impl Pass<'_> {
@@ -150,26 +286,31 @@ impl Pass<'_> {
         }
     }
 
-    /// One pass over `samples` with `step`; `first_batch` sees the first batch. Returns `None`
-    /// when a second stop request cut the pass short.
+    /// One pass over `visits` of `samples` with `step`; `first_batch` sees the first batch
+    /// stepped on. Returns `None` when `gate` ended the pass early.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         samples: &Arc<Vec<Sample>>,
+        visits: Visits,
         phase: Phase,
         batch_size: usize,
         step: &mut dyn Step,
+        gate: &mut dyn Gate,
         obs: &mut dyn Observer,
         first_batch: &mut dyn FnMut(&Batch),
-    ) -> Result<Option<PhaseStats>, TrainError> {
+    ) -> Result<Option<Tally>, TrainError> {
         let started = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
         let mut first = true;
-        for batch in self.loader.batches(Arc::clone(samples), phase, batch_size) {
+        for batch in self.loader.batches_of(Arc::clone(samples), phase, visits, batch_size) {
             for f in &batch.failed {
                 obs.warn(&format!("skipped {}: {}", f.path.display(), f.reason));
             }
-            if batch.labels.is_empty() {
-                continue;
+            match gate.before(batch.labels.is_empty())? {
+                Flow::Step => {}
+                Flow::Skip => continue,
+                Flow::Stop => return Ok(None),
             }
             if std::mem::take(&mut first) {
                 first_batch(&batch);
@@ -185,16 +326,10 @@ impl Pass<'_> {
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
             seen += n;
             obs.batch_done(seen, loss_sum / seen as f64, correct as f64 / seen as f64);
-            if self.stop.level() >= 2 {
+            if gate.after() {
                 return Ok(None);
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let stats = match seen {
-            0 => PhaseStats { loss: f64::NAN, acc: 0.0, images: 0, seconds },
-            _ => PhaseStats { loss: loss_sum / seen as f64, acc: correct as f64 / seen as f64, images: seen, seconds },
-        };
-        obs.phase_end(&stats);
-        Ok(Some(stats))
+        Ok(Some(Tally { loss_sum, correct, seen, seconds: started.elapsed().as_secs_f64() }))
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use infer::decode::decode_file_with_status;
 use infer::{DecodeLimits, PreprocessConfig};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::arch::{self, Arch};
 use crate::checkpoint::{self, ModelInfo, Resume};
@@ -19,16 +19,19 @@ use crate::config::{
     SUMMARY, TRAIN_BATCH, VAL_PREDICTIONS,
 };
 use crate::dataset::{self, Dataset, FileNotes, ScanOptions};
+use crate::ddp::{self, Ddp, DistConfig, Evaluated};
 use crate::device;
+use crate::dist::Reducer;
 use crate::error::{CheckpointError, ConfigError, TrainError};
 use crate::export::{self, ExportOptions};
 use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
 use crate::optim::Optimizer;
 use crate::plot;
-use crate::report::{self, Best, EpochRecord, Summary};
+use crate::report::{self, Best, DistReport, EpochRecord, PhaseStats, Summary};
 use crate::run_state::RunState;
-use crate::steps::{EvalStep, GradScaler, Pass, Predicted, TrainStep};
+use crate::sampler::Shard;
+use crate::steps::{AgreedGate, EvalStep, GradScaler, LocalGate, Pass, Predicted, Replicas, Tally, TrainStep};
 use crate::weights;
 
 /// Everything fixed before the first epoch.
@@ -44,13 +47,54 @@ struct Start {
 }
 
 /// Runs a training job to completion (or to a stop request) and returns its summary.
+///
+/// With [`TrainConfig::distributed`], this process is one rank of a data-parallel job (see
+/// [`crate::ddp`]): every rank calls `run` and gets the same summary; rank 0 alone writes files.
+/// The observer of every rank hears of every epoch, with figures of the whole job.
 pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer, stop: &StopFlag) -> Result<Summary, TrainError> {
     let start = start(cfg, obs)?;
+    let ddp = match &cfg.distributed {
+        Some(d) => Some(join(d, &start, obs)?),
+        None => None,
+    };
+    if let Some((_, _, state)) = &start.resumed {
+        let (before, now) = (state.world_size.unwrap_or(1), ddp.as_ref().map_or(1, Ddp::world_size));
+        if before != now {
+            let b = start.hyper.batch_size;
+            obs.info(&format!(
+                "the checkpoint's run had {before} process(es), this one has {now}: the batch in all is {} (was {}), with the same learning rate",
+                b * now,
+                b * before
+            ));
+        }
+    }
     let ds = read_data(&start, obs)?;
-    let (model, weights_desc) = build_model(cfg, &start, &ds, obs)?;
-    let mut epochs = Epochs::new(cfg, &start, &ds, &model, weights_desc, stop)?;
+    if let Some(ddp) = &ddp {
+        let h = &start.hyper;
+        ddp.check_same_run(h, &ds.classes, ds.train.len(), ds.val.len(), &ds.fingerprint())?;
+    }
+    let (model, weights_desc) = build_model(cfg, &start, &ds, ddp.as_ref(), obs)?;
+    let mut epochs = Epochs::new(cfg, &start, &ds, &model, weights_desc, stop, ddp)?;
     epochs.run(obs)?;
     finish(cfg, epochs)
+}
+
+/// Joins the data-parallel job and says how it trains.
+fn join(cfg: &DistConfig, start: &Start, obs: &mut dyn Observer) -> Result<Ddp, TrainError> {
+    let ddp = Ddp::join(cfg, start.device)?;
+    let (world, b) = (ddp.world_size(), start.hyper.batch_size);
+    let bn = match (start.hyper.mode, start.hyper.sync_bn && world > 1) {
+        (Mode::FeatureExtract, _) => "frozen BatchNorm",
+        (Mode::Finetune, true) => "synchronised BatchNorm",
+        (Mode::Finetune, false) => "BatchNorm statistics of each rank's batch, rank 0's kept",
+    };
+    obs.info(&format!(
+        "distributed: rank {} of {world} ({}), batch {b} per rank = {} in all; {bn}",
+        ddp.rank(),
+        ddp.backend(),
+        b * world
+    ));
+    Ok(ddp)
 }
 
 /// Device, settings (the checkpoint's when resuming), data and output folders.
@@ -59,7 +103,10 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t.max(1) as i32);
     }
-    let (device, device_desc) = device::resolve(cfg.device)?;
+    let (device, device_desc) = match &cfg.distributed {
+        Some(d) => device::resolve_for_rank(cfg.device, d.env.local_rank)?,
+        None => device::resolve(cfg.device)?,
+    };
     let resumed = match &cfg.resume {
         Some(p) => {
             let r = checkpoint::load_last(p)?;
@@ -211,19 +258,24 @@ fn describe_data(ds: &Dataset) -> String {
 
 /// The model with its starting weights (the checkpoint's, the pretrained ones, a file's, or
 /// random), frozen below the classifier in feature-extraction mode.
+/// In a data-parallel job, rank 0's model is every rank's: the others neither read nor download
+/// weights files (they may not have them), they receive rank 0's.
 fn build_model(
     cfg: &TrainConfig,
     start: &Start,
     ds: &Dataset,
+    ddp: Option<&Ddp>,
     obs: &mut dyn Observer,
 ) -> Result<(ResNet, String), TrainError> {
     let model = ResNet::new(start.arch, ds.classes.len() as i64, start.device);
+    let from_rank0 = ddp.is_some_and(|d| !d.is_main());
     let desc = match (&start.resumed, &cfg.weights) {
         (Some((p, r, s)), _) => {
             model.load_state(&r.model, false)?;
             obs.info(&format!("resuming from {} after epoch {} of {}", p.display(), s.epochs_done, start.hyper.epochs));
             s.weights.clone()
         }
+        (None, _) if from_rank0 => "rank 0's".to_string(),
         (None, WeightsSource::Pretrained) => {
             let path = weights::pretrained_weights(start.arch, &mut |d, t| obs.download_progress(d, t))?;
             load_weights(&model, &path, obs)?
@@ -243,6 +295,9 @@ fn build_model(
     }
     if start.hyper.channels_last {
         model.to_channels_last();
+    }
+    if let Some(ddp) = ddp {
+        ddp.sync_model(&model)?;
     }
     Ok((model, desc))
 }
@@ -282,6 +337,42 @@ struct Epochs<'a> {
     prior_seconds: f64,
     interrupted: bool,
     stop: &'a StopFlag,
+    /// This rank's part in a data-parallel job.
+    replicated: Option<Replicated>,
+}
+
+/// What a rank of a data-parallel job keeps while it trains.
+struct Replicated {
+    ddp: Ddp,
+    reducer: Reducer,
+    /// The optimiser's parameters, in its order: the reducer's.
+    params: Vec<Tensor>,
+    sync_bn: bool,
+    /// The stop level the ranks agreed on so far (see [`StopFlag`]): every rank stops at the
+    /// same step, whichever got the request.
+    agreed_stop: usize,
+    /// This rank's time in training phases, for the share of it spent communicating.
+    train_seconds: f64,
+}
+
+impl Replicated {
+    fn report(&self, hyper: &Hyper) -> DistReport {
+        let t = self.ddp.comm_times(&self.reducer);
+        let waited = t.allreduce_exposed + t.step_sync;
+        DistReport {
+            world_size: self.ddp.world_size(),
+            backend: self.ddp.backend().to_string(),
+            batch_per_rank: hyper.batch_size,
+            global_batch: hyper.batch_size * self.ddp.world_size(),
+            sync_bn: self.sync_bn,
+            train_seconds: self.train_seconds,
+            allreduce_exposed_seconds: t.allreduce_exposed.as_secs_f64(),
+            step_sync_seconds: t.step_sync.as_secs_f64(),
+            allreduce_seconds: t.allreduce.as_secs_f64(),
+            backward_seconds: t.backward.as_secs_f64(),
+            communication_share: if self.train_seconds > 0.0 { waited.as_secs_f64() / self.train_seconds } else { 0.0 },
+        }
+    }
 }
 
 impl<'a> Epochs<'a> {
@@ -292,9 +383,20 @@ impl<'a> Epochs<'a> {
         model: &'a ResNet,
         weights_desc: String,
         stop: &'a StopFlag,
+        ddp: Option<Ddp>,
     ) -> Result<Epochs<'a>, TrainError> {
         let h = &start.hyper;
-        let mut opt = Optimizer::new(h.optim.clone(), model.trainable(h.mode == Mode::FeatureExtract));
+        let params = model.trainable(h.mode == Mode::FeatureExtract);
+        let replicated = match ddp {
+            Some(ddp) => {
+                let params: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+                let reducer = ddp.reducer(&params)?;
+                let sync_bn = h.sync_bn && ddp.world_size() > 1;
+                Some(Replicated { ddp, reducer, params, sync_bn, agreed_stop: 0, train_seconds: 0.0 })
+            }
+            None => None,
+        };
+        let mut opt = Optimizer::new(h.optim.clone(), params);
         if let Some((p, r, _)) = &start.resumed {
             opt.load_state(&r.optimizer, r.optimizer_steps)
                 .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
@@ -319,6 +421,7 @@ impl<'a> Epochs<'a> {
             prior_seconds: state.map_or(0.0, |s| s.elapsed_seconds),
             interrupted: false,
             stop,
+            replicated,
         })
     }
 
@@ -326,12 +429,31 @@ impl<'a> Epochs<'a> {
         self.start.out.join(name)
     }
 
+    /// Whether this process writes the files: always, but in a data-parallel job only rank 0.
+    fn is_main(&self) -> bool {
+        self.replicated.as_ref().is_none_or(|r| r.ddp.is_main())
+    }
+
+    fn shard(&self) -> Shard {
+        self.replicated.as_ref().map_or(Shard::WHOLE, |r| r.ddp.shard())
+    }
+
+    /// How far stop requests went: this process's, or what the ranks agreed on.
+    fn stop_level(&self) -> usize {
+        self.replicated.as_ref().map_or(self.stop.level(), |r| r.agreed_stop)
+    }
+
     fn run(&mut self, obs: &mut dyn Observer) -> Result<(), TrainError> {
         let out = &self.start.out;
-        std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.clone(), source })?;
-        let leftovers = infer::atomic::remove_leftovers(out, &OUTPUTS);
-        if leftovers > 0 {
-            obs.info(&format!("removed {leftovers} temporary file(s) left by an interrupted run in {}", out.display()));
+        if self.is_main() {
+            std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.clone(), source })?;
+            let leftovers = infer::atomic::remove_leftovers(out, &OUTPUTS);
+            if leftovers > 0 {
+                obs.info(&format!(
+                    "removed {leftovers} temporary file(s) left by an interrupted run in {}",
+                    out.display()
+                ));
+            }
         }
         for epoch in self.first_epoch..self.start.hyper.epochs {
             if !self.epoch(epoch, obs)? {
@@ -339,12 +461,24 @@ impl<'a> Epochs<'a> {
                 break;
             }
             // A first stop request lets the epoch in progress (or during set-up, the first) finish.
-            if self.stop.level() > 0 {
+            if self.stop_after_epoch()? {
                 self.interrupted = epoch + 1 < self.start.hyper.epochs;
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Whether a stop request came (on any rank).
+    fn stop_after_epoch(&mut self) -> Result<bool, TrainError> {
+        match &mut self.replicated {
+            None => Ok(self.stop.level() > 0),
+            Some(r) => {
+                let agreed = r.ddp.agree(self.stop.level(), false)?;
+                r.agreed_stop = r.agreed_stop.max(agreed.level());
+                Ok(r.agreed_stop > 0)
+            }
+        }
     }
 
     fn pass(&self) -> Pass<'_> {
@@ -353,21 +487,30 @@ impl<'a> Epochs<'a> {
             device: self.start.device,
             crop: i64::from(self.preprocess.crop_size),
             channels_last: self.start.hyper.channels_last,
-            stop: self.stop,
         }
     }
 
     /// One epoch: training, validation, then the checkpoints and reports. Returns false when
     /// a second stop request cut it short.
     fn epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<bool, TrainError> {
-        let h = &self.start.hyper;
+        let start = self.start;
+        let h = &start.hyper;
         let lr = h.optim.lr_at(epoch);
-        obs.phase_start(epoch + 1, h.epochs, "train", self.train_samples.len());
+        let main = self.is_main();
+        let phase = Phase::Train { epoch };
+        let visits = self.shard().padded(&self.loader.order(self.train_samples.len(), phase));
+        obs.phase_start(epoch + 1, h.epochs, "train", visits.len());
         let mut first: Option<(Vec<f32>, Vec<i64>)> = None;
         let mut keep_first = |b: &Batch| {
             if epoch == 0 {
                 first = Some((b.images.clone(), b.labels.clone()));
             }
+        };
+        let pass = Pass {
+            loader: &self.loader,
+            device: start.device,
+            crop: i64::from(self.preprocess.crop_size),
+            channels_last: h.channels_last,
         };
         let mut step = TrainStep {
             model: self.model,
@@ -376,41 +519,102 @@ impl<'a> Epochs<'a> {
             lr,
             mode: h.mode,
             amp: h.autocast(),
+            replicas: None,
         };
-        let pass = Pass {
-            loader: &self.loader,
-            device: self.start.device,
-            crop: i64::from(self.preprocess.crop_size),
-            channels_last: self.start.hyper.channels_last,
-            stop: self.stop,
+        let samples = &self.train_samples;
+        let bs = h.batch_size;
+        let tally = match &mut self.replicated {
+            None => {
+                let mut gate = LocalGate { stop: self.stop, stops: true };
+                pass.run(samples, visits, phase, bs, &mut step, &mut gate, obs, &mut keep_first)?
+            }
+            Some(r) => {
+                step.replicas =
+                    Some(Replicas { ddp: &r.ddp, reducer: &mut r.reducer, params: &r.params, sync_bn: r.sync_bn });
+                let mut gate = AgreedGate { ddp: &r.ddp, stop: self.stop, agreed_stop: &mut r.agreed_stop };
+                let tally = pass.run(samples, visits, phase, bs, &mut step, &mut gate, obs, &mut keep_first)?;
+                r.train_seconds += tally.map_or(0.0, |t| t.seconds);
+                tally
+            }
         };
-        let train =
-            pass.run(&self.train_samples, Phase::Train { epoch }, h.batch_size, &mut step, obs, &mut keep_first)?;
-        if let Some((images, labels)) = first {
+        let train = match (tally, &self.replicated) {
+            (None, _) => None,
+            (Some(t), None) => Some(t.stats()),
+            (Some(t), Some(r)) => Some(job_stats(&r.ddp, &t)?),
+        };
+        if let Some(stats) = &train {
+            obs.phase_end(stats);
+        }
+        if let (Some((images, labels)), true) = (first, main) {
             if let Err(e) = report::write_png(&self.out(TRAIN_BATCH), &self.batch_grid(&images, &labels)) {
                 obs.warn(&e.to_string());
             }
         }
         let Some(train) = train else { return Ok(false) };
-        obs.phase_start(epoch + 1, h.epochs, "val", self.val_samples.len());
+
+        let all_val: Vec<usize> = (0..self.val_samples.len()).collect();
+        let visits = self.shard().strided(&all_val);
+        obs.phase_start(epoch + 1, h.epochs, "val", visits.len());
         let mut eval = EvalStep::new(self.model, h.autocast())?;
-        let Some(val) =
-            self.pass().run(&self.val_samples, Phase::Eval, h.eval_batch_size, &mut eval, obs, &mut |_| {})?
+        if self.replicated.is_some() {
+            eval = eval.keeping_losses();
+        }
+        // A rank leaves the validation pass only at its end, where the ranks agree on stopping:
+        // shards differ in length, so a rank cannot wait for the others in the middle of it.
+        let mut gate = LocalGate { stop: self.stop, stops: self.replicated.is_none() };
+        let Some(tally) = self.pass().run(
+            &self.val_samples,
+            visits,
+            Phase::Eval,
+            h.eval_batch_size,
+            &mut eval,
+            &mut gate,
+            obs,
+            &mut |_| {},
+        )?
         else {
             return Ok(false);
         };
+        let (val, predictions) = match &self.replicated {
+            None => (tally.stats(), eval.predictions),
+            Some(r) => {
+                let mine: Vec<Evaluated> = eval
+                    .predictions
+                    .iter()
+                    .zip(eval.losses.unwrap_or_default())
+                    .map(|(p, loss)| Evaluated { sample: p.sample, class: p.class, confidence: p.confidence, loss })
+                    .collect();
+                let all = r.ddp.gather_evaluation(&mine, self.val_samples.len())?;
+                let (loss, acc) = ddp::evaluation_stats(&all, |i| self.val_samples[i].label);
+                let seconds =
+                    r.ddp.sum(&[tally.seconds], "adding up the validation time")?[0] / r.ddp.world_size() as f64;
+                let predictions = all
+                    .iter()
+                    .map(|e| Predicted { sample: e.sample, class: e.class, confidence: e.confidence })
+                    .collect();
+                (PhaseStats { loss, acc, images: all.len(), seconds }, predictions)
+            }
+        };
+        obs.phase_end(&val);
         let record = EpochRecord { epoch: epoch + 1, lr, train, val };
         let improved = self.best.is_none_or(|b| val.acc > b.val_acc);
         if improved {
             self.best = Some(Best { epoch: epoch + 1, val_acc: val.acc, val_loss: val.loss });
-            checkpoint::save_best(&self.out(BEST), self.model, &self.model_info(epoch + 1, val.acc))?;
-            if let Err(e) = self.write_val_predictions(&eval.predictions) {
-                obs.warn(&e.to_string());
+            if main {
+                checkpoint::save_best(&self.out(BEST), self.model, &self.model_info(epoch + 1, val.acc))?;
+                if let Err(e) = self.write_val_predictions(&predictions) {
+                    obs.warn(&e.to_string());
+                }
             }
         }
         self.history.push(record);
-        self.save_progress(epoch + 1, val.acc)?;
+        if main {
+            self.save_progress(epoch + 1, val.acc)?;
+        }
         obs.epoch_end(&record, h.epochs, improved);
+        if let Some(r) = &self.replicated {
+            obs.info(&describe_comm(&r.report(h)));
+        }
         Ok(true)
     }
 
@@ -457,6 +661,7 @@ impl<'a> Epochs<'a> {
             weights: self.weights_desc.clone(),
             data: Some(self.start.data.clone()),
             fingerprint: Some(self.ds.fingerprint()),
+            world_size: self.replicated.as_ref().map(|r| r.ddp.world_size()),
         };
         let json = serde_json::to_string(&run_state).expect("run state serialises");
         checkpoint::save_last(&self.out(LAST), self.model, &self.opt, &self.model_info(epochs_done, val_acc), &json)?;
@@ -491,18 +696,46 @@ impl<'a> Epochs<'a> {
             weights: self.weights_desc.clone(),
             hyperparameters: self.start.hyper.describe(),
             outputs,
+            distributed: self.replicated.as_ref().map(|r| r.report(&self.start.hyper)),
             export: None,
         }
     }
 }
 
+/// A training phase's figures over every rank: the sums of what each added up.
+fn job_stats(ddp: &Ddp, t: &Tally) -> Result<PhaseStats, TrainError> {
+    let sums = ddp.sum(&[t.loss_sum, t.correct as f64, t.seen as f64, t.seconds], "adding up the training figures")?;
+    let seen = sums[2].round() as usize;
+    let tally =
+        Tally { loss_sum: sums[0], correct: sums[1].round() as i64, seen, seconds: sums[3] / ddp.world_size() as f64 };
+    Ok(tally.stats())
+}
+
+/// A line on where this rank's training time went to communication.
+fn describe_comm(r: &DistReport) -> String {
+    format!(
+        "communication: {:.1}% of {:.1} s of training waited on it (all-reduce after backward {:.2} s, per-step sync {:.2} s); all-reduce busy {:.2} s, overlapping backward ({:.2} s)",
+        100.0 * r.communication_share,
+        r.train_seconds,
+        r.allreduce_exposed_seconds,
+        r.step_sync_seconds,
+        r.allreduce_seconds,
+        r.backward_seconds
+    )
+}
+
 /// After the last epoch: the export (when asked and there is a best model), then the final
 /// summary, which lists every output.
-fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
-    let stopped_hard = epochs.interrupted && epochs.stop.level() >= 2;
+///
+/// In a data-parallel job, the ranks leave the job here; rank 0 alone exports and writes.
+fn finish(cfg: &TrainConfig, mut epochs: Epochs) -> Result<Summary, TrainError> {
+    let stopped_hard = epochs.interrupted && epochs.stop_level() >= 2;
+    let main = epochs.is_main();
+    let distributed = epochs.replicated.as_ref().map(|r| r.report(&epochs.start.hyper));
+    drop(epochs.replicated.take());
     let mut failed = None;
     let export = match &cfg.export {
-        Some(settings) if epochs.best.is_some() && !epochs.interrupted => {
+        Some(settings) if main && epochs.best.is_some() && !epochs.interrupted => {
             let quantize = settings.quantize.as_ref().map(|q| export::QuantizeOptions::from_dataset(epochs.ds, q));
             let opts = ExportOptions {
                 probabilities: settings.probabilities,
@@ -519,8 +752,9 @@ fn finish(cfg: &TrainConfig, epochs: Epochs) -> Result<Summary, TrainError> {
         _ => None,
     };
     let mut summary = epochs.summary(epochs.interrupted);
+    summary.distributed = distributed;
     summary.export = export;
-    if !epochs.history.is_empty() {
+    if main && !epochs.history.is_empty() {
         report::write_summary(&epochs.out(SUMMARY), &summary)?;
     }
     if let Some(e) = failed {
