@@ -47,6 +47,8 @@ struct dist_pg {
     // Where collectives run: CPU for gloo, the rank's GPU for NCCL.
     c10::Device device{c10::kCPU};
     std::chrono::milliseconds timeout{0};
+    // Time synchronised batch norm spent in its all-reduces (forward and backward).
+    std::atomic<int64_t> sync_bn_ns{0};
 };
 
 // The reducer's clock (see dist_reducer_timings); the hook's completion callbacks run on the
@@ -238,12 +240,15 @@ class TimedAllreduceHook : public c10d::CppCommHookInterface<c10::intrusive_ptr<
     std::shared_ptr<ReducerClock> clock_;
 };
 
-// Sums `t` (contiguous, on the group's device) over the ranks, in place, and waits.
+// Sums `t` (contiguous, on the group's device) over the ranks, in place, waits, and counts the
+// time as synchronised batch norm's.
 void allreduce_sum_now(dist_pg* pg, at::Tensor& t) {
+    const int64_t started = now_ns();
     std::vector<at::Tensor> one{t};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
     wait(pg->pg->allreduce(one, opts), pg);
+    pg->sync_bn_ns.fetch_add(now_ns() - started);
 }
 
 // Dimensions reduced by batch norm: all but the channels (dim 1).
@@ -457,6 +462,10 @@ void dist_pg_destroy(dist_pg* pg) {
 int dist_pg_rank(const dist_pg* pg) { return pg != nullptr && pg->pg ? pg->pg->getRank() : -1; }
 
 int dist_pg_world_size(const dist_pg* pg) { return pg != nullptr && pg->pg ? pg->pg->getSize() : -1; }
+
+double dist_pg_sync_bn_seconds(const dist_pg* pg) {
+    return pg == nullptr ? 0.0 : static_cast<double>(pg->sync_bn_ns.load()) * 1e-9;
+}
 
 dist_status dist_allreduce(dist_pg* pg, const dist_tensor* tensors, size_t n, dist_reduce_op op,
                            int64_t bucket_bytes, char** err) {
@@ -775,6 +784,7 @@ dist_status dist_pg_create(const char*, int, int, const char*, int, int, const c
 void dist_pg_destroy(dist_pg*) {}
 int dist_pg_rank(const dist_pg*) { return -1; }
 int dist_pg_world_size(const dist_pg*) { return -1; }
+double dist_pg_sync_bn_seconds(const dist_pg*) { return 0.0; }
 dist_status dist_allreduce(dist_pg*, const dist_tensor*, size_t, dist_reduce_op, int64_t, char** err) {
     return unavailable(err);
 }

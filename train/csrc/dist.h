@@ -73,6 +73,8 @@ dist_status dist_pg_create(const char* backend, int rank, int world_size, const 
 void dist_pg_destroy(dist_pg* pg);
 int dist_pg_rank(const dist_pg* pg);
 int dist_pg_world_size(const dist_pg* pg);
+// Seconds dist_sync_batch_norm has spent in its all-reduces on this group so far.
+double dist_pg_sync_bn_seconds(const dist_pg* pg);
 
 // All-reduces `tensors` in place: grouped by dtype into buckets of at most `bucket_bytes`
 // (a tensor larger than that is its own bucket), each bucket flattened into one buffer and

@@ -104,6 +104,8 @@ pub struct CommTimes {
     /// The small blocking collectives of each step: the agreement, rank 0's BatchNorm
     /// statistics (without `--sync-bn`).
     pub step_sync: Duration,
+    /// Synchronised BatchNorm's all-reduces (with `--sync-bn`), which forward and backward wait for.
+    pub sync_bn: Duration,
 }
 
 /// This process's membership of a data-parallel job.
@@ -270,6 +272,7 @@ impl Ddp {
             allreduce_exposed: t.exposed,
             backward: t.backward,
             step_sync: self.step_sync.get(),
+            sync_bn: self.group.sync_batch_norm_time(),
         }
     }
 }

@@ -161,11 +161,14 @@ pub struct DistReport {
     pub allreduce_exposed_seconds: f64,
     /// Of it, the small collectives of each step (stop agreement, rank 0's BatchNorm statistics).
     pub step_sync_seconds: f64,
+    /// Of it, synchronised BatchNorm's all-reduces (`--sync-bn`).
+    pub sync_bn_seconds: f64,
     /// Gradient all-reduces from launch to completion, summed (mostly hidden by backward).
     pub allreduce_seconds: f64,
     /// Backward passes, computation and exposed all-reduce.
     pub backward_seconds: f64,
-    /// `(allreduce_exposed_seconds + step_sync_seconds) / train_seconds`.
+    /// `(allreduce_exposed_seconds + step_sync_seconds + sync_bn_seconds) / train_seconds`: the
+    /// share of training time spent waiting on communication.
     pub communication_share: f64,
 }
 

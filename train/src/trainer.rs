@@ -358,7 +358,7 @@ struct Replicated {
 impl Replicated {
     fn report(&self, hyper: &Hyper) -> DistReport {
         let t = self.ddp.comm_times(&self.reducer);
-        let waited = t.allreduce_exposed + t.step_sync;
+        let waited = t.allreduce_exposed + t.step_sync + t.sync_bn;
         DistReport {
             world_size: self.ddp.world_size(),
             backend: self.ddp.backend().to_string(),
@@ -368,6 +368,7 @@ impl Replicated {
             train_seconds: self.train_seconds,
             allreduce_exposed_seconds: t.allreduce_exposed.as_secs_f64(),
             step_sync_seconds: t.step_sync.as_secs_f64(),
+            sync_bn_seconds: t.sync_bn.as_secs_f64(),
             allreduce_seconds: t.allreduce.as_secs_f64(),
             backward_seconds: t.backward.as_secs_f64(),
             communication_share: if self.train_seconds > 0.0 { waited.as_secs_f64() / self.train_seconds } else { 0.0 },
@@ -713,8 +714,9 @@ fn job_stats(ddp: &Ddp, t: &Tally) -> Result<PhaseStats, TrainError> {
 
 /// A line on where this rank's training time went to communication.
 fn describe_comm(r: &DistReport) -> String {
+    let sync_bn = if r.sync_bn { format!(", sync batch norm {:.2} s", r.sync_bn_seconds) } else { String::new() };
     format!(
-        "communication: {:.1}% of {:.1} s of training waited on it (all-reduce after backward {:.2} s, per-step sync {:.2} s); all-reduce busy {:.2} s, overlapping backward ({:.2} s)",
+        "communication: {:.1}% of {:.1} s of training waited on it (gradient all-reduce after backward {:.2} s, per-step sync {:.2} s{sync_bn}); gradient all-reduce busy {:.2} s, overlapping backward ({:.2} s)",
         100.0 * r.communication_share,
         r.train_seconds,
         r.allreduce_exposed_seconds,

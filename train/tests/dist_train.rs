@@ -359,6 +359,10 @@ fn sync_bn_trains_as_one_process_and_the_checkpoint_resumes_in_one() {
     assert!(update < 0.1 && stats < 5e-4, "--sync-bn: updates {update:e} apart, statistics {stats:e}");
     assert!(update_local > 0.5 && stats_local > 5e-3, "without --sync-bn: {update_local:e}, {stats_local:e}");
 
+    let d = &summary(&synced)["distributed"];
+    assert_eq!((d["sync_bn"].as_bool(), d["global_batch"].as_u64()), (Some(true), Some(8)));
+    assert!(d["sync_bn_seconds"].as_f64().unwrap() > 0.0, "{d}");
+
     // The checkpoint holds the whole model: one process carries on from it.
     let resumed = f
         .command()

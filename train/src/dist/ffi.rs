@@ -52,6 +52,7 @@ extern "C" {
     pub fn dist_pg_destroy(pg: *mut dist_pg);
     pub fn dist_pg_rank(pg: *const dist_pg) -> c_int;
     pub fn dist_pg_world_size(pg: *const dist_pg) -> c_int;
+    pub fn dist_pg_sync_bn_seconds(pg: *const dist_pg) -> f64;
 
     pub fn dist_allreduce(
         pg: *mut dist_pg,

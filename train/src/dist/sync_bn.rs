@@ -2,6 +2,7 @@
 //! an operation of a [`ProcessGroup`].
 use std::ffi::c_char;
 use std::ptr;
+use std::time::Duration;
 
 use tch::Tensor;
 
@@ -61,12 +62,18 @@ impl ProcessGroup {
         // SAFETY: a tensor the shim allocated for us, taken once.
         Ok(unsafe { ffi::take_tensor(out) })
     }
+
+    /// Time [`ProcessGroup::sync_batch_norm`] has spent in its all-reduces so far, forward and
+    /// backward (blocking: the computation waits for them).
+    pub fn sync_batch_norm_time(&self) -> Duration {
+        // SAFETY: a live group.
+        Duration::from_secs_f64(unsafe { ffi::dist_pg_sync_bn_seconds(self.raw()) }.max(0.0))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
-    use std::time::Duration;
 
     use tch::{Device, Kind};
 
@@ -116,6 +123,7 @@ mod tests {
         let g_synced = Tensor::run_backward(&[(&synced * &probe).sum(Kind::Float)], &[&x, &w, &b], false, false);
 
         assert!(max_diff(&native, &synced) < 1e-5, "output: {}", max_diff(&native, &synced));
+        assert!(pg.sync_batch_norm_time() > Duration::ZERO, "forward and backward all-reduced");
         assert!(max_diff(&rm1, &rm2) < 1e-6, "running mean");
         assert!(max_diff(&rv1, &rv2) < 1e-5, "running var: {}", max_diff(&rv1, &rv2));
         for (name, a, b) in [("input", 0, 0), ("weight", 1, 1), ("bias", 2, 2)] {
