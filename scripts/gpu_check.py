@@ -12,7 +12,11 @@ the binaries at this machine's libtorch and ONNX Runtime.
   3. `train`'s data loader alone (`--workers` = all cores) against what training consumed;
   4. `best.pt` evaluated by torchvision on the GPU against `train`'s reported accuracy;
   5. `model.onnx` through `infer --ep cuda` against `--ep cpu` (top-1 and probabilities), where
-     this machine's ONNX Runtime has the CUDA provider, and `infer` images/s on each.
+     this machine's ONNX Runtime has the CUDA provider, and `infer` images/s on each;
+  6. data-parallel scaling, where there are 2 GPUs or more: training images/s at batch 64 per
+     GPU on all of them (one rank each, launched by torchrun --no-python) against one GPU, on
+     the seed's training images repeated 8 times (enough steps per epoch to measure); target
+     >= 90 % efficiency. Said to be skipped with fewer GPUs.
 Works on the CPU too (`--device cpu`), which is how it is tested without a GPU.
 """
 
@@ -49,6 +53,36 @@ def train_run(binary, data, weights, epochs, batch, device, amp, out, seed, extr
     with open(os.path.join(out, "summary.json")) as f:
         best = json.load(f)["best"]["val_acc"]
     return rows, best
+
+
+def replicated_data(src, dst, times):
+    """`src` with each training image linked `times` times (the validation folder as it is)."""
+    train = os.path.join(src, "train")
+    for cls in sorted(os.listdir(train)):
+        os.makedirs(os.path.join(dst, "train", cls))
+        for name in sorted(os.listdir(os.path.join(train, cls))):
+            for k in range(times):
+                os.symlink(os.path.join(train, cls, name), os.path.join(dst, "train", cls, f"{k}_{name}"))
+    os.symlink(os.path.join(src, "val"), os.path.join(dst, "val"))
+    return dst
+
+
+def scaling_run(binary, data, weights, epochs, batch, gpus, out, seed):
+    """`train` at `batch` per GPU on `gpus` GPUs (1: a plain run; more: torchrun, a rank per
+    GPU, the CPUs shared out as loader threads): (median training images/s over the epochs
+    after the first, share of training time waiting on communication)."""
+    args = [binary, data, "--weights", weights, "--epochs", str(epochs), "--batch-size", str(batch), "--out", out,
+            "--device", "cuda", "--seed", str(seed), "--no-export",
+            "--workers", str(max(1, (os.cpu_count() or 1) // gpus))]
+    if gpus > 1:
+        args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
+                "--no-python"] + args
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(f) if r["phase"] == "train"]
+    with open(os.path.join(out, "summary.json")) as f:
+        share = json.load(f).get("distributed", {}).get("communication_share", 0.0)
+    return median(rates[1:] or rates), share
 
 
 def gpu_bound_limit(device, batch, amp):
@@ -193,6 +227,21 @@ def main():
                          "all, <= 1e-3"))
             rows.append(("infer images/s, cuda", f"{gpu_rate:.1f}", "", ""))
         rows.append((f"infer images/s, cpu ({os.cpu_count()} cores)", f"{cpu_rate:.1f}", "", ""))
+        gpus = torch.cuda.device_count() if dev.startswith("cuda") else 0
+        if gpus >= 2:
+            big = replicated_data(a.data, os.path.join(tmp, "data_x8"), 8)
+            print(f"batch 64 per GPU, 1 GPU then {gpus} GPUs: train ...", flush=True)
+            one, _ = scaling_run(os.path.join(a.bin, "train"), big, weights, a.epochs, 64, 1, os.path.join(tmp, "g1"),
+                                 a.seed)
+            many, share = scaling_run(os.path.join(a.bin, "train"), big, weights, a.epochs, 64, gpus,
+                                      os.path.join(tmp, f"g{gpus}"), a.seed)
+            rows.append((f"train images/s, batch 64 per GPU (1 GPU / {gpus} GPUs)", f"{one:.0f} / {many:.0f}",
+                         f"{many / (gpus * one):.2f} efficiency", ">= 0.90"))
+            rows.append((f"{gpus} GPUs: training time waiting on communication (rank 0)", f"{100 * share:.1f} %", "", ""))
+        else:
+            print(f"data-parallel scaling: skipped ({gpus} GPU(s) visible; it needs 2 or more)", flush=True)
+            rows.append(("data-parallel scaling, batch 64 per GPU", f"skipped: {gpus} GPU(s) visible", "",
+                         ">= 0.90 with 2+ GPUs"))
 
     print()
     print("| check | value | ratio | target |")

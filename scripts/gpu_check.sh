@@ -10,7 +10,9 @@
 #
 # The binaries find that machine's libtorch through LD_LIBRARY_PATH (set here from its torch
 # package) and ONNX Runtime through ORT_DYLIB_PATH (its onnxruntime package, unless already
-# set). Prints both doctors' reports, then one table (see scripts/gpu_check.py); at most 8 min.
+# set). Prints both doctors' reports, then one table (see scripts/gpu_check.py), with a 1-GPU vs
+# all-GPUs data-parallel run where 2 or more GPUs exist (said to be skipped otherwise); at most
+# 10 min.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-python3}"
@@ -27,4 +29,4 @@ done
 echo "== train doctor"; "$bin/train" doctor || true
 echo "== infer doctor"; "$bin/infer" doctor || true
 echo "== check"
-exec timeout 480 "$py" "$root/scripts/gpu_check.py" "$@"
+exec timeout 600 "$py" "$root/scripts/gpu_check.py" "$@"
