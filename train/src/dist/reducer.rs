@@ -40,10 +40,11 @@ impl Default for ReducerOptions {
 /// returns, every parameter's `.grad` holds the average over ranks.
 ///
 /// Per iteration: forward, then [`Reducer::prepare_for_backward`] with the outputs, then
-/// [`Reducer::backward`] (or tch's `f_backward`, which returns a failed all-reduce, such as a
-/// dead peer's, as a `TchError`; tch's `backward` panics with it). A backward without `prepare_for_backward` is not reduced
-/// (gradient accumulation across micro-batches). Start all ranks from the same parameters:
-/// [`ProcessGroup::broadcast`] them from rank 0 first.
+/// [`Reducer::backward`] (which also times the all-reduces, [`Reducer::timings`]; tch's
+/// `f_backward` works too, returning a failed all-reduce, such as a dead peer's, as a
+/// `TchError`, while tch's `backward` panics with it), then [`Reducer::take_grads`]. A backward
+/// without `prepare_for_backward` is not reduced (gradient accumulation across micro-batches).
+/// Start all ranks from the same parameters: [`ProcessGroup::broadcast`] them from rank 0 first.
 ///
 /// The reducer keeps its own reference to the process group and to the parameters. Dropping
 /// it removes the hooks.
