@@ -3,7 +3,7 @@
 //!
 //! - The ranks start identical: rank 0's weights and BatchNorm statistics are broadcast to the
 //!   others ([`Ddp::sync_model`]), after `--resume` too.
-//! - Each rank trains on its shard of every epoch ([`crate::sampler::Shard::padded`]); DDP's
+//! - Each rank trains on its shard of every epoch ([`crate::shard::Shard::padded`]); DDP's
 //!   reducer averages the gradients in buckets during backward; every rank then takes the same
 //!   optimiser step. Without `--sync-bn`, rank 0's BatchNorm statistics are broadcast before each
 //!   step ([`Ddp::sync_buffers`], DDP's `broadcast_buffers`); with it, BatchNorm normalises with
@@ -24,7 +24,7 @@ use crate::dataset::Fingerprint;
 use crate::dist::{Backend, DistError, Env, ProcessGroup, ReduceOp, Reducer, ReducerOptions};
 use crate::error::{ConfigError, TrainError};
 use crate::model::ResNet;
-use crate::sampler::Shard;
+use crate::shard::Shard;
 
 /// `--dist-timeout`'s default, torch.distributed's: how long any collective may wait for the
 /// other ranks (joining included) before the run fails.

@@ -27,7 +27,7 @@ pub mod plot;
 pub mod quantize;
 pub mod report;
 pub mod run_state;
-pub mod sampler;
+pub mod shard;
 pub mod steps;
 pub mod torch_file;
 pub mod trainer;

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::augment::{random_resized_crop, Augment};
 use crate::dataset::{Sample, Skipped};
 use crate::error::ConfigError;
-use crate::sampler::Visits;
+use crate::shard::Visits;
 
 /// Which transform a pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +267,7 @@ mod tests {
     /// holds it: the two halves of an epoch, loaded as two ranks load them, are the epoch.
     #[test]
     fn shards_load_what_the_whole_epoch_loads() {
-        use crate::sampler::Shard;
+        use crate::shard::Shard;
         let d = tempfile::tempdir().unwrap();
         let samples = Arc::new(write_images(d.path(), 6));
         let loader = Arc::new(Loader::new(small(), Augment::default(), 2, 2, 9).unwrap());

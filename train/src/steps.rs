@@ -20,7 +20,7 @@ use crate::loader::{Batch, Loader, Phase};
 use crate::model::{FoldedNet, ResNet};
 use crate::optim::Optimizer;
 use crate::report::PhaseStats;
-use crate::sampler::Visits;
+use crate::shard::Visits;
 
 /// What a step does with one batch: returns the batch's mean loss and the logits.
 pub(crate) trait Step {

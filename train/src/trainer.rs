@@ -30,7 +30,7 @@ use crate::optim::Optimizer;
 use crate::plot;
 use crate::report::{self, Best, DistReport, EpochRecord, PhaseStats, Summary};
 use crate::run_state::RunState;
-use crate::sampler::Shard;
+use crate::shard::Shard;
 use crate::steps::{AgreedGate, EvalStep, GradScaler, LocalGate, Pass, Predicted, Replicas, Tally, TrainStep};
 use crate::weights;
 
