@@ -207,9 +207,10 @@ fn output_formats_and_output_file() {
     let csv = infer(&model).args(["--format", "csv", "--top-k", "2"]).arg(&dir).output().unwrap();
     let text = String::from_utf8_lossy(&csv.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "path,label,class_index,confidence,top_k,error");
+    // The last column says whether the image came from a file cut short (empty: it did not).
+    assert_eq!(lines[0], "path,label,class_index,confidence,top_k,error,incomplete");
     assert!(lines[1].starts_with('"') && lines[1].contains("a, red.png\",red,0,"), "{}", lines[1]);
-    assert_eq!(csv_fields(lines[2]).len(), 6, "{}", lines[2]);
+    assert_eq!(csv_fields(lines[2]).len(), 7, "{}", lines[2]);
 
     let file = tmp.path().join("out.jsonl");
     std::fs::write(&file, "previous").unwrap();
@@ -479,7 +480,7 @@ fn csv_top_k_is_unambiguous_whatever_the_class_names() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     let fields = csv_fields(text.lines().nth(1).unwrap());
-    assert_eq!(fields.len(), 6, "{text}");
+    assert_eq!(fields.len(), 7, "{text}");
     let top: Vec<serde_json::Value> = serde_json::from_str(&fields[4]).unwrap();
     let labels: Vec<&str> = top.iter().map(|s| s["label"].as_str().unwrap()).collect();
     assert_eq!(labels.len(), 3);
