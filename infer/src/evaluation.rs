@@ -130,6 +130,8 @@ pub struct Labelled {
     pub files: Vec<(PathBuf, usize)>,
     /// Unusable paths found while walking.
     pub errors: Vec<FileResult>,
+    /// Files passed over for not being images.
+    pub ignored: files::Ignored,
 }
 
 /// A labelled folder that cannot be evaluated (no class folders, or one the model lacks).
@@ -149,13 +151,15 @@ pub fn labelled_files(root: &Path, classes: &[String]) -> Result<Labelled, Label
     if dirs.is_empty() {
         return Err(bad("no class folders (expected ROOT/<class>/<images>)".into()));
     }
-    let mut out = Labelled { files: Vec::new(), errors: Vec::new() };
+    let mut out = Labelled { files: Vec::new(), errors: Vec::new(), ignored: files::Ignored::default() };
     for dir in dirs {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Some(label) = classes.iter().position(|c| *c == name) else {
             return Err(bad(format!("folder '{name}' is not one of the model's classes ({})", classes.join(", "))));
         };
-        let (found, errors) = files::collect(&[dir]).into_parts();
+        let inputs = files::collect(&[dir]);
+        out.ignored.merge(inputs.ignored.clone());
+        let (found, errors) = inputs.into_parts();
         out.files.extend(found.into_iter().map(|f| (f, label)));
         out.errors.extend(errors);
     }

@@ -24,6 +24,7 @@
 //! validates with, so the two can never drift apart.
 
 pub mod atomic;
+pub mod background;
 pub mod batching;
 #[cfg(feature = "draw")]
 pub mod canvas;
@@ -55,6 +56,7 @@ pub mod serve;
 pub mod shard;
 pub mod stream;
 
+pub use background::Background;
 pub use classifier::{Classifier, ClassifierBuilder};
 pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
 pub use decode::{

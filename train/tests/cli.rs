@@ -626,6 +626,7 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     let mut jpg = Vec::new();
     colour_image(RED, 120, 90).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
     std::fs::write(f.data.join("train/cats/cut.jpg"), &jpg[..jpg.len() * 2 / 3]).unwrap();
+    std::fs::write(f.data.join("train/dogs/sketch.svg"), b"<svg/>").unwrap();
 
     let TrainedRun { out, stderr: err } = f.train("kept", &["--no-export"]);
     let warning: Vec<&str> = err.lines().filter(|l| l.contains("end before their image data")).collect();
@@ -635,6 +636,10 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     assert_eq!(s["train_counts"], serde_json::json!([5, 4]));
     let listed = s["incomplete_files"].as_array().unwrap();
     assert!(listed.len() == 1 && listed[0].as_str().unwrap().ends_with("cut.jpg"), "{s}");
+    // What was not read is counted by kind, with names.
+    assert!(err.contains("1 non-image file(s) ignored: 1 .svg (vector images are not read)"), "{err}");
+    assert_eq!(s["ignored_by_extension"][".svg"]["count"], 1);
+    assert!(s["ignored_by_extension"][".svg"]["examples"][0].as_str().unwrap().ends_with("sketch.svg"));
 
     let TrainedRun { out, stderr: err } = f.train("skipped", &["--no-export", "--skip-incomplete"]);
     assert!(err.contains("skipped ") && err.contains("cut.jpg: incomplete file"), "{err}");
@@ -642,4 +647,52 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     assert_eq!(s["train_counts"], serde_json::json!([4, 4]));
     assert_eq!(s["incomplete_files"], serde_json::json!([]));
     assert_eq!(s["hyperparameters"]["skip_incomplete"], true);
+}
+
+/// Drawings on transparent backgrounds: without `--background` they become uniformly black
+/// (PIL's convert("RGB")), which the scan says, naming some; with `--background white` the
+/// model's contract carries the colour and the inference library composites as training did.
+#[test]
+fn transparent_drawings_are_noticed_and_composited_on_request() {
+    let f = TrainFixture::with_data(TRAIN, |tmp| {
+        let data = tmp.join("drawings");
+        for (c, class) in ["circle", "cross"].iter().enumerate() {
+            let dir = data.join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..5u32 {
+                let img = image::RgbaImage::from_fn(48 + i, 40, |x, y| {
+                    let (dx, dy) = (x as i32 - 24, y as i32 - 20);
+                    let on = if c == 0 { (dx * dx + dy * dy - 144).abs() < 40 } else { dx.abs() < 3 || dy.abs() < 3 };
+                    // Black ink on black, transparent paper: what many drawing tools save.
+                    image::Rgba([0, 0, 0, if on { 255 } else { 0 }])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        data
+    });
+    let TrainedRun { stderr: err, .. } = f.train("dropped", &["--no-export", "--val-fraction", "0.4"]);
+    let warning: Vec<&str> = err.lines().filter(|l| l.contains("nearly one colour once their alpha")).collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(warning[0].starts_with("warning: 10 of the 10 images with transparency"), "{}", warning[0]);
+    assert!(warning[0].contains(".png") && warning[0].contains("--background white"), "{}", warning[0]);
+    assert!(err.contains("10 with transparency (alpha dropped)"), "{err}");
+
+    let TrainedRun { out, stderr: err } = f.train("white", &["--background", "white", "--val-fraction", "0.4"]);
+    assert!(!err.contains("nearly one colour"), "{err}");
+    assert!(err.contains("10 with transparency (composited onto #ffffff)"), "{err}");
+    assert_eq!(summary(&out)["hyperparameters"]["background"], "#ffffff");
+    let c = infer::Classifier::builder(out.join("model.onnx"))
+        .execution_provider(infer::ExecutionProvider::Cpu)
+        .top_k(2)
+        .build()
+        .unwrap();
+    assert_eq!(c.metadata().preprocess.background, Some(infer::Background::WHITE));
+    let file = f.data.join("cross/0.png");
+    let decoded = infer::decode::decode_file_with_status(&file, Default::default()).unwrap();
+    let composited = c.classify(&decoded.clone().flatten(Some(infer::Background::WHITE))).unwrap();
+    let dropped = c.classify(&decoded.flatten(None)).unwrap();
+    let from_file = c.classify_files(vec![file]).pop().unwrap().result.unwrap();
+    assert_eq!(from_file.top_k, composited.top_k, "the library composites as the contract says");
+    assert_ne!(from_file.top_k, dropped.top_k);
 }
