@@ -7,6 +7,7 @@
 pub mod amp;
 pub mod arch;
 pub mod augment;
+pub mod autoaugment;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cli")]
