@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod loader;
 pub mod loss;
+pub mod mix;
 pub mod model;
 pub mod onnx_proto;
 pub mod optim;
