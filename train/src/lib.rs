@@ -16,6 +16,7 @@ pub mod dataset;
 pub mod device;
 pub mod dist;
 pub mod doctor;
+pub mod ema;
 pub mod error;
 pub mod export;
 pub mod loader;
