@@ -5,6 +5,7 @@
 use tch::{Device, Kind, Tensor};
 use toolkit_tests::run_python;
 use train::loss::{ClassWeights, CrossEntropy, LossSettings};
+use train::schedule::{Anneal, OneCycle, OneCycleSettings};
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
@@ -55,4 +56,44 @@ fn cross_entropy_matches_torch() {
         worst_grad = worst_grad.max(dg);
     }
     println!("cross entropy: max |loss diff| {worst_loss:e}, max |grad diff| {worst_grad:e} over 30 cases");
+}
+
+#[test]
+fn one_cycle_matches_torch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("schedule.json");
+    run_python("schedule_reference.py", &[out.as_os_str()]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let mut worst = 0.0f64;
+    for run in r.as_array().unwrap() {
+        let c = &run["config"];
+        let get = |k: &str, default: f64| c.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+        let d = OneCycleSettings::default();
+        let settings = OneCycleSettings {
+            pct_start: get("pct_start", d.pct_start),
+            anneal: if c.get("anneal_strategy").and_then(|v| v.as_str()) == Some("linear") {
+                Anneal::Linear
+            } else {
+                Anneal::Cos
+            },
+            cycle_momentum: true,
+            base_momentum: get("base_momentum", d.base_momentum),
+            max_momentum: get("max_momentum", d.max_momentum),
+            div_factor: get("div_factor", d.div_factor),
+            final_div_factor: get("final_div_factor", d.final_div_factor),
+            three_phase: c.get("three_phase").and_then(|v| v.as_bool()).unwrap_or(false),
+        };
+        let total = c["total_steps"].as_u64().unwrap() as usize;
+        let o = OneCycle::new(settings, c["max_lr"].as_f64().unwrap(), total).unwrap();
+        for (step, (lr, m)) in run["lr"].as_array().unwrap().iter().zip(run["momentum"].as_array().unwrap()).enumerate()
+        {
+            let (lr, m) = (lr.as_f64().unwrap(), m.as_f64().unwrap());
+            let (ours_lr, ours_m) = o.at(step);
+            let dl = (ours_lr - lr).abs() / lr.abs().max(1e-300);
+            worst = worst.max(dl).max((ours_m - m).abs());
+            assert!(dl <= 1e-12, "{c}: step {step} lr {ours_lr} vs torch {lr}");
+            assert!((ours_m - m).abs() <= 1e-12, "{c}: step {step} momentum {ours_m} vs torch {m}");
+        }
+    }
+    println!("OneCycleLR: worst relative lr / absolute momentum difference {worst:e}");
 }

@@ -31,6 +31,7 @@ pub mod quantize;
 pub mod report;
 pub mod run_state;
 pub mod sampler;
+pub mod schedule;
 pub mod steps;
 pub mod torch_file;
 pub mod trainer;
