@@ -33,6 +33,7 @@ pub mod run_state;
 pub mod sampler;
 pub mod schedule;
 pub mod steps;
+pub mod stopping;
 pub mod torch_file;
 pub mod trainer;
 pub mod weights;
