@@ -21,6 +21,7 @@ pub mod error;
 pub mod export;
 pub mod loader;
 pub mod loss;
+pub mod lr_find;
 pub mod mix;
 pub mod model;
 pub mod onnx_proto;
