@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cli")]
 pub mod console;
+pub mod cpu_features;
 pub mod dataset;
 pub mod device;
 pub mod dist;
