@@ -9,6 +9,7 @@ pub mod arch;
 pub mod augment;
 pub mod autoaugment;
 pub mod checkpoint;
+pub mod cleaning;
 pub mod config;
 #[cfg(feature = "cli")]
 pub mod console;
