@@ -41,6 +41,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use image::{Rgb, RgbImage};
+use infer::preprocess::{resample, PreprocessError};
+use infer::{PreprocessConfig, Rect};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -1059,6 +1061,46 @@ impl PixelAugment {
     }
 }
 
+/// The training transform with pixel augmentation, in torchvision's order:
+/// `RandomResizedCrop` (the region `crop` resized to `crop_size²` by the deployment resampler,
+/// as [`PreprocessConfig::resized_crop_into`]), `RandomHorizontalFlip` (`flip`), the 8-bit stage
+/// of `aug` (policy, colour jitter), `ToTensor` + `Normalize` into the CHW buffer `out`, then
+/// random erasing. With nothing in `aug` it writes exactly what `resized_crop_into` writes.
+pub fn resized_crop_augment_into<R: Rng>(
+    pre: &PreprocessConfig,
+    img: &RgbImage,
+    crop: Rect,
+    flip: bool,
+    aug: &PixelAugment,
+    rng: &mut R,
+    out: &mut [f32],
+) -> Result<Option<EraseRect>, PreprocessError> {
+    if out.len() != pre.input_len() {
+        return Err(PreprocessError::BufferSize { expected: pre.input_len(), got: out.len() });
+    }
+    let c = pre.crop_size;
+    let mut resized = resample(img, crop, c, c, Rect::new(0, 0, c, c), pre.antialias)?;
+    if flip {
+        image::imageops::flip_horizontal_in_place(&mut resized);
+    }
+    let augmented = aug.apply_u8(&resized, rng);
+    normalize_into(&augmented, pre.mean, pre.std, out);
+    let side = c as usize;
+    Ok(aug.apply_f32(out, side, side, rng))
+}
+
+/// `ToTensor` + `Normalize`: HWC bytes to CHW `(v/255 − mean)/std` in float32, the arithmetic of
+/// the deployment transform.
+pub fn normalize_into(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+    let plane = img.width() as usize * img.height() as usize;
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]));
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = lut[c][usize::from(px.0[c])];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1236,6 +1278,43 @@ mod tests {
             o.sort();
             assert_eq!(o, [0, 1, 2, 3]);
         }
+    }
+
+    #[test]
+    fn augmented_transform_without_augmentation_is_the_plain_one() {
+        let pre = PreprocessConfig { resize_size: 40, crop_size: 32, ..Default::default() };
+        let img = picture(71, 53);
+        let rect = Rect::new(5, 3, 50, 41);
+        for flip in [false, true] {
+            let mut plain = vec![0.0; pre.input_len()];
+            pre.resized_crop_into(&img, rect, flip, &mut plain).unwrap();
+            let mut ours = vec![0.0; pre.input_len()];
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let erased =
+                resized_crop_augment_into(&pre, &img, rect, flip, &PixelAugment::default(), &mut rng, &mut ours)
+                    .unwrap();
+            assert_eq!(erased, None);
+            assert_eq!(plain, ours, "flip {flip}");
+        }
+        // With a policy and erasing: deterministic for a seed, and different from the plain one.
+        let aug = PixelAugment {
+            policy: Some(Policy::TRIVIAL_AUGMENT_WIDE),
+            color_jitter: Some(ColorJitter { brightness: 0.4, ..Default::default() }),
+            random_erasing: Some(RandomErasing { p: 1.0, ..Default::default() }),
+        };
+        let run = |seed| {
+            let mut out = vec![0.0; pre.input_len()];
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let r = resized_crop_augment_into(&pre, &img, rect, false, &aug, &mut rng, &mut out).unwrap();
+            (out, r)
+        };
+        let (a, ra) = run(3);
+        assert_eq!(run(3).0, a);
+        assert!(ra.is_some());
+        assert!(a.iter().filter(|&&v| v == 0.0).count() >= 3 * ra.unwrap().height * ra.unwrap().width);
+        let mut short = vec![0.0; 5];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert!(resized_crop_augment_into(&pre, &img, rect, false, &aug, &mut rng, &mut short).is_err());
     }
 
     #[test]
