@@ -28,6 +28,7 @@ pub struct ClassifierBuilder {
     top_k: usize,
     limits: DecodeLimits,
     decode_threads: Option<usize>,
+    labels: Option<Vec<String>>,
 }
 
 impl ClassifierBuilder {
@@ -40,7 +41,15 @@ impl ClassifierBuilder {
             top_k: 5,
             limits: DecodeLimits::default(),
             decode_threads: None,
+            labels: None,
         }
+    }
+
+    /// The class names of a model whose metadata names none (a model not made by `train`),
+    /// in output order; their count must be the model's output size.
+    pub fn labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = Some(labels);
+        self
     }
 
     pub fn execution_provider(mut self, provider: ExecutionProvider) -> Self {
@@ -84,7 +93,7 @@ impl ClassifierBuilder {
             return Err(InferError::ModelNotFound(path));
         }
         let started = provider::start_session(&path, self.provider, self.threads)?;
-        let contract = contract::check(&started.session, &path)?;
+        let contract = contract::check(&started.session, &path, self.labels.as_deref())?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.decode_threads.unwrap_or(0))
             .thread_name(|i| format!("decode-{i}"))

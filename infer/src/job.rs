@@ -170,11 +170,15 @@ impl JobSummary {
             Some(n @ 1..) => format!(" (and {n} done before)"),
             _ => String::new(),
         };
+        let classified = self.total - self.failures;
+        // A rate of nothing says nothing.
+        let rate = match classified {
+            0 => String::new(),
+            _ => format!(", {:.1} images/s", self.files as f64 / self.seconds.max(1e-9)),
+        };
         format!(
-            "{} images classified{resumed}, {} failed, {:.1} images/s ({secs:.2} s in all), {}{int8}",
-            self.total - self.failures,
+            "{classified} images classified{resumed}, {} failed{rate} ({secs:.2} s in all), {}{int8}",
             self.failures,
-            self.files as f64 / self.seconds.max(1e-9),
             classifier.provider()
         )
     }

@@ -59,6 +59,27 @@ pub struct Quantization {
     pub top1_agreement: f64,
 }
 
+/// A labels file (`infer --labels FILE`) that cannot be read.
+#[derive(Debug, Error)]
+pub enum LabelsError {
+    #[error("{path}: cannot read the labels file: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{0}: no class names in the labels file (one name per line)")]
+    Empty(std::path::PathBuf),
+}
+
+/// The class names in a labels file: one per line, in output order (a final line break and
+/// Windows line ends are allowed; blank lines are not names).
+pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>, LabelsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Io { path: path.to_path_buf(), source })?;
+    let labels: Vec<String> =
+        text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    if labels.is_empty() {
+        return Err(LabelsError::Empty(path.to_path_buf()));
+    }
+    Ok(labels)
+}
+
 #[derive(Debug, Clone, Error, PartialEq)]
 #[error("metadata key '{key}': {reason}")]
 pub struct MetadataError {

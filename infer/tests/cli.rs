@@ -526,3 +526,36 @@ fn eval_prints_the_report_and_names_its_pictures() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&records).unwrap().lines().count(), 4);
 }
+
+/// `--labels FILE` names the classes of a foreign model that carries none; the count must be
+/// the model's, and a model that names its classes keeps them.
+#[test]
+fn labels_name_the_classes_of_a_model_without_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tiny_model(tmp.path(), "no_metadata");
+    let img = tmp.path().join("x.png");
+    colour_image(GREEN, 30, 30).save(&img).unwrap();
+    let label = |args: &[&str], model: &Path| {
+        let out = infer(model).args(["--format", "jsonl"]).args(args).arg(&img).output().unwrap();
+        (out.status.code(), jsonl(&out).first().map(|r| r["label"].clone()), stderr(&out))
+    };
+    let (code, name, _) = label(&[], &foreign);
+    assert_eq!((code, name), (Some(0), Some(serde_json::json!("class_1"))));
+
+    let file = tmp.path().join("labels.txt");
+    std::fs::write(&file, "rouge\r\nvert\nbleu\n").unwrap();
+    let (code, name, err) = label(&["--labels", file.to_str().unwrap()], &foreign);
+    assert_eq!((code, name), (Some(0), Some(serde_json::json!("vert"))), "{err}");
+
+    std::fs::write(&file, "rouge\nvert\n").unwrap();
+    let (code, _, err) = label(&["--labels", file.to_str().unwrap()], &foreign);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("the model outputs 3 classes but --labels names 2"), "{err}");
+
+    let (code, _, err) = label(&["--labels", file.to_str().unwrap()], &tiny_model(tmp.path(), "good"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("names its 3 classes itself"), "{err}");
+    let (code, _, err) = label(&["--labels", "/nonexistent/labels.txt"], &foreign);
+    assert_eq!(code, Some(1));
+    assert!(err.lines().last().unwrap().contains("/nonexistent/labels.txt: cannot read the labels file"), "{err}");
+}

@@ -121,5 +121,14 @@ fn no_images_is_an_error_after_the_path_errors_are_written() {
     let mut terminal = Vec::new();
     let err = Job::new(config).run(&c, &mut terminal, &mut Vec::new(), &AtomicUsize::new(0)).unwrap_err();
     assert!(err.to_string().starts_with("no images found in "), "{err}");
+
+    // Files that all fail: no rate of nothing in the summary.
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let config = JobConfig { paths: vec![bad], ..Default::default() };
+    let summary = Job::new(config).run(&c, &mut Vec::new(), &mut Vec::new(), &AtomicUsize::new(0)).unwrap();
+    let line = summary.line(&c, 0.5);
+    assert!(line.starts_with("0 images classified, 1 failed (0.50 s in all), "), "{line}");
+    assert!(!line.contains("images/s"), "{line}");
     assert!(String::from_utf8_lossy(&terminal).contains("missing.png: no such file or folder"));
 }

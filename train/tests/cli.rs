@@ -32,14 +32,19 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
     std::fs::write(data.join("train/dogs/empty.png"), b"").unwrap();
     std::fs::write(data.join("train/dogs/notes.txt"), b"hello").unwrap();
 
-    let TrainedRun { out, stderr: err } = f.train("models", &[]);
+    let TrainedRun { out, stdout, stderr: err } = f.train("models", &[]);
     assert!(err.contains("device: cpu"), "{err}");
     for bad in ["broken.jpg", "empty.png"] {
         let lines: Vec<&str> = err.lines().filter(|l| l.contains(bad)).collect();
         assert_eq!(lines.len(), 1, "one warning for {bad}: {err}");
         assert!(lines[0].starts_with("warning: skipped "), "{}", lines[0]);
     }
-    assert!(err.contains("Best val Acc:"), "{err}");
+    // The result on stdout, for scripts; progress and notes on stderr.
+    let result: Vec<&str> = stdout.lines().collect();
+    assert_eq!(result.len(), 3, "{stdout}");
+    assert!(result[0].starts_with("Training complete in ") && result[1].starts_with("Best val Acc: "), "{stdout}");
+    assert_eq!(result[2], format!("outputs in {}", out.display()));
+    assert!(!err.contains("Best val Acc:"), "{err}");
 
     assert!(err.contains("exported ") && err.contains("verified with ONNX Runtime"), "{err}");
     assert!(err.contains("validation images"), "{err}");
@@ -274,7 +279,7 @@ fn one_epoch_on_the_seed_dataset() {
         return;
     };
     let f = TrainFixture::with_data(TRAIN, |_| data.clone());
-    let TrainedRun { out, stderr: err } = f.train("out", &[]);
+    let TrainedRun { out, stderr: err, .. } = f.train("out", &[]);
     println!("{err}");
     let s = summary(&out);
     assert_eq!(s["classes"], serde_json::json!(["ants", "bees"]));
@@ -486,7 +491,7 @@ fn layouts_augmentation_and_pictures() {
     });
     let data = &f.data;
     let args = ["--no-flip", "--crop-scale", "0.5", "1", "--crop-ratio", "1", "1", "--quantize", "int8", "--force"];
-    let TrainedRun { out, stderr: err } = f.train("out", &args);
+    let TrainedRun { out, stderr: err, .. } = f.train("out", &args);
     let valid = data.join("valid");
     assert!(err.contains(&format!("validation: {}", valid.display())), "{err}");
     assert!(err.contains(&format!("not used: {}", data.join("test").display())), "{err}");
@@ -628,7 +633,7 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     std::fs::write(f.data.join("train/cats/cut.jpg"), &jpg[..jpg.len() * 2 / 3]).unwrap();
     std::fs::write(f.data.join("train/dogs/sketch.svg"), b"<svg/>").unwrap();
 
-    let TrainedRun { out, stderr: err } = f.train("kept", &["--no-export"]);
+    let TrainedRun { out, stderr: err, .. } = f.train("kept", &["--no-export"]);
     let warning: Vec<&str> = err.lines().filter(|l| l.contains("end before their image data")).collect();
     assert_eq!(warning.len(), 1, "{err}");
     assert!(warning[0].starts_with("warning: 1 file(s)") && warning[0].contains("cut.jpg"), "{err}");
@@ -641,7 +646,7 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     assert_eq!(s["ignored_by_extension"][".svg"]["count"], 1);
     assert!(s["ignored_by_extension"][".svg"]["examples"][0].as_str().unwrap().ends_with("sketch.svg"));
 
-    let TrainedRun { out, stderr: err } = f.train("skipped", &["--no-export", "--skip-incomplete"]);
+    let TrainedRun { out, stderr: err, .. } = f.train("skipped", &["--no-export", "--skip-incomplete"]);
     assert!(err.contains("skipped ") && err.contains("cut.jpg: incomplete file"), "{err}");
     let s = summary(&out);
     assert_eq!(s["train_counts"], serde_json::json!([4, 4]));
@@ -678,7 +683,7 @@ fn transparent_drawings_are_noticed_and_composited_on_request() {
     assert!(warning[0].contains(".png") && warning[0].contains("--background white"), "{}", warning[0]);
     assert!(err.contains("10 with transparency (alpha dropped)"), "{err}");
 
-    let TrainedRun { out, stderr: err } = f.train("white", &["--background", "white", "--val-fraction", "0.4"]);
+    let TrainedRun { out, stderr: err, .. } = f.train("white", &["--background", "white", "--val-fraction", "0.4"]);
     assert!(!err.contains("nearly one colour"), "{err}");
     assert!(err.contains("10 with transparency (composited onto #ffffff)"), "{err}");
     assert_eq!(summary(&out)["hyperparameters"]["background"], "#ffffff");
