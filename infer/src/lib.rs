@@ -56,6 +56,15 @@ pub mod serve;
 pub mod shard;
 pub mod stream;
 
+/// The README's and docs/infer.md's library examples compile as written (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/infer.md")]
+pub struct DocsExample;
+
 pub use background::Background;
 pub use classifier::{Classifier, ClassifierBuilder};
 pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
