@@ -80,6 +80,8 @@ requirements=(
     "tritonclient[http]==2.73.0"
     # Reads the Kubernetes manifests in deploy/ for their tests.
     "PyYAML==6.0.3"
+    # TensorBoard's own reader checks the event files train writes.
+    "tensorboard==2.20.0"
     # The Python service that scripts/bench_serve.py compares `infer serve` with.
     "fastapi==0.121.0"
     "uvicorn==0.38.0"

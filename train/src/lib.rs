@@ -37,6 +37,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod steps;
 pub mod stopping;
+pub mod tensorboard;
 pub mod torch_file;
 pub mod trainer;
 pub mod weights;
