@@ -203,7 +203,8 @@ pub fn print_export(r: &ExportReport) {
 /// scripts to read — then on stderr with the other notes: skipped files, the export, and how
 /// to resume a run that stopped early.
 pub fn print_summary(summary: &Summary) {
-    let total = if summary.total_seconds > summary.process_seconds + 1.0 {
+    // Earlier runs of a resumed training count (a fresh run differs only by rounding).
+    let total = if summary.total_seconds > summary.process_seconds + 0.001 {
         format!(" ({} over all runs)", duration(summary.total_seconds))
     } else {
         String::new()
