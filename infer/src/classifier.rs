@@ -18,6 +18,12 @@ use crate::prediction::{Prediction, Ranked, Ranker};
 use crate::prepare::{prepare_bytes, prepare_image, PreparedBatch};
 use crate::provider::{self, ExecutionProvider};
 
+/// Images per inference call when classifying many, unless the builder says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+/// Classes listed in each prediction's `top_k`, unless the builder says otherwise (the CLI
+/// prints one per line by default: a table of five would be noise).
+pub const DEFAULT_TOP_K: usize = 5;
+
 /// Configures and builds a [`Classifier`].
 #[derive(Debug, Clone)]
 pub struct ClassifierBuilder {
@@ -37,8 +43,8 @@ impl ClassifierBuilder {
             model: model.into(),
             provider: ExecutionProvider::Auto,
             threads: None,
-            batch_size: 32,
-            top_k: 5,
+            batch_size: DEFAULT_BATCH_SIZE,
+            top_k: DEFAULT_TOP_K,
             limits: DecodeLimits::default(),
             decode_threads: None,
             labels: None,
@@ -140,7 +146,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A classifier with default settings: `auto` provider, batches of 32, top 5.
+    /// A classifier with default settings: `auto` provider, batches of [`DEFAULT_BATCH_SIZE`],
+    /// [`DEFAULT_TOP_K`] classes listed.
     pub fn new(model: impl Into<PathBuf>) -> Result<Classifier, InferError> {
         ClassifierBuilder::new(model).build()
     }

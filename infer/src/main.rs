@@ -130,7 +130,7 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
     /// Images per inference call.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = infer::classifier::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
     /// Classes listed per image (with their probabilities).
     #[arg(long, default_value_t = 1)]
