@@ -5,19 +5,24 @@
 #    that `ort` loads at run time);
 #  - the headers train's c10d shim is compiled with (train/build.rs): gloo's (Debian's
 #    libgloo-dev) and, where the torch wheel has CUDA, the CUDA headers NCCL's needs;
+#  - Debian's chromium and chromium-driver, for the test that drives infer serve's web page;
 #  - data/hymenoptera_data, linked from ../shared/data when present, else downloaded and checked.
 # A second run finds everything in place and returns in seconds.
 #
-#   scripts/setup.sh         onnxruntime-gpu where nvidia-smi lists a GPU, else onnxruntime
-#   scripts/setup.sh --gpu   onnxruntime-gpu in any case (to check its libraries resolve on a
-#                            machine without a GPU: `infer doctor --ep cuda`)
+#   scripts/setup.sh              onnxruntime-gpu where nvidia-smi lists a GPU, else onnxruntime
+#   scripts/setup.sh --gpu        onnxruntime-gpu in any case (to check its libraries resolve on
+#                                 a machine without a GPU: `infer doctor --ep cuda`)
+#   scripts/setup.sh --infer-only only ONNX Runtime, for deployment: nothing of PyTorch, no
+#                                 headers, browser or dataset; then `cargo build --release -p infer`
 set -euo pipefail
 
 gpu=auto
+infer_only=no
 for arg in "$@"; do
     case "$arg" in
         --gpu) gpu=yes ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --infer-only) infer_only=yes ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) printf 'setup: unknown option %s (see --help)\n' "$arg" >&2; exit 1 ;;
     esac
 done
@@ -31,11 +36,40 @@ stamp="$venv/.setup-stamp"
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
+# Installs Debian packages as root or with passwordless sudo; warns (never fails) where it
+# cannot, saying what is left out ($1) and what to do.
+apt_install() {
+    local left_out="$1"; shift
+    local sudo=()
+    [[ "$(id -u)" == 0 ]] || sudo=(sudo -n)
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "warning: no apt-get; install $* yourself, else $left_out"
+        return 0
+    fi
+    if [[ ${#sudo[@]} -gt 0 ]] && ! sudo -n true 2>/dev/null; then
+        log "warning: not root and no passwordless sudo; run 'apt-get install $*' as root, else $left_out"
+        return 0
+    fi
+    log "installing $*"
+    export DEBIAN_FRONTEND=noninteractive
+    if ${sudo[@]+"${sudo[@]}"} apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
+        || { ${sudo[@]+"${sudo[@]}"} apt-get update -q >/dev/null 2>&1 \
+             && ${sudo[@]+"${sudo[@]}"} apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1; }; then
+        log "$* installed"
+    else
+        log "warning: apt-get install $* failed; $left_out"
+    fi
+}
+
 # --- Python wheels -------------------------------------------------------------------------
 ort_pkg="onnxruntime==1.31.1"
 if [[ "$gpu" == yes ]] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }; then
     ort_pkg="onnxruntime-gpu==1.31.1"
 fi
+if [[ "$infer_only" == yes ]]; then
+    # Deployment: ONNX Runtime's shared library is all `infer` loads.
+    requirements=("$ort_pkg")
+else
 requirements=(
     "torch==2.11.0"
     "torchvision==0.26.0"
@@ -46,10 +80,13 @@ requirements=(
     "tritonclient[http]==2.73.0"
     # Reads the Kubernetes manifests in deploy/ for their tests.
     "PyYAML==6.0.3"
+    # TensorBoard's own reader checks the event files train writes.
+    "tensorboard==2.20.0"
     # The Python service that scripts/bench_serve.py compares `infer serve` with.
     "fastapi==0.121.0"
     "uvicorn==0.38.0"
 )
+fi
 want="${requirements[*]}"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; then
@@ -78,10 +115,10 @@ fi
 # .venv/libtorch (see .cargo/config.toml) and `infer` loads .venv/onnxruntime/libonnxruntime.so.
 # ONNX Runtime looks for its provider libraries (libonnxruntime_providers_*.so) beside the path
 # it was loaded from, so they are linked there too.
-"$venv/bin/python" - "$venv" <<'PY' || die "the venv's torch or onnxruntime does not import; delete .venv and rerun"
+"$venv/bin/python" - "$venv" "$infer_only" <<'PY' || die "the venv's torch or onnxruntime does not import; delete .venv and rerun"
 import glob, os, sys
-import torch, onnxruntime
-venv = sys.argv[1]
+import onnxruntime
+venv, infer_only = sys.argv[1], sys.argv[2] == "yes"
 def link(target, name):
     path = os.path.join(venv, name)
     if os.path.islink(path) and os.readlink(path) == target:
@@ -91,7 +128,9 @@ def link(target, name):
         os.remove(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, path)
-link(os.path.dirname(torch.__file__), "libtorch")
+if not infer_only:
+    import torch
+    link(os.path.dirname(torch.__file__), "libtorch")
 capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
 libs = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so.*")))
 if not libs:
@@ -107,6 +146,11 @@ for provider in sorted(glob.glob(os.path.join(capi, "libonnxruntime_providers_*.
     link(provider, os.path.join("onnxruntime", os.path.basename(provider)))
 PY
 
+if [[ "$infer_only" == yes ]]; then
+    log "ready for infer only: cargo build --release -p infer (ONNX Runtime: $venv/onnxruntime/libonnxruntime.so)"
+    exit 0
+fi
+
 # --- Headers for distributed training (train::dist) ----------------------------------------
 # train/build.rs compiles train/csrc/dist.cpp against libtorch's c10d headers. The wheel ships
 # those but not the headers they include: gloo's (for ProcessGroupGloo, CPU) and, for
@@ -116,23 +160,7 @@ PY
 if [[ -f /usr/include/gloo/algorithm.h || -n "${GLOO_INCLUDE_DIR:-}" ]]; then
     log "gloo headers present"
 else
-    sudo=()
-    [[ "$(id -u)" == 0 ]] || sudo=(sudo -n)
-    if ! command -v apt-get >/dev/null 2>&1; then
-        log "warning: no apt-get; install gloo's headers (Debian/Ubuntu: libgloo-dev) or set GLOO_INCLUDE_DIR, else train is built without the gloo backend"
-    elif [[ ${#sudo[@]} -gt 0 ]] && ! sudo -n true 2>/dev/null; then
-        log "warning: not root and no passwordless sudo; run 'apt-get install libgloo-dev' as root, else train is built without the gloo backend"
-    else
-        log "installing libgloo-dev (gloo's headers, for the gloo backend of train::dist)"
-        export DEBIAN_FRONTEND=noninteractive
-        if ${sudo[@]+"${sudo[@]}"} apt-get install -y -q --no-install-recommends libgloo-dev >/dev/null 2>&1 \
-            || { ${sudo[@]+"${sudo[@]}"} apt-get update -q >/dev/null 2>&1 \
-                 && ${sudo[@]+"${sudo[@]}"} apt-get install -y -q --no-install-recommends libgloo-dev >/dev/null 2>&1; }; then
-            log "libgloo-dev installed"
-        else
-            log "warning: apt-get install libgloo-dev failed; train is built without the gloo backend"
-        fi
-    fi
+    apt_install "train is built without the gloo backend (or set GLOO_INCLUDE_DIR)" libgloo-dev
 fi
 
 # Only a CUDA 13.0 torch wheel gets the CUDA headers NCCL's backend needs; a CPU wheel needs none.
@@ -154,6 +182,13 @@ case "$cuda_headers" in
             || log "warning: pip could not install the CUDA headers; train is built without the nccl backend" ;;
     *) log "warning: torch is built with CUDA ${cuda_headers% *}, for which this script has no NCCL header packages; train is built without the nccl backend" ;;
 esac
+
+# --- A real browser, for the test of infer serve's web page ---------------------------------
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    log "chromium and chromedriver present"
+else
+    apt_install "the web page's browser test cannot run" chromium chromium-driver
+fi
 
 # --- Dataset -------------------------------------------------------------------------------
 data="$root/data/hymenoptera_data"

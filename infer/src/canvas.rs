@@ -95,9 +95,21 @@ impl Canvas {
 
     /// Text with its top-left corner at (x, y), [`LINE`]` × scale` pixels high.
     pub fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb<u8>, scale: i64) {
+        self.glyphs(s, c, scale, |u, v| (x + u, y + v));
+    }
+
+    /// Text turned a quarter left, read from bottom to top (as rotated axis labels are), with
+    /// its bottom-left corner at (x, y): [`LINE`]` × scale` pixels wide.
+    pub fn text_up(&mut self, x: i64, y: i64, s: &str, c: Rgb<u8>, scale: i64) {
+        self.glyphs(s, c, scale, |u, v| (x + v, y - u));
+    }
+
+    /// Draws `s`, each pixel at `place(u, v)`: `u` along the text from its start, `v` down from
+    /// its top.
+    fn glyphs(&mut self, s: &str, c: Rgb<u8>, scale: i64, place: impl Fn(i64, i64) -> (i64, i64)) {
         let font = font().as_scaled(PxScale::from(PX * scale as f32));
-        let mut caret = x as f32;
-        let baseline = y as f32 + font.ascent();
+        let mut caret = 0.0f32;
+        let baseline = font.ascent();
         let mut previous = None;
         for ch in s.chars() {
             let id = font.glyph_id(ch);
@@ -110,7 +122,8 @@ impl Canvas {
             if let Some(outline) = font.outline_glyph(glyph) {
                 let b = outline.px_bounds();
                 outline.draw(|gx, gy, coverage| {
-                    self.blend(b.min.x as i64 + i64::from(gx), b.min.y as i64 + i64::from(gy), c, coverage);
+                    let (x, y) = place(b.min.x as i64 + i64::from(gx), b.min.y as i64 + i64::from(gy));
+                    self.blend(x, y, c, coverage);
                 });
             }
         }
@@ -171,6 +184,20 @@ mod tests {
         }
         assert_ne!(ink("chiffre é 7"), ink("chiffre e 7"));
         assert!(Canvas::text_width("кот", 1) > 10);
+    }
+
+    #[test]
+    fn text_turned_up_is_the_same_text_a_quarter_turn_left() {
+        let s = "bees";
+        let (w, h) = (Canvas::text_width(s, 1) as u32 + 2, LINE as u32);
+        let mut flat = Canvas::new(w, h);
+        flat.text(0, 0, s, BLACK, 1);
+        let mut up = Canvas::new(h, w);
+        up.text_up(0, i64::from(w) - 1, s, BLACK, 1);
+        let turned = image::imageops::rotate270(&flat.img);
+        let differing = turned.pixels().zip(up.img.pixels()).filter(|(a, b)| a.0[0].abs_diff(b.0[0]) > 1).count();
+        assert_eq!(differing, 0, "{differing} pixels differ");
+        assert!(up.img.pixels().any(|p| p.0[0] < 100), "no ink");
     }
 
     #[test]

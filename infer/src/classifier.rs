@@ -18,6 +18,12 @@ use crate::prediction::{Prediction, Ranked, Ranker};
 use crate::prepare::{prepare_bytes, prepare_image, PreparedBatch};
 use crate::provider::{self, ExecutionProvider};
 
+/// Images per inference call when classifying many, unless the builder says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+/// Classes listed in each prediction's `top_k`, unless the builder says otherwise (the CLI
+/// prints one per line by default: a table of five would be noise).
+pub const DEFAULT_TOP_K: usize = 5;
+
 /// Configures and builds a [`Classifier`].
 #[derive(Debug, Clone)]
 pub struct ClassifierBuilder {
@@ -28,6 +34,7 @@ pub struct ClassifierBuilder {
     top_k: usize,
     limits: DecodeLimits,
     decode_threads: Option<usize>,
+    labels: Option<Vec<String>>,
 }
 
 impl ClassifierBuilder {
@@ -36,11 +43,19 @@ impl ClassifierBuilder {
             model: model.into(),
             provider: ExecutionProvider::Auto,
             threads: None,
-            batch_size: 32,
-            top_k: 5,
+            batch_size: DEFAULT_BATCH_SIZE,
+            top_k: DEFAULT_TOP_K,
             limits: DecodeLimits::default(),
             decode_threads: None,
+            labels: None,
         }
+    }
+
+    /// The class names of a model whose metadata names none (a model not made by `train`),
+    /// in output order; their count must be the model's output size.
+    pub fn labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = Some(labels);
+        self
     }
 
     pub fn execution_provider(mut self, provider: ExecutionProvider) -> Self {
@@ -84,7 +99,7 @@ impl ClassifierBuilder {
             return Err(InferError::ModelNotFound(path));
         }
         let started = provider::start_session(&path, self.provider, self.threads)?;
-        let contract = contract::check(&started.session, &path)?;
+        let contract = contract::check(&started.session, &path, self.labels.as_deref())?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.decode_threads.unwrap_or(0))
             .thread_name(|i| format!("decode-{i}"))
@@ -131,7 +146,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A classifier with default settings: `auto` provider, batches of 32, top 5.
+    /// A classifier with default settings: `auto` provider, batches of [`DEFAULT_BATCH_SIZE`],
+    /// [`DEFAULT_TOP_K`] classes listed.
     pub fn new(model: impl Into<PathBuf>) -> Result<Classifier, InferError> {
         ClassifierBuilder::new(model).build()
     }

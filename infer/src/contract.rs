@@ -39,8 +39,9 @@ fn tensor_dims(t: &ValueType) -> Option<Vec<i64>> {
     }
 }
 
-/// Reads and checks the contract of `session` (loaded from `path`).
-pub(crate) fn check(session: &Session, path: &Path) -> Result<Contract, InferError> {
+/// Reads and checks the contract of `session` (loaded from `path`); `labels` name the classes
+/// of a model whose metadata names none.
+pub(crate) fn check(session: &Session, path: &Path, labels: Option<&[String]>) -> Result<Contract, InferError> {
     let incompatible = |reason: String| InferError::Incompatible { path: path.to_path_buf(), reason };
     let (input_name, in_dims) = image_input(session).map_err(incompatible)?;
     let (output_name, out_dims, probabilities) = class_output(session).map_err(incompatible)?;
@@ -54,7 +55,18 @@ pub(crate) fn check(session: &Session, path: &Path) -> Result<Contract, InferErr
     let mut meta = ModelMetadata::from_props(&get, num_outputs)
         .map_err(|source| InferError::Metadata { path: path.to_path_buf(), source })?;
     drop(md);
-    check_classes(&meta, num_outputs).map_err(incompatible)?;
+    if let Some(labels) = labels {
+        if !meta.classes_from_defaults {
+            let n = meta.classes.len();
+            return Err(incompatible(format!(
+                "the model names its {n} classes itself; --labels is for models that name none"
+            )));
+        }
+        meta.classes = labels.to_vec();
+        meta.classes_from_defaults = false;
+    }
+    let named_by = if labels.is_some() { "--labels" } else { "its metadata" };
+    check_classes(&meta, num_outputs, named_by).map_err(incompatible)?;
     fit_input_size(&mut meta, in_dims[2], in_dims[3]).map_err(incompatible)?;
     let fixed_batch = usize::try_from(in_dims[0]).ok().filter(|&b| b > 0);
     if let Some(b) = fixed_batch.filter(|&b| b > MAX_FIXED_BATCH) {
@@ -101,11 +113,12 @@ fn class_output(session: &Session) -> Result<(String, Vec<i64>, bool), String> {
     Ok((name, dims, probabilities))
 }
 
-/// The class names must match the output size when it is known.
-fn check_classes(meta: &ModelMetadata, num_outputs: Option<usize>) -> Result<(), String> {
+/// The class names must match the output size when it is known; `named_by` says where the
+/// names come from.
+fn check_classes(meta: &ModelMetadata, num_outputs: Option<usize>, named_by: &str) -> Result<(), String> {
     match num_outputs {
         Some(n) if meta.classes.len() != n => {
-            Err(format!("the model outputs {n} classes but its metadata names {}", meta.classes.len()))
+            Err(format!("the model outputs {n} classes but {named_by} names {}", meta.classes.len()))
         }
         None if meta.classes_from_defaults => {
             Err("class count unknown: no 'classes' metadata and a dynamic output size".into())

@@ -28,9 +28,10 @@ use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Luma, RgbImage};
 use thiserror::Error;
 
+use crate::background::{composite, Background};
 use crate::guard;
 
 /// Default pixel limit: 64 megapixels (8000 × 8000), about 200 MB decoded.
@@ -93,7 +94,13 @@ pub enum DecodeError {
 /// A decoded image, and what the decoding noticed about its file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
+    /// Pillow's `convert("RGB")`: alpha dropped.
     pub image: RgbImage,
+    /// The alpha channel, when the image has transparent pixels (Pillow's `convert("RGBA")`
+    /// alpha: an alpha channel, or a palette's or colour key's transparency). Kept for PNG,
+    /// GIF, WebP, QOI, TGA and PNG-based ICO files; the alpha of BMP, BMP-based ICO and TIFF
+    /// files is dropped while decoding.
+    pub alpha: Option<GrayImage>,
     /// The file ends before its image data does (a JPEG cut short): the missing part was
     /// filled in, as libjpeg fills it. A field for callers to keep or skip such files, not an
     /// error.
@@ -102,8 +109,47 @@ pub struct Decoded {
 
 impl Decoded {
     fn whole(image: RgbImage) -> Decoded {
-        Decoded { image, incomplete: false }
+        Decoded { image, alpha: None, incomplete: false }
     }
+
+    /// The image as the model's preprocessing takes it: alpha dropped (`None`, as PIL's
+    /// `convert("RGB")`), or composited onto `background`.
+    pub fn flatten(self, background: Option<Background>) -> RgbImage {
+        match (self.alpha, background) {
+            (Some(alpha), Some(bg)) => {
+                let mut image = self.image;
+                composite(&mut image, &alpha, bg);
+                image
+            }
+            _ => self.image,
+        }
+    }
+}
+
+/// Pillow's `convert("RGB")` of a decoded image, and its alpha channel when some pixel is not
+/// opaque (16-bit alpha keeps its high byte, as Pillow reads it).
+fn split_alpha(img: DynamicImage) -> (RgbImage, Option<GrayImage>) {
+    let alpha = match &img {
+        DynamicImage::ImageLumaA8(g) => {
+            Some(GrayImage::from_fn(g.width(), g.height(), |x, y| Luma([g.get_pixel(x, y).0[1]])))
+        }
+        DynamicImage::ImageRgba8(c) => {
+            Some(GrayImage::from_fn(c.width(), c.height(), |x, y| Luma([c.get_pixel(x, y).0[3]])))
+        }
+        DynamicImage::ImageLumaA16(g) => {
+            Some(GrayImage::from_fn(g.width(), g.height(), |x, y| Luma([(g.get_pixel(x, y).0[1] >> 8) as u8])))
+        }
+        DynamicImage::ImageRgba16(c) => {
+            Some(GrayImage::from_fn(c.width(), c.height(), |x, y| Luma([(c.get_pixel(x, y).0[3] >> 8) as u8])))
+        }
+        DynamicImage::ImageRgba32F(c) => Some(GrayImage::from_fn(c.width(), c.height(), |x, y| {
+            Luma([(c.get_pixel(x, y).0[3].clamp(0.0, 1.0) * 255.0).round() as u8])
+        })),
+        _ => None,
+    };
+    // A GIF or an RGBA file whose pixels are all opaque has nothing to composite.
+    let alpha = alpha.filter(|a| a.iter().any(|&v| v < 255));
+    (to_rgb8(img), alpha)
 }
 
 /// Runs one decode under the panic guard.
@@ -194,11 +240,11 @@ fn decode_reader<R: BufRead + Seek>(mut reader: R, limits: DecodeLimits) -> Resu
             decode_with_image(BufReader::new(reader), Some(ImageFormat::Tiff), limits)
         }
         Sniffed::Bmp => bmp::decode_file(&mut reader, limits).map(Decoded::whole),
-        Sniffed::Ico => ico::decode(&mut reader, limits).map(Decoded::whole),
+        Sniffed::Ico => ico::decode(&mut reader, limits),
         Sniffed::GifWithoutColours => decode_gif_without_colours(reader, limits),
         Sniffed::Other(format) => decode_with_image(reader, Some(format), limits),
         Sniffed::Unknown => match tga::header(&head) {
-            Some(header) => tga::decode(reader, header, limits).map(Decoded::whole),
+            Some(header) => tga::decode(reader, header, limits),
             None => Err(DecodeError::UnknownFormat),
         },
     }
@@ -221,7 +267,12 @@ fn decode_with_image<R: BufRead + Seek>(
     // A missing or unreadable EXIF block just means "upright".
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    Ok(Decoded::whole(upright(to_rgb8(img), orientation)))
+    let (rgb, alpha) = split_alpha(img);
+    Ok(Decoded {
+        image: upright(rgb, orientation),
+        alpha: alpha.map(|a| upright_alpha(a, orientation)),
+        incomplete: false,
+    })
 }
 
 fn reader_decoder<'a, R: BufRead + Seek + 'a>(
@@ -255,6 +306,16 @@ fn decode_gif_without_colours<R: Read>(reader: R, limits: DecodeLimits) -> Resul
     let grey: Vec<u8> = (0..=255u8).flat_map(|v| [v, v, v]).collect();
     bytes.splice(SCREEN_DESCRIPTOR_END..SCREEN_DESCRIPTOR_END, grey);
     decode_with_image(Cursor::new(bytes), Some(ImageFormat::Gif), limits)
+}
+
+/// [`upright`] for an alpha channel.
+fn upright_alpha(alpha: GrayImage, orientation: Orientation) -> GrayImage {
+    if orientation == Orientation::NoTransforms {
+        return alpha;
+    }
+    let mut dynamic = DynamicImage::ImageLuma8(alpha);
+    dynamic.apply_orientation(orientation);
+    dynamic.to_luma8()
 }
 
 pub(super) fn upright(img: RgbImage, orientation: Orientation) -> RgbImage {

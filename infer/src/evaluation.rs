@@ -79,16 +79,16 @@ impl Evaluation {
     }
 
     /// The confusion matrix as a heat map with counts and class names (names are shortened
-    /// with an ellipsis beyond 160 pixels; column names are written vertically).
+    /// with an ellipsis beyond 160 pixels; column names are turned a quarter left).
     #[cfg(feature = "draw")]
     pub fn png(&self) -> RgbImage {
         use crate::canvas::{Canvas, BLACK, LINE, WHITE};
         let n = self.classes.len().max(1) as i64;
         let names: Vec<String> = self.classes.iter().map(|c| Canvas::fit(c, 160, 1)).collect();
         let label_w = names.iter().map(|c| Canvas::text_width(c, 1)).max().unwrap_or(30) + 16;
-        let longest = names.iter().map(|c| c.chars().count() as i64).max().unwrap_or(4);
+        let longest = names.iter().map(|c| Canvas::text_width(c, 1)).max().unwrap_or(30);
         let cell = (480 / n).clamp(24, 96);
-        let (top, left) = (60 + longest * LINE, label_w + 30);
+        let (top, left) = (64 + longest, label_w + 30);
         let title = format!("confusion matrix - accuracy {:.4}", self.accuracy());
         let width = (left + n * cell + 20).max(Canvas::text_width(&title, 2) + 20);
         let mut cv = Canvas::new(width as u32, (top + n * cell + 40) as u32);
@@ -97,11 +97,9 @@ impl Evaluation {
         let max = self.matrix.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
         for (i, row) in self.matrix.iter().enumerate() {
             cv.text(10, top + i as i64 * cell + cell / 2 - LINE / 2, &names[i], BLACK, 1);
-            // Column labels, written vertically (one character per line).
-            for (k, ch) in names[i].chars().enumerate() {
-                let x = left + i as i64 * cell + cell / 2 - Canvas::text_width(&ch.to_string(), 1) / 2;
-                cv.text(x, 56 + k as i64 * LINE, &ch.to_string(), BLACK, 1);
-            }
+            // Column labels, turned up and ending just above their column.
+            let x = left + i as i64 * cell + cell / 2 - LINE / 2;
+            cv.text_up(x, top - 6, &names[i], BLACK, 1);
             for (j, &v) in row.iter().enumerate() {
                 let t = v as f64 / max;
                 let shade = Rgb([(245.0 * (1.0 - 0.8 * t)) as u8, (245.0 * (1.0 - 0.55 * t)) as u8, 250]);
@@ -130,6 +128,8 @@ pub struct Labelled {
     pub files: Vec<(PathBuf, usize)>,
     /// Unusable paths found while walking.
     pub errors: Vec<FileResult>,
+    /// Files passed over for not being images.
+    pub ignored: files::Ignored,
 }
 
 /// A labelled folder that cannot be evaluated (no class folders, or one the model lacks).
@@ -149,13 +149,15 @@ pub fn labelled_files(root: &Path, classes: &[String]) -> Result<Labelled, Label
     if dirs.is_empty() {
         return Err(bad("no class folders (expected ROOT/<class>/<images>)".into()));
     }
-    let mut out = Labelled { files: Vec::new(), errors: Vec::new() };
+    let mut out = Labelled { files: Vec::new(), errors: Vec::new(), ignored: files::Ignored::default() };
     for dir in dirs {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Some(label) = classes.iter().position(|c| *c == name) else {
             return Err(bad(format!("folder '{name}' is not one of the model's classes ({})", classes.join(", "))));
         };
-        let (found, errors) = files::collect(&[dir]).into_parts();
+        let inputs = files::collect(&[dir]);
+        out.ignored.merge(inputs.ignored.clone());
+        let (found, errors) = inputs.into_parts();
         out.files.extend(found.into_iter().map(|f| (f, label)));
         out.errors.extend(errors);
     }

@@ -41,8 +41,78 @@ impl Input {
 pub struct Inputs {
     /// Files and unusable paths, in command-line then sorted-walk order.
     pub items: Vec<Input>,
-    /// Files skipped in folders for being neither image-named nor image-like.
-    pub ignored: usize,
+    /// Files passed over in folders for being neither image-named nor image-like.
+    pub ignored: Ignored,
+}
+
+/// Files passed over while walking folders, counted by extension, with the first few names of
+/// each kind: what a user needs to see that nothing they meant to use was left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ignored {
+    /// By lower-case extension with its dot (`.svg`), or `(no extension)`.
+    pub by_extension: std::collections::BTreeMap<String, IgnoredKind>,
+}
+
+/// One kind of passed-over file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IgnoredKind {
+    pub count: usize,
+    /// The first [`Ignored::EXAMPLES`] of them, in walking order.
+    pub examples: Vec<PathBuf>,
+}
+
+impl Ignored {
+    /// Names kept per kind.
+    pub const EXAMPLES: usize = 3;
+
+    pub fn add(&mut self, path: &Path) {
+        let ext = path
+            .extension()
+            .map_or_else(|| "(no extension)".to_string(), |e| format!(".{}", e.to_string_lossy().to_lowercase()));
+        let kind = self.by_extension.entry(ext).or_default();
+        kind.count += 1;
+        if kind.examples.len() < Self::EXAMPLES {
+            kind.examples.push(path.to_path_buf());
+        }
+    }
+
+    pub fn merge(&mut self, other: Ignored) {
+        for (ext, k) in other.by_extension {
+            let kind = self.by_extension.entry(ext).or_default();
+            kind.count += k.count;
+            let room = Self::EXAMPLES.saturating_sub(kind.examples.len());
+            kind.examples.extend(k.examples.into_iter().take(room));
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.by_extension.values().map(|k| k.count).sum()
+    }
+
+    /// The kinds, most frequent first, e.g. `173 .svg (vector images are not read), 6799 .ogg`.
+    pub fn describe(&self) -> String {
+        let mut kinds: Vec<(&String, &IgnoredKind)> = self.by_extension.iter().collect();
+        kinds.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        let parts: Vec<String> = kinds
+            .iter()
+            .map(|(ext, k)| match why_not_read(ext) {
+                Some(why) => format!("{} {ext} ({why})", k.count),
+                None => format!("{} {ext}", k.count),
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Why files that look like pictures are not read, for the kinds users ask about.
+fn why_not_read(ext: &str) -> Option<&'static str> {
+    Some(match ext {
+        ".svg" | ".svgz" | ".eps" | ".ai" | ".pdf" => "vector images are not read",
+        ".heic" | ".heif" | ".avif" | ".jxl" | ".jp2" | ".j2k" => "no decoder for this format here",
+        ".cr2" | ".cr3" | ".nef" | ".arw" | ".dng" | ".orf" | ".rw2" | ".raf" => "camera raw files are not read",
+        ".psd" | ".xcf" | ".kra" => "layered editor files are not read",
+        _ => return None,
+    })
 }
 
 /// The files among `items`, in order.
@@ -124,7 +194,7 @@ fn walk(dir: &Path, out: &mut Inputs) {
             Err(e) => out.items.push(error(&path, format!("cannot read: {e}"))),
             Ok(m) if m.is_dir() => walk(&path, out),
             Ok(_) if is_image_file(&path) => out.items.push(Input::File(path)),
-            Ok(_) => out.ignored += 1,
+            Ok(_) => out.ignored.add(&path),
         }
     }
 }
@@ -149,6 +219,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passed_over_files_are_counted_by_kind_most_frequent_first() {
+        let mut ignored = Ignored::default();
+        for name in ["a.ogg", "b.OGG", "c.svg", "d.ogg", "e.ogg", "README"] {
+            ignored.add(Path::new(name));
+        }
+        assert_eq!(ignored.total(), 6);
+        assert_eq!(ignored.describe(), "4 .ogg, 1 (no extension), 1 .svg (vector images are not read)");
+        assert_eq!(ignored.by_extension[".ogg"].examples, [Path::new("a.ogg"), Path::new("b.OGG"), Path::new("d.ogg")]);
+        let mut more = Ignored::default();
+        more.add(Path::new("f.svg"));
+        ignored.merge(more);
+        assert_eq!(ignored.by_extension[".svg"].count, 2);
+    }
+
+    #[test]
     fn walks_sorted_and_reports_problems() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
@@ -163,7 +248,8 @@ mod tests {
         std::fs::write(root.join("c.tga"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("gone.jpg"), root.join("dangling.jpg")).unwrap();
         let inputs = collect(&[root.to_path_buf(), root.join("missing.jpg"), root.join("notes.txt")]);
-        assert_eq!(inputs.ignored, 1);
+        assert_eq!(inputs.ignored.total(), 1);
+        assert_eq!(inputs.ignored.describe(), "1 .txt");
         let order: Vec<String> = inputs
             .items
             .iter()

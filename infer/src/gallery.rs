@@ -46,12 +46,28 @@ impl Default for Options {
     }
 }
 
-/// Which items are shown, in order: the mistakes first (in input order), then the others,
-/// evenly spaced over the input when there are more than fit. The same input always gives
-/// the same choice.
+/// Which items are shown, in order: the mistakes first (in input order; when more than fit,
+/// taken round-robin by true class, so that every class's mistakes are seen, not only those
+/// of the classes that come first), then the others, evenly spaced over the input when there
+/// are more than fit. The same input always gives the same choice.
 pub fn select(items: &[Item], max: usize) -> Vec<usize> {
     let mut mistakes: Vec<usize> = (0..items.len()).filter(|&i| items[i].is_mistake()).collect();
-    mistakes.truncate(max);
+    if mistakes.len() > max {
+        let mut by_class: std::collections::BTreeMap<usize, std::collections::VecDeque<usize>> = Default::default();
+        for &i in &mistakes {
+            by_class.entry(items[i].truth.unwrap_or(0)).or_default().push_back(i);
+        }
+        let mut chosen = Vec::with_capacity(max);
+        while chosen.len() < max {
+            for queue in by_class.values_mut() {
+                if let Some(i) = queue.pop_front().filter(|_| chosen.len() < max) {
+                    chosen.push(i);
+                }
+            }
+        }
+        chosen.sort_unstable();
+        mistakes = chosen;
+    }
     let rest: Vec<usize> = (0..items.len()).filter(|&i| !items[i].is_mistake()).collect();
     let room = max - mistakes.len();
     let take = room.min(rest.len());
@@ -136,6 +152,19 @@ mod tests {
         assert!(chosen[mistakes.len()..].windows(2).all(|w| w[0] < w[1]));
         assert_eq!(select(&items, 20), chosen, "deterministic");
         assert_eq!(select(&items[..3], 20).len(), 3);
+    }
+
+    #[test]
+    fn too_many_mistakes_are_taken_from_every_class() {
+        // 30 mistakes of class 0 first in path order, then 3 each of classes 1 and 2.
+        let mut items: Vec<Item> = (0..30).map(|_| item(1, Some(0))).collect();
+        items.extend((0..3).map(|_| item(0, Some(1))));
+        items.extend((0..3).map(|_| item(0, Some(2))));
+        let chosen = select(&items, 9);
+        assert_eq!(chosen.len(), 9);
+        let classes: Vec<usize> = chosen.iter().map(|&i| items[i].truth.unwrap()).collect();
+        assert_eq!(classes, [0, 0, 0, 1, 1, 1, 2, 2, 2], "{chosen:?}");
+        assert!(chosen.windows(2).all(|w| w[0] < w[1]), "in input order");
     }
 
     #[test]

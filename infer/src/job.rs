@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::atomic::{self, AtomicFile};
 use crate::evaluation::{labelled_files, Evaluation, LabelledFolderError};
-use crate::files::Input;
+use crate::files::{Ignored, Input};
 use crate::gallery;
 use crate::prediction::FileResult;
 use crate::records::{Format, RecordWriter, ResumeError};
@@ -141,6 +141,8 @@ pub struct JobSummary {
     pub seconds: f64,
     /// `eval`: the counts of right and wrong predictions.
     pub evaluation: Option<Evaluation>,
+    /// Files passed over in the folders for not being images.
+    pub ignored: Ignored,
 }
 
 impl JobSummary {
@@ -168,11 +170,15 @@ impl JobSummary {
             Some(n @ 1..) => format!(" (and {n} done before)"),
             _ => String::new(),
         };
+        let classified = self.total - self.failures;
+        // A rate of nothing says nothing.
+        let rate = match classified {
+            0 => String::new(),
+            _ => format!(", {:.1} images/s", self.files as f64 / self.seconds.max(1e-9)),
+        };
         format!(
-            "{} images classified{resumed}, {} failed, {:.1} images/s ({secs:.2} s in all), {}{int8}",
-            self.total - self.failures,
+            "{classified} images classified{resumed}, {} failed{rate} ({secs:.2} s in all), {}{int8}",
             self.failures,
-            self.files as f64 / self.seconds.max(1e-9),
             classifier.provider()
         )
     }
@@ -218,7 +224,14 @@ impl Job {
     ) -> Result<JobSummary, JobError> {
         let cfg = &self.config;
         let classes = classifier.metadata().classes.clone();
-        let (items, truth) = self.inputs(&classes)?;
+        let Found { items, truth, ignored } = self.inputs(&classes)?;
+        if ignored.total() > 0 {
+            obs.note(&format!(
+                "passed over {} non-image file(s) in the folders: {}",
+                ignored.total(),
+                ignored.describe()
+            ));
+        }
         let items = self.shard(items, obs)?;
         let Destination { sink, out, items, done_before } = self.open_output(items, terminal, obs)?;
         let label_width = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(5);
@@ -231,6 +244,7 @@ impl Job {
             evaluation: cfg.eval.then(|| Evaluation::new(classes.clone())),
             truth,
             keep_gallery: cfg.gallery.is_some(),
+            ignored,
             ..Default::default()
         };
         if let (Some(n @ 1..), 0) = (done_before, tally.total) {
@@ -275,16 +289,18 @@ impl Job {
         Ok(tally.summary(Outcome::Completed, done_before, seconds))
     }
 
-    /// The inputs to classify, with each file's true class under `eval`.
-    fn inputs(&self, classes: &[String]) -> Result<(Vec<Input>, HashMap<PathBuf, usize>), JobError> {
+    /// The inputs to classify, with each file's true class under `eval`, and the files passed
+    /// over.
+    fn inputs(&self, classes: &[String]) -> Result<Found, JobError> {
         if !self.config.eval {
-            return Ok((crate::files::collect(&self.config.paths).items, HashMap::new()));
+            let inputs = crate::files::collect(&self.config.paths);
+            return Ok(Found { items: inputs.items, truth: HashMap::new(), ignored: inputs.ignored });
         }
         let [root] = self.config.paths.as_slice() else { return Err(JobError::EvalNeedsOneFolder) };
         let l = labelled_files(root, classes)?;
         let mut items: Vec<Input> = l.errors.into_iter().map(Input::Error).collect();
         items.extend(l.files.iter().map(|(p, _)| Input::File(p.clone())));
-        Ok((items, l.files.into_iter().collect()))
+        Ok(Found { items, truth: l.files.into_iter().collect(), ignored: l.ignored })
     }
 
     /// This machine's part of the inputs, with `shard`.
@@ -452,6 +468,14 @@ impl Sink {
     }
 }
 
+/// What the paths hold: the inputs in order, each file's true class (`eval`), the files
+/// passed over.
+struct Found {
+    items: Vec<Input>,
+    truth: HashMap<PathBuf, usize>,
+    ignored: Ignored,
+}
+
 /// Where records go and what is left to classify.
 struct Destination<'t> {
     sink: Sink,
@@ -475,6 +499,7 @@ struct Tally {
     keep_gallery: bool,
     /// Successful results, for the gallery.
     gallery: Vec<gallery::Item>,
+    ignored: Ignored,
 }
 
 impl Tally {
@@ -513,6 +538,7 @@ impl Tally {
             done_before,
             seconds,
             evaluation: self.evaluation,
+            ignored: self.ignored,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! validates with, so the two can never drift apart.
 
 pub mod atomic;
+pub mod background;
 pub mod batching;
 #[cfg(feature = "draw")]
 pub mod canvas;
@@ -55,6 +56,16 @@ pub mod serve;
 pub mod shard;
 pub mod stream;
 
+/// The README's and docs/infer.md's library examples compile as written (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/infer.md")]
+pub struct DocsExample;
+
+pub use background::Background;
 pub use classifier::{Classifier, ClassifierBuilder};
 pub use contract::{MAX_CLASSES, MAX_FIXED_BATCH};
 pub use decode::{

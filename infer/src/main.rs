@@ -125,8 +125,12 @@ struct Cli {
     /// The exported model; class names and preprocessing come from its metadata.
     #[arg(long, default_value = "models/model.onnx")]
     model: PathBuf,
+    /// Class names for a model that names none (not made by train): one per line, in output
+    /// order; their count must be the model's.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
     /// Images per inference call.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = infer::classifier::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
     /// Classes listed per image (with their probabilities).
     #[arg(long, default_value_t = 1)]
@@ -191,13 +195,16 @@ impl Cli {
         }
     }
 
-    fn classifier(&self) -> Result<Classifier, infer::InferError> {
+    fn classifier(&self) -> anyhow::Result<Classifier> {
         let mut builder =
             Classifier::builder(&self.model).execution_provider(self.ep).batch_size(self.batch_size).top_k(self.top_k);
         if let Some(t) = self.threads {
             builder = builder.intra_threads(t);
         }
-        builder.build()
+        if let Some(file) = &self.labels {
+            builder = builder.labels(infer::metadata::read_labels(file)?);
+        }
+        Ok(builder.build()?)
     }
 }
 

@@ -8,7 +8,11 @@ use thiserror::Error;
 use crate::preprocess::{Interpolation, PreprocessConfig};
 
 /// Version of this set of keys. Readers reject files from a newer version.
-pub const METADATA_VERSION: u32 = 1;
+pub const METADATA_VERSION: u32 = 2;
+/// The version written for models without a background colour: readers of version 1 read
+/// them right. A model with one says version 2, so that a reader that would drop its alpha
+/// refuses it instead of classifying differently from training.
+const METADATA_VERSION_WITHOUT_BACKGROUND: u32 = 1;
 
 /// The keys, as written into `ModelProto.metadata_props`.
 pub mod keys {
@@ -34,6 +38,8 @@ pub mod keys {
     pub const EPOCH: &str = "epoch";
     /// JSON object: how an int8 model was quantized and how it measured (see [`super::Quantization`]).
     pub const QUANTIZATION: &str = "quantization";
+    /// `#rrggbb`: transparent images are composited onto this colour (version 2).
+    pub const BACKGROUND: &str = "background";
 }
 
 /// How an int8 model was made from its float one, and how the two compared on the validation
@@ -51,6 +57,27 @@ pub struct Quantization {
     pub int8_accuracy: f64,
     /// Fraction of those images given the same class by both.
     pub top1_agreement: f64,
+}
+
+/// A labels file (`infer --labels FILE`) that cannot be read.
+#[derive(Debug, Error)]
+pub enum LabelsError {
+    #[error("{path}: cannot read the labels file: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{0}: no class names in the labels file (one name per line)")]
+    Empty(std::path::PathBuf),
+}
+
+/// The class names in a labels file: one per line, in output order (a final line break and
+/// Windows line ends are allowed; blank lines are not names).
+pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>, LabelsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Io { path: path.to_path_buf(), source })?;
+    let labels: Vec<String> =
+        text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    if labels.is_empty() {
+        return Err(LabelsError::Empty(path.to_path_buf()));
+    }
+    Ok(labels)
 }
 
 #[derive(Debug, Clone, Error, PartialEq)]
@@ -86,7 +113,7 @@ impl ModelMetadata {
         }
         let p = &self.preprocess;
         let mut props = vec![
-            (keys::METADATA_VERSION, METADATA_VERSION.to_string()),
+            (keys::METADATA_VERSION, self.version().to_string()),
             (keys::CLASSES, json(&self.classes[..])),
             (keys::NUM_CLASSES, self.classes.len().to_string()),
             (keys::INPUT_SIZE, p.crop_size.to_string()),
@@ -105,9 +132,18 @@ impl ModelMetadata {
             (keys::BEST_VAL_ACC, self.best_val_acc.map(|a| a.to_string())),
             (keys::EPOCH, self.epoch.map(|e| e.to_string())),
             (keys::QUANTIZATION, self.quantization.as_ref().map(json)),
+            (keys::BACKGROUND, p.background.map(|b| b.to_string())),
         ];
         props.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// The oldest metadata version that holds everything this model needs.
+    pub fn version(&self) -> u32 {
+        match self.preprocess.background {
+            Some(_) => METADATA_VERSION,
+            None => METADATA_VERSION_WITHOUT_BACKGROUND,
+        }
     }
 
     /// Reads the keys through `get`; absent preprocessing keys take the seed's ImageNet
@@ -148,6 +184,10 @@ impl ModelMetadata {
         }
         if let Some(v) = get(keys::STD) {
             p.std = parse(keys::STD, &v)?;
+        }
+        if let Some(v) = get(keys::BACKGROUND) {
+            p.background =
+                Some(v.parse().map_err(|e: crate::background::BackgroundError| err(keys::BACKGROUND, e.to_string()))?);
         }
         if let Some(v) = get(keys::CHANNEL_ORDER) {
             if v != "RGB" {
@@ -232,6 +272,19 @@ mod tests {
         let props: HashMap<String, String> = m.to_props().into_iter().collect();
         assert!(props["quantization"].contains("\"calibration\":\"percentile 99.999\""));
         assert_eq!(read(&props, Some(2)).unwrap(), m);
+    }
+
+    #[test]
+    fn a_background_round_trips_and_raises_the_version() {
+        assert_eq!(meta().to_props().iter().find(|(k, _)| k == "metadata_version").unwrap().1, "1");
+        let mut m = meta();
+        m.preprocess.background = Some(crate::Background([0x33, 0x66, 0x99]));
+        let props: HashMap<String, String> = m.to_props().into_iter().collect();
+        assert_eq!((props["background"].as_str(), props["metadata_version"].as_str()), ("#336699", "2"));
+        assert_eq!(read(&props, Some(2)).unwrap(), m);
+        let mut bad = props.clone();
+        bad.insert("background".into(), "teal".into());
+        assert_eq!(read(&bad, Some(2)).unwrap_err().key, "background");
     }
 
     #[test]

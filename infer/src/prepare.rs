@@ -32,8 +32,11 @@ fn guarded(context: &'static str, f: impl FnOnce() -> Prepared) -> Prepared {
     guard::isolate(context, f).unwrap_or_else(|p| Err(ItemError::Crashed(p)))
 }
 
+/// The model's input from a decoded file: transparency handled as the contract says, then
+/// the eval transform.
 fn transform(decoded: Decoded, preprocess: &PreprocessConfig) -> Prepared {
-    Ok(PreparedImage { input: preprocess.eval(&decoded.image)?, incomplete: decoded.incomplete })
+    let incomplete = decoded.incomplete;
+    Ok(PreparedImage { input: preprocess.eval(&decoded.flatten(preprocess.background))?, incomplete })
 }
 
 /// Decodes `path` and applies the eval transform; any failure is this file's error.

@@ -80,6 +80,10 @@ pub struct PreprocessConfig {
     pub mean: [f32; 3],
     /// Per-channel standard deviation, RGB order.
     pub std: [f32; 3],
+    /// The colour transparent images are composited onto before the transform; none: their
+    /// alpha is dropped, as PIL's `convert("RGB")` drops it (see [`crate::background`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<crate::background::Background>,
 }
 
 impl Default for PreprocessConfig {
@@ -92,6 +96,7 @@ impl Default for PreprocessConfig {
             antialias: true,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            background: None,
         }
     }
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use crate::batching::{self, BatchStream};
 use crate::classifier::Classifier;
+use crate::error::ItemError;
 use crate::files::Input;
-use crate::prediction::FileResult;
+use crate::prediction::{FileResult, Prediction};
 use crate::prepare::{prepare_file, Prepared, PreparedBatch};
 
 /// How many batches are decoded ahead of inference.
@@ -90,6 +91,13 @@ impl Classifier {
         for r in self.classify_stream(paths.into_iter().map(Input::File).collect()) {
             on_result(r);
         }
+    }
+
+    /// Classifies one image file: decoded and preprocessed as the model's contract says
+    /// (transparency included), like every file `infer` reads.
+    pub fn classify_file(&self, path: impl Into<PathBuf>) -> Result<Prediction, ItemError> {
+        let mut results = self.classify_stream(vec![Input::File(path.into())]);
+        results.next().map_or_else(|| Err(ItemError::Batch(crate::InferError::Run("no output".into()))), |r| r.result)
     }
 
     /// Classifies files; one result per path, in order.

@@ -207,9 +207,10 @@ fn output_formats_and_output_file() {
     let csv = infer(&model).args(["--format", "csv", "--top-k", "2"]).arg(&dir).output().unwrap();
     let text = String::from_utf8_lossy(&csv.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "path,label,class_index,confidence,top_k,error");
+    // The last column says whether the image came from a file cut short (empty: it did not).
+    assert_eq!(lines[0], "path,label,class_index,confidence,top_k,error,incomplete");
     assert!(lines[1].starts_with('"') && lines[1].contains("a, red.png\",red,0,"), "{}", lines[1]);
-    assert_eq!(csv_fields(lines[2]).len(), 6, "{}", lines[2]);
+    assert_eq!(csv_fields(lines[2]).len(), 7, "{}", lines[2]);
 
     let file = tmp.path().join("out.jsonl");
     std::fs::write(&file, "previous").unwrap();
@@ -479,7 +480,7 @@ fn csv_top_k_is_unambiguous_whatever_the_class_names() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     let fields = csv_fields(text.lines().nth(1).unwrap());
-    assert_eq!(fields.len(), 6, "{text}");
+    assert_eq!(fields.len(), 7, "{text}");
     let top: Vec<serde_json::Value> = serde_json::from_str(&fields[4]).unwrap();
     let labels: Vec<&str> = top.iter().map(|s| s["label"].as_str().unwrap()).collect();
     assert_eq!(labels.len(), 3);
@@ -524,4 +525,37 @@ fn eval_prints_the_report_and_names_its_pictures() {
         infer(&model).args(["--eval", "--format", "jsonl", "--output"]).arg(&records).arg(&root).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&records).unwrap().lines().count(), 4);
+}
+
+/// `--labels FILE` names the classes of a foreign model that carries none; the count must be
+/// the model's, and a model that names its classes keeps them.
+#[test]
+fn labels_name_the_classes_of_a_model_without_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tiny_model(tmp.path(), "no_metadata");
+    let img = tmp.path().join("x.png");
+    colour_image(GREEN, 30, 30).save(&img).unwrap();
+    let label = |args: &[&str], model: &Path| {
+        let out = infer(model).args(["--format", "jsonl"]).args(args).arg(&img).output().unwrap();
+        (out.status.code(), jsonl(&out).first().map(|r| r["label"].clone()), stderr(&out))
+    };
+    let (code, name, _) = label(&[], &foreign);
+    assert_eq!((code, name), (Some(0), Some(serde_json::json!("class_1"))));
+
+    let file = tmp.path().join("labels.txt");
+    std::fs::write(&file, "rouge\r\nvert\nbleu\n").unwrap();
+    let (code, name, err) = label(&["--labels", file.to_str().unwrap()], &foreign);
+    assert_eq!((code, name), (Some(0), Some(serde_json::json!("vert"))), "{err}");
+
+    std::fs::write(&file, "rouge\nvert\n").unwrap();
+    let (code, _, err) = label(&["--labels", file.to_str().unwrap()], &foreign);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("the model outputs 3 classes but --labels names 2"), "{err}");
+
+    let (code, _, err) = label(&["--labels", file.to_str().unwrap()], &tiny_model(tmp.path(), "good"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("names its 3 classes itself"), "{err}");
+    let (code, _, err) = label(&["--labels", "/nonexistent/labels.txt"], &foreign);
+    assert_eq!(code, Some(1));
+    assert!(err.lines().last().unwrap().contains("/nonexistent/labels.txt: cannot read the labels file"), "{err}");
 }

@@ -22,6 +22,9 @@ fn labelled(root: &Path) {
         }
     }
     std::fs::write(root.join("blue/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    // Files a folder of pictures often holds besides them.
+    std::fs::write(root.join("red/notes.txt"), b"taken in 2024").unwrap();
+    std::fs::write(root.join("green/logo.svg"), b"<svg xmlns='http://www.w3.org/2000/svg'/>").unwrap();
 }
 
 #[test]
@@ -48,6 +51,10 @@ fn a_job_writes_its_records_resumes_and_sums_up() {
     assert_eq!(text.lines().count(), 11);
     assert!(text.lines().any(|l| l.contains("missing.png") && l.contains("no such file or folder")), "{text}");
     assert!(summary.line(&c, 1.0).starts_with("9 images classified, 2 failed"), "{}", summary.line(&c, 1.0));
+    // What was passed over is said, by kind.
+    assert_eq!(summary.ignored.total(), 2);
+    let said = "passed over 2 non-image file(s) in the folders: 1 .svg (vector images are not read), 1 .txt";
+    assert!(notes.iter().any(|n| n == said), "{notes:?}");
 
     // Resumed with every record in place: nothing to do, the file untouched.
     let resumed = JobConfig { resume: true, ..config };
@@ -114,5 +121,14 @@ fn no_images_is_an_error_after_the_path_errors_are_written() {
     let mut terminal = Vec::new();
     let err = Job::new(config).run(&c, &mut terminal, &mut Vec::new(), &AtomicUsize::new(0)).unwrap_err();
     assert!(err.to_string().starts_with("no images found in "), "{err}");
+
+    // Files that all fail: no rate of nothing in the summary.
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let config = JobConfig { paths: vec![bad], ..Default::default() };
+    let summary = Job::new(config).run(&c, &mut Vec::new(), &mut Vec::new(), &AtomicUsize::new(0)).unwrap();
+    let line = summary.line(&c, 0.5);
+    assert!(line.starts_with("0 images classified, 1 failed (0.50 s in all), "), "{line}");
+    assert!(!line.contains("images/s"), "{line}");
     assert!(String::from_utf8_lossy(&terminal).contains("missing.png: no such file or folder"));
 }

@@ -32,7 +32,7 @@ impl AmpDtype {
     }
 
     /// c10::ScalarType's value.
-    fn scalar_type(self) -> i8 {
+    pub(crate) fn scalar_type(self) -> i8 {
         match self {
             AmpDtype::Float16 => 5,   // Half
             AmpDtype::Bfloat16 => 15, // BFloat16
@@ -49,7 +49,7 @@ type SetDtype = unsafe extern "C" fn(i8, i8);
 type GetDtype = unsafe extern "C" fn(i8) -> i8;
 
 /// A function of the loaded libtorch, by its (mangled) name.
-fn lookup(name: &'static CStr) -> Result<*mut c_void, ConfigError> {
+pub(crate) fn lookup(name: &'static CStr) -> Result<*mut c_void, ConfigError> {
     // SAFETY: dlsym with RTLD_DEFAULT only reads the loaded objects' symbol tables.
     let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
     if f.is_null() {

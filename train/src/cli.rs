@@ -211,6 +211,12 @@ pub struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
 
+    /// Composite images with transparency onto this colour (white, black or #RRGGBB) instead
+    /// of dropping their alpha as PIL's convert("RGB") does; the exported model carries it, so
+    /// infer, infer serve and int8 calibration composite alike.
+    #[arg(long, value_name = "COLOUR")]
+    background: Option<infer::Background>,
+
     /// Leave out image files that end before their image data does (JPEGs cut short); by
     /// default they are decoded as far as they go, as libjpeg does, and kept.
     #[arg(long)]
@@ -319,6 +325,7 @@ impl TrainArgs {
                 val_fraction: self.val_fraction,
                 val_dir: self.val_dir.clone(),
                 skip_incomplete: self.skip_incomplete,
+                background: self.background,
                 augment: Augment { scale: pair(&self.crop_scale), ratio: pair(&self.crop_ratio), flip: !self.no_flip },
                 seed: self.seed,
                 amp: self.amp,

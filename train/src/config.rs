@@ -85,6 +85,10 @@ pub struct Hyper {
     /// Leave out files that end before their image data does (kept by default).
     #[serde(default)]
     pub skip_incomplete: bool,
+    /// Composite transparent images onto this colour (else their alpha is dropped, as PIL's
+    /// `convert("RGB")` does); part of the model's preprocessing contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<infer::Background>,
     #[serde(default)]
     pub augment: Augment,
     pub seed: u64,
@@ -117,6 +121,7 @@ impl Default for Hyper {
             val_fraction: 0.2,
             val_dir: None,
             skip_incomplete: false,
+            background: None,
             augment: Augment::default(),
             seed: 0,
             amp: false,
@@ -128,6 +133,12 @@ impl Default for Hyper {
 }
 
 impl Hyper {
+    /// The deployment preprocessing these settings train for: validation runs it, the
+    /// exported model carries it.
+    pub fn preprocess(&self) -> infer::PreprocessConfig {
+        infer::PreprocessConfig { background: self.background, ..Default::default() }
+    }
+
     /// Autocast's type when mixed precision is on.
     pub fn autocast(&self) -> Option<AmpDtype> {
         self.amp.then_some(self.amp_dtype)

@@ -209,19 +209,21 @@ pub fn print_export(r: &ExportReport) {
     }
 }
 
-/// The end of a run: its time, best epoch, skipped files, export and output folder, and how
+/// The end of a run: its time, best epoch and output folder — the result, on stdout, for
+/// scripts to read — then on stderr with the other notes: skipped files, the export, and how
 /// to resume a run that stopped early.
 pub fn print_summary(summary: &Summary) {
-    let total = if summary.total_seconds > summary.process_seconds + 1.0 {
+    // Earlier runs of a resumed training count (a fresh run differs only by rounding).
+    let total = if summary.total_seconds > summary.process_seconds + 0.001 {
         format!(" ({} over all runs)", duration(summary.total_seconds))
     } else {
         String::new()
     };
     // The seed tutorial's line, for this process; the whole training's time when resumed.
     let secs = summary.process_seconds.round() as u64;
-    eprintln!("Training complete in {}m {}s{total}", secs / 60, secs % 60);
+    println!("Training complete in {}m {}s{total}", secs / 60, secs % 60);
     if let Some(best) = summary.best {
-        eprintln!("Best val Acc: {:.4} (epoch {})", best.val_acc, best.epoch);
+        println!("Best val Acc: {:.4} (epoch {})", best.val_acc, best.epoch);
     }
     if !summary.skipped_files.is_empty() {
         eprintln!("{} unreadable file(s) skipped (listed in summary.json)", summary.skipped_files.len());
@@ -229,7 +231,7 @@ pub fn print_summary(summary: &Summary) {
     if let Some(report) = &summary.export {
         print_export(report);
     }
-    eprintln!("outputs in {}", summary.out.display());
+    println!("outputs in {}", summary.out.display());
     if summary.interrupted {
         eprintln!(
             "stopped early after {} epoch(s): resume with --resume {}",

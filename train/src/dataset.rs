@@ -16,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
+use infer::files::Ignored;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -62,11 +63,16 @@ pub struct Dataset {
     pub layout: Layout,
     /// Image-named files that could not be decoded.
     pub skipped: Vec<Skipped>,
-    /// Files ignored for being neither image-named nor image-like.
-    pub ignored: usize,
+    /// Files passed over for being neither image-named nor image-like, by kind.
+    pub ignored: Ignored,
     /// Files kept although they end before their image data does (JPEGs cut short, decoded
     /// as libjpeg decodes them), sorted.
     pub incomplete: Vec<PathBuf>,
+    /// Images with transparent pixels.
+    pub transparent: usize,
+    /// Images with transparency that are nearly one colour once their alpha is dropped (what
+    /// the model sees of them without `--background`), sorted.
+    pub blank_without_alpha: Vec<PathBuf>,
 }
 
 /// What checking one readable file noticed.
@@ -74,6 +80,10 @@ pub struct Dataset {
 pub struct FileNotes {
     /// The file ends before its image data does (see [`infer::decode::Decoded::incomplete`]).
     pub incomplete: bool,
+    /// The image has transparent pixels.
+    pub transparent: bool,
+    /// ...and is nearly one colour once its alpha is dropped.
+    pub blank_without_alpha: bool,
 }
 
 impl Dataset {
@@ -182,7 +192,7 @@ fn class_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, DatasetError> {
 }
 
 /// Image-named files below `dir`, recursively and in sorted order; counts the others.
-fn files_below(dir: &Path, ignored: &mut usize) -> Result<Vec<PathBuf>, DatasetError> {
+fn files_below(dir: &Path, ignored: &mut Ignored) -> Result<Vec<PathBuf>, DatasetError> {
     let mut out = Vec::new();
     for path in read_dir_sorted(dir)? {
         if path.is_dir() {
@@ -190,7 +200,7 @@ fn files_below(dir: &Path, ignored: &mut usize) -> Result<Vec<PathBuf>, DatasetE
         } else if infer::files::is_image_file(&path) {
             out.push(path);
         } else {
-            *ignored += 1;
+            ignored.add(&path);
         }
     }
     Ok(out)
@@ -211,7 +221,7 @@ fn collect(
     dir: &Path,
     classes: &[String],
     strict_classes: bool,
-    ignored: &mut usize,
+    ignored: &mut Ignored,
 ) -> Result<Vec<(usize, PathBuf)>, DatasetError> {
     let mut out = Vec::new();
     for (name, path) in class_dirs(dir)? {
@@ -231,12 +241,25 @@ fn collect(
     Ok(out)
 }
 
-/// What [`verify`] found: the readable samples, the skipped files, and the readable files
-/// that are incomplete.
+/// What [`verify`] found: the readable samples, the skipped files, and what was noticed of
+/// the readable ones.
+#[derive(Default)]
 struct Verified {
     ok: Vec<Sample>,
     skipped: Vec<Skipped>,
     incomplete: Vec<PathBuf>,
+    transparent: usize,
+    blank_without_alpha: Vec<PathBuf>,
+}
+
+impl Verified {
+    fn extend(&mut self, other: Verified) {
+        self.ok.extend(other.ok);
+        self.skipped.extend(other.skipped);
+        self.incomplete.extend(other.incomplete);
+        self.transparent += other.transparent;
+        self.blank_without_alpha.extend(other.blank_without_alpha);
+    }
 }
 
 /// Decodes every candidate in parallel. Each check runs under the panic guard: a panic in it
@@ -250,12 +273,16 @@ fn verify(candidates: Vec<(usize, PathBuf)>, opts: &ScanOptions) -> Verified {
             (result, label, path)
         })
         .collect();
-    let mut v = Verified { ok: Vec::new(), skipped: Vec::new(), incomplete: Vec::new() };
+    let mut v = Verified::default();
     for (result, label, path) in checked {
         match result {
             Ok(notes) => {
                 if notes.incomplete {
                     v.incomplete.push(path.clone());
+                }
+                v.transparent += usize::from(notes.transparent);
+                if notes.blank_without_alpha {
+                    v.blank_without_alpha.push(path.clone());
                 }
                 v.ok.push(Sample { path, label });
             }
@@ -358,24 +385,25 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
     if classes.len() < 2 {
         return Err(DatasetError::TooFewClasses { root: class_root.clone(), found: classes });
     }
-    let mut ignored = 0;
+    let mut ignored = Ignored::default();
     let train_candidates: Vec<(usize, PathBuf)> = collect(class_root, &classes, false, &mut ignored)?;
     let val_candidates = match &layout.val_dir {
         Some(dir) => Some(collect(dir, &classes, true, &mut ignored)?),
         None => None,
     };
 
-    let Verified { ok: train_ok, mut skipped, mut incomplete } = verify(train_candidates, opts);
+    let mut found = verify(train_candidates, opts);
+    let train_ok = std::mem::take(&mut found.ok);
     let counts = Dataset::counts(&train_ok, classes.len());
     if let Some(i) = counts.iter().position(|&c| c == 0) {
         return Err(DatasetError::EmptyClass { class: classes[i].clone(), dir: class_root.join(&classes[i]) });
     }
     let (train, val, split) = match val_candidates {
         Some(candidates) => {
-            let val = verify(candidates, opts);
-            skipped.extend(val.skipped);
-            incomplete.extend(val.incomplete);
-            (train_ok, val.ok, SplitKind::Folder)
+            let mut val = verify(candidates, opts);
+            let val_ok = std::mem::take(&mut val.ok);
+            found.extend(val);
+            (train_ok, val_ok, SplitKind::Folder)
         }
         None => {
             let (t, v) = stratified_split(train_ok, classes.len(), opts.val_fraction, opts.seed);
@@ -385,8 +413,21 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Dataset, DatasetError> {
     if val.is_empty() {
         return Err(DatasetError::EmptyValidation);
     }
-    incomplete.sort();
-    Ok(Dataset { root: root.to_path_buf(), classes, train, val, split, layout, skipped, ignored, incomplete })
+    found.incomplete.sort();
+    found.blank_without_alpha.sort();
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        classes,
+        train,
+        val,
+        split,
+        layout,
+        skipped: found.skipped,
+        ignored,
+        incomplete: found.incomplete,
+        transparent: found.transparent,
+        blank_without_alpha: found.blank_without_alpha,
+    })
 }
 
 /// The validation images of a data folder as [`scan`] would choose them (its validation
@@ -406,7 +447,7 @@ mod tests {
         if name.contains("bad") {
             Err("corrupt".into())
         } else {
-            Ok(FileNotes { incomplete: name.contains("cut") })
+            Ok(FileNotes { incomplete: name.contains("cut"), ..Default::default() })
         }
     }
 
@@ -446,7 +487,7 @@ mod tests {
         assert_eq!(ds.skipped[0].reason, "corrupt");
         assert!(ds.skipped[1].path.ends_with("boom.png"));
         assert_eq!(ds.skipped[1].reason, "internal error in the image check: decoder bug");
-        assert_eq!(ds.ignored, 1);
+        assert_eq!(ds.ignored.total(), 1);
         assert_eq!(ds.split, SplitKind::Folder);
     }
 

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use infer::batching::{self, BatchStream};
+use infer::decode::decode_file_with_status;
 use infer::guard::Panicked;
-use infer::{decode_file, DecodeLimits, PreprocessConfig};
+use infer::{DecodeLimits, PreprocessConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -104,7 +105,8 @@ impl Loader {
 
     /// Loads one sample into `out` (decode, then augment or the eval transform).
     fn load_one(&self, sample: &Sample, phase: Phase, position: usize, out: &mut [f32]) -> Result<(), String> {
-        let img = decode_file(&sample.path, self.limits).map_err(|e| e.to_string())?;
+        let decoded = decode_file_with_status(&sample.path, self.limits).map_err(|e| e.to_string())?;
+        let img = decoded.flatten(self.preprocess.background);
         match phase {
             Phase::Train { epoch } => {
                 let seed = mix(self.seed ^ mix((epoch as u64) << 32 | position as u64));
@@ -258,7 +260,7 @@ mod tests {
         let loader = Arc::new(Loader::new(small(), Augment::default(), 2, 1, 0).unwrap());
         let batches: Vec<_> = loader.batches(Arc::clone(&samples), Phase::Eval, 2).collect();
         assert_eq!(batches.iter().map(|b| b.labels.len()).collect::<Vec<_>>(), [2, 2, 1]);
-        let img = decode_file(&samples[2].path, DecodeLimits::default()).unwrap();
+        let img = infer::decode_file(&samples[2].path, DecodeLimits::default()).unwrap();
         let expected = small().eval(&img).unwrap();
         assert_eq!(&batches[1].images[..expected.len()], &expected[..]);
     }

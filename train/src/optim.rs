@@ -113,6 +113,10 @@ pub enum OptimError {
     StepSize,
     #[error("gamma must be positive, got {0}")]
     Gamma(f64),
+    #[error("{got} learning-rate scales for {params} parameters")]
+    ScaleCount { got: usize, params: usize },
+    #[error("learning-rate scale {0} is not finite and >= 0")]
+    Scale(f64),
     #[error("optimizer state {key} missing")]
     StateMissing { key: String },
     #[error("optimizer state {key} has shape {saved:?}, parameter {param:?}")]
@@ -126,11 +130,40 @@ pub struct Optimizer {
     /// Per-parameter state tensors: SGD `momentum_buffer`; AdamW `exp_avg`, `exp_avg_sq`.
     state: HashMap<String, Vec<Tensor>>,
     steps: i64,
+    /// Multiplier of the step's learning rate for each parameter (PyTorch's per-group `lr`).
+    lr_scales: Vec<f64>,
 }
 
 impl Optimizer {
     pub fn new(config: OptimConfig, params: Vec<(String, Tensor)>) -> Optimizer {
-        Optimizer { config, params, state: HashMap::new(), steps: 0 }
+        let lr_scales = vec![1.0; params.len()];
+        Optimizer { config, params, state: HashMap::new(), steps: 0, lr_scales }
+    }
+
+    /// Per-parameter multipliers of the learning rate passed to [`Self::step`], in parameter
+    /// order (layer-wise learning-rate decay; all 1 unless set). Like a PyTorch parameter group's
+    /// `lr`, a scaled rate also scales AdamW's decoupled weight decay.
+    pub fn set_lr_scales(&mut self, scales: Vec<f64>) -> Result<(), OptimError> {
+        if scales.len() != self.params.len() {
+            return Err(OptimError::ScaleCount { got: scales.len(), params: self.params.len() });
+        }
+        if let Some(&bad) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+            return Err(OptimError::Scale(bad));
+        }
+        self.lr_scales = scales;
+        Ok(())
+    }
+
+    /// Sets SGD's momentum, or AdamW's β₁, for the next steps (one-cycle momentum cycling, as
+    /// PyTorch's `OneCycleLR` writes `group["momentum"]` / `group["betas"][0]`).
+    pub fn set_momentum(&mut self, momentum: f64) {
+        self.config.momentum = momentum;
+        self.config.betas.0 = momentum;
+    }
+
+    /// The names of the optimised parameters, in order.
+    pub fn param_names(&self) -> Vec<&str> {
+        self.params.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Gradients of `loss` for the optimised parameters, as fresh tensors: nothing to zero
@@ -147,10 +180,11 @@ impl Optimizer {
         let c = self.config.clone();
         let steps = self.steps;
         tch::no_grad(|| {
-            for ((name, p), g) in self.params.iter_mut().zip(grads) {
+            for (((name, p), g), &scale) in self.params.iter_mut().zip(grads).zip(&self.lr_scales) {
                 if !g.defined() {
                     continue;
                 }
+                let lr = lr * scale;
                 // p += d × (−lr) in one pass, with no temporary.
                 let neg_lr = Tensor::f_full([], -lr, (p.kind(), p.device()))?;
                 match c.optimizer {
@@ -277,6 +311,33 @@ mod tests {
         assert_eq!(steps, 2);
         assert_eq!(state[0].0, "w.momentum_buffer");
         assert!((state[0].1.double_value(&[0]) - buf).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lr_scales_act_per_parameter() {
+        let a = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        let cfg = OptimConfig { momentum: 0.0, weight_decay: 0.0, ..config(OptimizerKind::Sgd) };
+        let mut opt = Optimizer::new(cfg, vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())]);
+        assert!(matches!(opt.set_lr_scales(vec![1.0]), Err(OptimError::ScaleCount { got: 1, params: 2 })));
+        assert!(matches!(opt.set_lr_scales(vec![1.0, -1.0]), Err(OptimError::Scale(_))));
+        opt.set_lr_scales(vec![1.0, 0.25]).unwrap();
+        assert_eq!(opt.param_names(), ["a", "b"]);
+        let grads = opt.backward(&(&a * 2.0 + &b * 2.0).sum(tch::Kind::Double)).unwrap();
+        opt.step(grads, 0.1).unwrap();
+        assert!((a.double_value(&[0]) - 0.8).abs() < 1e-12);
+        assert!((b.double_value(&[0]) - 0.95).abs() < 1e-12);
+        // Momentum set between steps is the one used (OneCycleLR's cycling).
+        let mut opt = Optimizer::new(config(OptimizerKind::Sgd), vec![("a".into(), a.shallow_clone())]);
+        opt.set_momentum(0.5);
+        for _ in 0..2 {
+            let grads = opt.backward(&(&a * 2.0).sum(tch::Kind::Double)).unwrap();
+            opt.step(grads, 0.0).unwrap();
+        }
+        let (state, _) = opt.state();
+        // buf1 = g1 = 2 + 0.01·a; buf2 = 0.5·buf1 + g2 (lr 0: a unchanged).
+        let g = 2.0 + 0.01 * a.double_value(&[0]);
+        assert!((state[0].1.double_value(&[0]) - (0.5 * g + g)).abs() < 1e-12);
     }
 
     #[test]

@@ -124,8 +124,14 @@ pub struct Summary {
     pub validation_folder: Option<PathBuf>,
     pub skipped_files: Vec<Skipped>,
     pub ignored_files: usize,
+    /// The ignored files by extension, with the first few names of each kind.
+    pub ignored_by_extension: std::collections::BTreeMap<String, infer::files::IgnoredKind>,
     /// Files kept although they end before their image data does.
     pub incomplete_files: Vec<PathBuf>,
+    /// Images with transparent pixels, and those of them that are nearly one colour once
+    /// their alpha is dropped (what the model saw of them unless `--background` was given).
+    pub transparent_images: usize,
+    pub blank_without_alpha: Vec<PathBuf>,
     pub epochs_completed: usize,
     pub interrupted: bool,
     pub best: Option<Best>,

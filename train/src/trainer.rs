@@ -157,9 +157,10 @@ fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, ConfigError> {
 /// what was found.
 fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainError> {
     let limits = DecodeLimits::default();
-    let crop = PreprocessConfig::default().crop_size;
+    let crop = start.hyper.preprocess().crop_size;
     let small = AtomicUsize::new(0);
     let skip_incomplete = start.hyper.skip_incomplete;
+    let background = start.hyper.background;
     let check = |p: &Path| {
         let decoded = decode_file_with_status(p, limits).map_err(|e| e.to_string())?;
         if decoded.incomplete && skip_incomplete {
@@ -169,7 +170,10 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
         if img.width().min(img.height()) * 4 < crop {
             small.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(FileNotes { incomplete: decoded.incomplete })
+        let transparent = decoded.alpha.is_some();
+        // Without a background the model sees the colours under the transparency.
+        let blank_without_alpha = transparent && background.is_none() && infer::background::nearly_uniform(img);
+        Ok(FileNotes { incomplete: decoded.incomplete, transparent, blank_without_alpha })
     };
     let h = &start.hyper;
     let opts = ScanOptions { val_fraction: h.val_fraction, seed: h.seed, val_dir: h.val_dir.as_deref(), check: &check };
@@ -183,6 +187,15 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
     if let Some((p, _, state)) = &start.resumed {
         check_resumed_data(p, state, &ds, obs)?;
     }
+    if !ds.blank_without_alpha.is_empty() {
+        let names: Vec<String> = ds.blank_without_alpha.iter().take(3).map(|p| p.display().to_string()).collect();
+        obs.warn(&format!(
+            "{} of the {} images with transparency are nearly one colour once their alpha is dropped, as PIL's convert(\"RGB\") drops it (e.g. {}); consider --background white",
+            ds.blank_without_alpha.len(),
+            ds.transparent,
+            names.join(", ")
+        ));
+    }
     if let [first, ..] = ds.incomplete.as_slice() {
         obs.warn(&format!(
             "{} file(s) end before their image data does and were decoded as far as they go, the rest filled in as libjpeg fills it (e.g. {}); they are kept (listed in summary.json), --skip-incomplete leaves them out",
@@ -190,7 +203,7 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
             first.display()
         ));
     }
-    obs.info(&describe_data(&ds));
+    obs.info(&describe_data(&ds, start.hyper.background));
     let total = ds.train.len() + ds.val.len();
     if small.load(Ordering::Relaxed) * 2 > total {
         obs.warn(&format!(
@@ -229,7 +242,7 @@ fn check_resumed_data(path: &Path, state: &RunState, ds: &Dataset, obs: &mut dyn
     Ok(())
 }
 
-fn describe_data(ds: &Dataset) -> String {
+fn describe_data(ds: &Dataset, background: Option<infer::Background>) -> String {
     let n = ds.classes.len();
     let train = Dataset::counts(&ds.train, n);
     let val = Dataset::counts(&ds.val, n);
@@ -250,8 +263,12 @@ fn describe_data(ds: &Dataset) -> String {
     if !ds.skipped.is_empty() {
         s.push_str(&format!("; {} unreadable file(s) skipped", ds.skipped.len()));
     }
-    if ds.ignored > 0 {
-        s.push_str(&format!("; {} non-image file(s) ignored", ds.ignored));
+    if ds.ignored.total() > 0 {
+        s.push_str(&format!("; {} non-image file(s) ignored: {}", ds.ignored.total(), ds.ignored.describe()));
+    }
+    if ds.transparent > 0 {
+        let how = background.map_or("alpha dropped".to_string(), |b| format!("composited onto {b}"));
+        s.push_str(&format!("; {} with transparency ({how})", ds.transparent));
     }
     s
 }
@@ -402,7 +419,7 @@ impl<'a> Epochs<'a> {
             opt.load_state(&r.optimizer, r.optimizer_steps)
                 .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
         }
-        let preprocess = PreprocessConfig::default();
+        let preprocess = h.preprocess();
         let loader = Arc::new(Loader::new(preprocess.clone(), h.augment, cfg.workers, cfg.prefetch, h.seed)?);
         let state = start.resumed.as_ref().map(|(_, _, s)| s);
         Ok(Epochs {
@@ -685,8 +702,11 @@ impl<'a> Epochs<'a> {
             split: ds.split.clone(),
             validation_folder: ds.layout.val_dir.clone(),
             skipped_files: ds.skipped.clone(),
-            ignored_files: ds.ignored,
+            ignored_files: ds.ignored.total(),
+            ignored_by_extension: ds.ignored.by_extension.clone(),
             incomplete_files: ds.incomplete.clone(),
+            transparent_images: ds.transparent,
+            blank_without_alpha: ds.blank_without_alpha.clone(),
             epochs_completed: self.history.len(),
             interrupted,
             best: self.best,

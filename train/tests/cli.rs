@@ -32,14 +32,19 @@ fn one_epoch_writes_every_output_and_reports_bad_files() {
     std::fs::write(data.join("train/dogs/empty.png"), b"").unwrap();
     std::fs::write(data.join("train/dogs/notes.txt"), b"hello").unwrap();
 
-    let TrainedRun { out, stderr: err } = f.train("models", &[]);
+    let TrainedRun { out, stdout, stderr: err } = f.train("models", &[]);
     assert!(err.contains("device: cpu"), "{err}");
     for bad in ["broken.jpg", "empty.png"] {
         let lines: Vec<&str> = err.lines().filter(|l| l.contains(bad)).collect();
         assert_eq!(lines.len(), 1, "one warning for {bad}: {err}");
         assert!(lines[0].starts_with("warning: skipped "), "{}", lines[0]);
     }
-    assert!(err.contains("Best val Acc:"), "{err}");
+    // The result on stdout, for scripts; progress and notes on stderr.
+    let result: Vec<&str> = stdout.lines().collect();
+    assert_eq!(result.len(), 3, "{stdout}");
+    assert!(result[0].starts_with("Training complete in ") && result[1].starts_with("Best val Acc: "), "{stdout}");
+    assert_eq!(result[2], format!("outputs in {}", out.display()));
+    assert!(!err.contains("Best val Acc:"), "{err}");
 
     assert!(err.contains("exported ") && err.contains("verified with ONNX Runtime"), "{err}");
     assert!(err.contains("validation images"), "{err}");
@@ -274,7 +279,7 @@ fn one_epoch_on_the_seed_dataset() {
         return;
     };
     let f = TrainFixture::with_data(TRAIN, |_| data.clone());
-    let TrainedRun { out, stderr: err } = f.train("out", &[]);
+    let TrainedRun { out, stderr: err, .. } = f.train("out", &[]);
     println!("{err}");
     let s = summary(&out);
     assert_eq!(s["classes"], serde_json::json!(["ants", "bees"]));
@@ -441,7 +446,9 @@ fn resume_continues_in_its_own_folder_and_says_when_the_data_changed() {
     assert!(resumed.status.success(), "{err}");
     assert_eq!(metrics(&run).len(), 4, "the checkpoint's folder holds both epochs");
     assert!(!elsewhere.join("models").exists(), "nothing written into the current folder");
-    assert!(err.contains("Training complete in 0m ") && err.contains("over all runs"), "{err}");
+    // The result line, on stdout, counts the time of both runs.
+    let result = String::from_utf8_lossy(&resumed.stdout);
+    assert!(result.contains("Training complete in 0m ") && result.contains("over all runs"), "{result}");
     assert!(!err.contains("data has changed"), "{err}");
     let s = summary(&run);
     assert!(s["total_seconds"].as_f64().unwrap() > s["process_seconds"].as_f64().unwrap());
@@ -486,7 +493,7 @@ fn layouts_augmentation_and_pictures() {
     });
     let data = &f.data;
     let args = ["--no-flip", "--crop-scale", "0.5", "1", "--crop-ratio", "1", "1", "--quantize", "int8", "--force"];
-    let TrainedRun { out, stderr: err } = f.train("out", &args);
+    let TrainedRun { out, stderr: err, .. } = f.train("out", &args);
     let valid = data.join("valid");
     assert!(err.contains(&format!("validation: {}", valid.display())), "{err}");
     assert!(err.contains(&format!("not used: {}", data.join("test").display())), "{err}");
@@ -626,8 +633,9 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     let mut jpg = Vec::new();
     colour_image(RED, 120, 90).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
     std::fs::write(f.data.join("train/cats/cut.jpg"), &jpg[..jpg.len() * 2 / 3]).unwrap();
+    std::fs::write(f.data.join("train/dogs/sketch.svg"), b"<svg/>").unwrap();
 
-    let TrainedRun { out, stderr: err } = f.train("kept", &["--no-export"]);
+    let TrainedRun { out, stderr: err, .. } = f.train("kept", &["--no-export"]);
     let warning: Vec<&str> = err.lines().filter(|l| l.contains("end before their image data")).collect();
     assert_eq!(warning.len(), 1, "{err}");
     assert!(warning[0].starts_with("warning: 1 file(s)") && warning[0].contains("cut.jpg"), "{err}");
@@ -635,11 +643,63 @@ fn incomplete_jpegs_are_kept_and_named_unless_skipped() {
     assert_eq!(s["train_counts"], serde_json::json!([5, 4]));
     let listed = s["incomplete_files"].as_array().unwrap();
     assert!(listed.len() == 1 && listed[0].as_str().unwrap().ends_with("cut.jpg"), "{s}");
+    // What was not read is counted by kind, with names.
+    assert!(err.contains("1 non-image file(s) ignored: 1 .svg (vector images are not read)"), "{err}");
+    assert_eq!(s["ignored_by_extension"][".svg"]["count"], 1);
+    assert!(s["ignored_by_extension"][".svg"]["examples"][0].as_str().unwrap().ends_with("sketch.svg"));
 
-    let TrainedRun { out, stderr: err } = f.train("skipped", &["--no-export", "--skip-incomplete"]);
+    let TrainedRun { out, stderr: err, .. } = f.train("skipped", &["--no-export", "--skip-incomplete"]);
     assert!(err.contains("skipped ") && err.contains("cut.jpg: incomplete file"), "{err}");
     let s = summary(&out);
     assert_eq!(s["train_counts"], serde_json::json!([4, 4]));
     assert_eq!(s["incomplete_files"], serde_json::json!([]));
     assert_eq!(s["hyperparameters"]["skip_incomplete"], true);
+}
+
+/// Drawings on transparent backgrounds: without `--background` they become uniformly black
+/// (PIL's convert("RGB")), which the scan says, naming some; with `--background white` the
+/// model's contract carries the colour and the inference library composites as training did.
+#[test]
+fn transparent_drawings_are_noticed_and_composited_on_request() {
+    let f = TrainFixture::with_data(TRAIN, |tmp| {
+        let data = tmp.join("drawings");
+        for (c, class) in ["circle", "cross"].iter().enumerate() {
+            let dir = data.join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..5u32 {
+                let img = image::RgbaImage::from_fn(48 + i, 40, |x, y| {
+                    let (dx, dy) = (x as i32 - 24, y as i32 - 20);
+                    let on = if c == 0 { (dx * dx + dy * dy - 144).abs() < 40 } else { dx.abs() < 3 || dy.abs() < 3 };
+                    // Black ink on black, transparent paper: what many drawing tools save.
+                    image::Rgba([0, 0, 0, if on { 255 } else { 0 }])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        data
+    });
+    let TrainedRun { stderr: err, .. } = f.train("dropped", &["--no-export", "--val-fraction", "0.4"]);
+    let warning: Vec<&str> = err.lines().filter(|l| l.contains("nearly one colour once their alpha")).collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(warning[0].starts_with("warning: 10 of the 10 images with transparency"), "{}", warning[0]);
+    assert!(warning[0].contains(".png") && warning[0].contains("--background white"), "{}", warning[0]);
+    assert!(err.contains("10 with transparency (alpha dropped)"), "{err}");
+
+    let TrainedRun { out, stderr: err, .. } = f.train("white", &["--background", "white", "--val-fraction", "0.4"]);
+    assert!(!err.contains("nearly one colour"), "{err}");
+    assert!(err.contains("10 with transparency (composited onto #ffffff)"), "{err}");
+    assert_eq!(summary(&out)["hyperparameters"]["background"], "#ffffff");
+    let c = infer::Classifier::builder(out.join("model.onnx"))
+        .execution_provider(infer::ExecutionProvider::Cpu)
+        .top_k(2)
+        .build()
+        .unwrap();
+    assert_eq!(c.metadata().preprocess.background, Some(infer::Background::WHITE));
+    let file = f.data.join("cross/0.png");
+    let decoded = infer::decode::decode_file_with_status(&file, Default::default()).unwrap();
+    let composited = c.classify(&decoded.clone().flatten(Some(infer::Background::WHITE))).unwrap();
+    let dropped = c.classify(&decoded.flatten(None)).unwrap();
+    let from_file = c.classify_files(vec![file]).pop().unwrap().result.unwrap();
+    assert_eq!(from_file.top_k, composited.top_k, "the library composites as the contract says");
+    assert_ne!(from_file.top_k, dropped.top_k);
 }

@@ -9,9 +9,9 @@
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
 
-use image::{ImageFormat, RgbImage};
+use image::ImageFormat;
 
-use super::{bmp, DecodeError, DecodeLimits};
+use super::{bmp, DecodeError, DecodeLimits, Decoded};
 
 /// One directory entry: what Pillow sorts on, and where the data is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ fn read_entries<R: Read>(reader: &mut R) -> Result<Vec<Entry>, DecodeError> {
 }
 
 /// Decodes the entry of an ICO file that Pillow opens (the reader is at its start).
-pub(super) fn decode<R: Read + Seek>(reader: &mut R, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+pub(super) fn decode<R: Read + Seek>(reader: &mut R, limits: DecodeLimits) -> Result<Decoded, DecodeError> {
     let start = reader.stream_position()?;
     let file_len = reader.seek(SeekFrom::End(0))?.saturating_sub(start);
     reader.seek(SeekFrom::Start(start))?;
@@ -76,10 +76,9 @@ pub(super) fn decode<R: Read + Seek>(reader: &mut R, limits: DecodeLimits) -> Re
     reader.seek(SeekFrom::Start(start + offset))?;
     reader.take(len).read_to_end(&mut data)?;
     if data.starts_with(b"\x89PNG\r\n\x1a\n") {
-        let decoded = super::decode_with_image(Cursor::new(data), Some(ImageFormat::Png), limits)?;
-        return Ok(decoded.image);
+        return super::decode_with_image(Cursor::new(data), Some(ImageFormat::Png), limits);
     }
-    bmp::decode_dib(&mut Cursor::new(data), true, limits)
+    bmp::decode_dib(&mut Cursor::new(data), true, limits).map(Decoded::whole)
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeErr
     decoder.set_limits(super::image_limits(limits)).map_err(image_error)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    Ok(Decoded { image: upright(to_rgb8(img), orientation), incomplete: layout.incomplete })
+    Ok(Decoded { image: upright(to_rgb8(img), orientation), alpha: None, incomplete: layout.incomplete })
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@
 use std::io::{Cursor, Read};
 
 use image::codecs::tga::TgaDecoder;
-use image::{DynamicImage, ImageDecoder, RgbImage};
+use image::{DynamicImage, ImageDecoder};
 
-use super::{image_error, to_rgb8, DecodeError, DecodeLimits};
+use super::{image_error, split_alpha, DecodeError, DecodeLimits, Decoded};
 
 const HEADER_LEN: usize = 18;
 
@@ -49,7 +49,7 @@ pub(super) fn header(head: &[u8]) -> Option<Header> {
 }
 
 /// Decodes a TGA file whose header is `h` (the reader is at its start).
-pub(super) fn decode<R: Read>(mut reader: R, h: Header, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+pub(super) fn decode<R: Read>(mut reader: R, h: Header, limits: DecodeLimits) -> Result<Decoded, DecodeError> {
     let mut raw = h.raw;
     reader.read_exact(&mut [0u8; HEADER_LEN])?;
     // The alpha bits implied by the pixel format, as Pillow reads it.
@@ -63,14 +63,14 @@ pub(super) fn decode<R: Read>(mut reader: R, h: Header, limits: DecodeLimits) ->
     let (width, height) = decoder.dimensions();
     limits.check(width, height)?;
     decoder.set_limits(super::image_limits(limits)).map_err(image_error)?;
-    let mut img = to_rgb8(DynamicImage::from_decoder(decoder).map_err(image_error)?);
+    let (mut img, alpha) = split_alpha(DynamicImage::from_decoder(decoder).map_err(image_error)?);
     if h.image_type & !8 != 3 && colour_bits <= 16 {
         let pillow = five_bit_table();
         for v in img.iter_mut() {
             *v = pillow[usize::from(*v)];
         }
     }
-    Ok(img)
+    Ok(Decoded { image: img, alpha, incomplete: false })
 }
 
 /// From `image`'s widening of a 5-bit value (rounded) to Pillow's (truncated); both are

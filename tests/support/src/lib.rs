@@ -118,9 +118,11 @@ pub struct TrainFixture {
     bin: PathBuf,
 }
 
-/// A run that succeeded: its output folder and what it printed.
+/// A run that succeeded: its output folder and what it printed (the result on stdout,
+/// progress and notes on stderr).
 pub struct TrainedRun {
     pub out: PathBuf,
+    pub stdout: String,
     pub stderr: String,
 }
 
@@ -174,7 +176,7 @@ impl TrainFixture {
         let run = self.quick(out, extra).output().expect("start train");
         let stderr = stderr_of(&run);
         assert!(run.status.success(), "{stderr}");
-        TrainedRun { out: self.path(out), stderr }
+        TrainedRun { out: self.path(out), stdout: String::from_utf8_lossy(&run.stdout).into_owned(), stderr }
     }
 }
 
