@@ -106,7 +106,7 @@ PY
     # The two onnxruntime flavours install the same module; keep only the one wanted.
     other="onnxruntime-gpu"; [[ "$ort_pkg" == onnxruntime-gpu* ]] && other="onnxruntime"
     "$venv/bin/python" -m pip uninstall -q -y "$other" >/dev/null 2>&1 || true
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
+    "$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "${requirements[@]}" \
         || die "pip install failed (is PyPI reachable?)"
     printf '%s' "$want" >"$stamp"
 fi
@@ -178,7 +178,7 @@ case "$cuda_headers" in
     *" present") log "CUDA headers for the nccl backend present" ;;
     13.0" missing")
         log "installing nvidia-cuda-crt and nvidia-cuda-cccl 13.0 (headers for the nccl backend of train::dist)"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*" \
+        "$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*" \
             || log "warning: pip could not install the CUDA headers; train is built without the nccl backend" ;;
     *) log "warning: torch is built with CUDA ${cuda_headers% *}, for which this script has no NCCL header packages; train is built without the nccl backend" ;;
 esac
