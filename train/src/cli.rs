@@ -278,6 +278,16 @@ pub struct TrainArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     dist_timeout: u64,
 
+    /// Do not write a TensorBoard log (event files in the output folder; watch it with
+    /// `tensorboard --logdir OUT`).
+    #[arg(long)]
+    no_tensorboard: bool,
+
+    /// Batches between two points of TensorBoard's training-loss curve.
+    #[arg(long, value_name = "N", default_value_t = TrainConfig::default().log_every,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    log_every: usize,
+
     /// Do not export best.pt to model.onnx at the end.
     #[arg(long)]
     no_export: bool,
@@ -343,6 +353,8 @@ impl TrainArgs {
             export: (!self.no_export)
                 .then(|| ExportSettings { probabilities: self.probabilities, quantize: self.quantize.settings() }),
             distributed: None,
+            tensorboard: !self.no_tensorboard,
+            log_every: self.log_every,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::ddp::DistConfig;
 use crate::device::DeviceChoice;
 use crate::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use crate::quantize::Calibration;
-use crate::report::{EpochRecord, PhaseStats};
+use crate::report::{EpochRecord, PhaseStats, Summary};
 
 /// Default output folder.
 pub const DEFAULT_OUT: &str = "models";
@@ -232,6 +232,10 @@ pub struct TrainConfig {
     /// Join a data-parallel job (the launcher's RANK, WORLD_SIZE... read by the caller):
     /// `None` trains in this process alone.
     pub distributed: Option<DistConfig>,
+    /// Write a TensorBoard log into the output folder (see [`crate::board`]).
+    pub tensorboard: bool,
+    /// Batches between two points of the TensorBoard training-loss curve.
+    pub log_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -251,6 +255,8 @@ impl Default for TrainConfig {
             prefetch: 4,
             export: Some(ExportSettings::default()),
             distributed: None,
+            tensorboard: true,
+            log_every: crate::board::DEFAULT_EVERY,
         }
     }
 }
@@ -272,6 +278,11 @@ pub trait Observer {
     fn batch_done(&mut self, _images: usize, _loss: f64, _acc: f64) {}
     fn phase_end(&mut self, _stats: &PhaseStats) {}
     fn epoch_end(&mut self, _record: &EpochRecord, _epochs: usize, _best: bool) {}
+    /// A picture the run made (`train_batch`, `val_predictions`, `confusion_matrix`), after
+    /// the epoch it shows (1-based).
+    fn picture(&mut self, _name: &str, _epoch: usize, _img: &image::RgbImage) {}
+    /// The run's final summary (also when it was stopped early).
+    fn finished(&mut self, _summary: &Summary) {}
 }
 
 /// Ctrl-C handling: the first request finishes the current epoch and stops; the second stops

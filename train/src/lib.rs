@@ -8,6 +8,7 @@ pub mod amp;
 pub mod arch;
 pub mod augment;
 pub mod autoaugment;
+pub mod board;
 pub mod checkpoint;
 pub mod cleaning;
 pub mod config;

@@ -13,6 +13,7 @@ use infer::{DecodeLimits, PreprocessConfig};
 use tch::{Device, Tensor};
 
 use crate::arch::{self, Arch};
+use crate::board::Board;
 use crate::checkpoint::{self, ModelInfo, Resume};
 use crate::config::{
     Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource, BEST, CURVES, LAST, METRICS, MODEL_ONNX, OUTPUTS,
@@ -32,6 +33,7 @@ use crate::report::{self, Best, DistReport, EpochRecord, PhaseStats, Summary};
 use crate::run_state::RunState;
 use crate::shard::Shard;
 use crate::steps::{AgreedGate, EvalStep, GradScaler, LocalGate, Pass, Predicted, Replicas, Tally, TrainStep};
+use crate::tensorboard::EventWriter;
 use crate::weights;
 
 /// Everything fixed before the first epoch.
@@ -74,9 +76,33 @@ pub fn run(cfg: &TrainConfig, obs: &mut dyn Observer, stop: &StopFlag) -> Result
         ddp.check_same_run(h, &ds.classes, ds.train.len(), ds.val.len(), &ds.fingerprint())?;
     }
     let (model, weights_desc) = build_model(cfg, &start, &ds, ddp.as_ref(), obs)?;
-    let mut epochs = Epochs::new(cfg, &start, &ds, &model, weights_desc, stop, ddp)?;
+    let epochs = Epochs::new(cfg, &start, &ds, &model, weights_desc, stop, ddp)?;
+    // Rank 0 alone keeps the TensorBoard log, as it alone writes the other files.
+    let writer = match cfg.tensorboard && epochs.is_main() {
+        true => match EventWriter::create(&start.out) {
+            Ok(w) => {
+                obs.info(&format!("TensorBoard: tensorboard --logdir {}", start.out.display()));
+                Some(w)
+            }
+            Err(e) => {
+                obs.warn(&format!("no TensorBoard log in {}: {e}", start.out.display()));
+                None
+            }
+        },
+        false => None,
+    };
+    match writer {
+        Some(w) => {
+            let mut board = Board::new(w, obs, &start.hyper, start.resumed.is_none(), cfg.log_every);
+            train_and_finish(cfg, epochs, &mut board)
+        }
+        None => train_and_finish(cfg, epochs, obs),
+    }
+}
+
+fn train_and_finish(cfg: &TrainConfig, mut epochs: Epochs, obs: &mut dyn Observer) -> Result<Summary, TrainError> {
     epochs.run(obs)?;
-    finish(cfg, epochs)
+    finish(cfg, epochs, obs)
 }
 
 /// Joins the data-parallel job and says how it trains.
@@ -564,9 +590,11 @@ impl<'a> Epochs<'a> {
             obs.phase_end(stats);
         }
         if let (Some((images, labels)), true) = (first, main) {
-            if let Err(e) = report::write_png(&self.out(TRAIN_BATCH), &self.batch_grid(&images, &labels)) {
+            let grid = self.batch_grid(&images, &labels);
+            if let Err(e) = report::write_png(&self.out(TRAIN_BATCH), &grid) {
                 obs.warn(&e.to_string());
             }
+            obs.picture("train_batch", epoch + 1, &grid);
         }
         let Some(train) = train else { return Ok(false) };
 
@@ -620,10 +648,19 @@ impl<'a> Epochs<'a> {
             self.best = Some(Best { epoch: epoch + 1, val_acc: val.acc, val_loss: val.loss });
             if main {
                 checkpoint::save_best(&self.out(BEST), self.model, &self.model_info(epoch + 1, val.acc))?;
-                if let Err(e) = self.write_val_predictions(&predictions) {
+                let gallery = self.val_predictions(&predictions);
+                if let Err(e) = report::write_png(&self.out(VAL_PREDICTIONS), &gallery) {
                     obs.warn(&e.to_string());
                 }
+                obs.picture("val_predictions", epoch + 1, &gallery);
             }
+        }
+        if main {
+            let mut confusion = infer::evaluation::Evaluation::new(self.ds.classes.clone());
+            for p in &predictions {
+                confusion.add(self.val_samples[p.sample].label, p.class);
+            }
+            obs.picture("confusion_matrix", epoch + 1, &confusion.png());
         }
         self.history.push(record);
         if main {
@@ -649,7 +686,7 @@ impl<'a> Epochs<'a> {
     }
 
     /// `val_predictions.png`: the validation images with their predictions, mistakes first.
-    fn write_val_predictions(&self, predictions: &[Predicted]) -> Result<(), TrainError> {
+    fn val_predictions(&self, predictions: &[Predicted]) -> image::RgbImage {
         let items: Vec<infer::gallery::Item> = predictions
             .iter()
             .map(|p| infer::gallery::Item {
@@ -659,8 +696,7 @@ impl<'a> Epochs<'a> {
                 truth: Some(self.val_samples[p.sample].label),
             })
             .collect();
-        let img = infer::gallery::draw(&items, &self.ds.classes, &infer::gallery::Options::default());
-        report::write_png(&self.out(VAL_PREDICTIONS), &img)
+        infer::gallery::draw(&items, &self.ds.classes, &infer::gallery::Options::default())
     }
 
     fn elapsed(&self) -> f64 {
@@ -750,7 +786,7 @@ fn describe_comm(r: &DistReport) -> String {
 /// summary, which lists every output.
 ///
 /// In a data-parallel job, the ranks leave the job here; rank 0 alone exports and writes.
-fn finish(cfg: &TrainConfig, mut epochs: Epochs) -> Result<Summary, TrainError> {
+fn finish(cfg: &TrainConfig, mut epochs: Epochs, obs: &mut dyn Observer) -> Result<Summary, TrainError> {
     let stopped_hard = epochs.interrupted && epochs.stop_level() >= 2;
     let main = epochs.is_main();
     let distributed = epochs.replicated.as_ref().map(|r| r.report(&epochs.start.hyper));
@@ -779,6 +815,7 @@ fn finish(cfg: &TrainConfig, mut epochs: Epochs) -> Result<Summary, TrainError> 
     if main && !epochs.history.is_empty() {
         report::write_summary(&epochs.out(SUMMARY), &summary)?;
     }
+    obs.finished(&summary);
     if let Some(e) = failed {
         return Err(e.into());
     }
