@@ -764,7 +764,11 @@ impl<'a> Epochs<'a> {
     fn batch_grid(&self, images: &[f32], labels: &[i64]) -> image::RgbImage {
         let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
         let p = &self.preprocess;
-        let caption = format!("training augmentation: {}", self.start.hyper.augment.describe());
+        let h = &self.start.hyper;
+        let caption = match h.pixel_augment.describe().as_str() {
+            "none" => format!("training augmentation: {}", h.augment.describe()),
+            pixel => format!("training augmentation: {} + {pixel}", h.augment.describe()),
+        };
         plot::batch_grid(images, &labels, &self.ds.classes, p.crop_size, p.mean, p.std, &caption)
     }
 
