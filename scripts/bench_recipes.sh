@@ -7,13 +7,17 @@
 #
 #   cargo build --release -p train
 #   scripts/bench_recipes.sh [--epochs 5] [--size 112] [--seeds "0 1"] [--amp-size 224]
-#                            [--bin target/release] [--data DIR]
+#                            [--threads N] [--bin target/release] [--data DIR]
+#
+# --threads sets libtorch's compute threads for `train` and torch alike (default: all CPUs);
+# 1 keeps the figures steady on a machine shared with other work.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 epochs=5
 size=112
 amp_size=224
 seeds="0 1"
+threads=$(nproc)
 bin="$root/target/release"
 data="$root/data/hymenoptera_data"
 while (($#)); do
@@ -22,6 +26,7 @@ while (($#)); do
         --size) size="$2"; shift 2 ;;
         --amp-size) amp_size="$2"; shift 2 ;;
         --seeds) seeds="$2"; shift 2 ;;
+        --threads) threads="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
         --data) data="$2"; shift 2 ;;
         *) echo "usage: $0 [--epochs N] [--size S] [--amp-size S] [--seeds \"0 1\"] [--bin DIR] [--data DIR]" >&2; exit 2 ;;
@@ -33,7 +38,7 @@ py="${PYTHON:-$root/.venv/bin/python}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 export ALL_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9
-threads=$(nproc)
+export THREADS="$threads"
 
 # Random initial weights, one file per seed, made by torch (torchvision's initialisation).
 for seed in $seeds; do
@@ -49,7 +54,7 @@ done
 # `train` once; prints "best_acc process_seconds train_images_per_s" of its summary and metrics.
 ours() {
     local out="$1"; shift
-    "$bin/train" "$data" --device cpu --no-export --top-losses 0 --out "$out" "$@" >/dev/null 2>"$out.log" \
+    "$bin/train" "$data" --device cpu --threads "$threads" --no-export --top-losses 0 --out "$out" "$@" >/dev/null 2>"$out.log" \
         || { cat "$out.log" >&2; exit 1; }
     "$py" - "$out" <<'EOF'
 import csv, json, sys, statistics
@@ -73,6 +78,7 @@ sys.path.insert(0, os.path.join(os.environ["ROOT"], "scripts"))
 from torchvision_reference import eval_transform, train_transform
 warnings.filterwarnings("ignore", message="This DataLoader will create")
 data, weights, size, amp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "bf16"
+torch.set_num_threads(int(os.environ["THREADS"]))
 torch.manual_seed(0)
 tfs = {"train": train_transform(size), "val": eval_transform(size)}
 sets = {x: datasets.ImageFolder(os.path.join(data, x), tfs[x]) for x in ["train", "val"]}
@@ -103,7 +109,7 @@ export ROOT="$root"
 
 wall() { local t0; t0=$(date +%s.%N); "$@" >"$tmp/wall.out"; echo "$(cat "$tmp/wall.out") $(echo "$(date +%s.%N) - $t0" | bc)"; }
 
-echo "recipes: $epochs epochs at --image-size $size, seeds $seeds, $threads CPUs, $(basename "$data"); random initial weights (no pretrained weights reachable here)" >&2
+echo "recipes: $epochs epochs at --image-size $size, seeds $seeds, $threads compute thread(s) of $(nproc) CPUs (load average $(cut -d' ' -f1 /proc/loadavg) at the start), $(basename "$data"); random initial weights (no pretrained weights reachable here)" >&2
 declare -A acc secs won
 for recipe in tutorial strong; do
     for seed in $seeds; do
@@ -130,7 +136,7 @@ f = lambda s: [float(v) for v in s.split()]
 ta, ts, sa, ss, won = f(sys.argv[5]), f(sys.argv[6]), f(sys.argv[7]), f(sys.argv[8]), sys.argv[9].split()
 def spread(v):
     return f"{st.mean(v):.4f} ± {st.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
-print(f"| recipe ({epochs} epochs, --image-size {size}, random init, {len(ta)} seeds) | best val acc (mean ± sd) | wall s (mean) | vs tutorial |")
+print(f"| recipe ({epochs} epochs, --image-size {size}, random init, {len(ta)} seeds, {__import__('os').environ['THREADS']} thread(s)) | best val acc (mean ± sd) | wall s (mean) | vs tutorial |")
 print("|---|---|---|---|")
 print(f"| tutorial | {spread(ta)} | {st.mean(ts):.1f} | 1.00× time |")
 print(f"| strong (best.pt from EMA in {won.count('ema')} of {len(won)} runs) | {spread(sa)} | {st.mean(ss):.1f} | "
@@ -139,7 +145,7 @@ rows = [("train, float32", sys.argv[10]), ("train --amp (bfloat16 autocast)", sy
         ("PyTorch tutorial loop, float32", sys.argv[12]), ("PyTorch loop, CPU autocast bfloat16", sys.argv[13])]
 base = float(sys.argv[12].split()[2])
 print()
-print(f"| 1 epoch at {amp_size}px, batch 4 (native bf16: {native}) | val acc | train img/s | whole process s | vs PyTorch float32 |")
+print(f"| 1 epoch at {amp_size}px, batch 4, {__import__('os').environ['THREADS']} thread(s) (native bf16: {native}) | val acc | train img/s | whole process s | vs PyTorch float32 |")
 print("|---|---|---|---|---|")
 for name, v in rows:
     a, r, w = v.split()
