@@ -319,6 +319,47 @@ mod tests {
         }
     }
 
+    /// With a balanced sampler an epoch draws as many samples as there are, with replacement,
+    /// the same order for the same epoch (so every rank shards the same order), and pixel
+    /// augmentation changes the images but not which samples load.
+    #[test]
+    fn balanced_sampler_and_pixel_augmentation() {
+        use crate::autoaugment::Policy;
+        let d = tempfile::tempdir().unwrap();
+        let samples = Arc::new(write_images(d.path(), 8));
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1];
+        let sampler = WeightedSampler::balanced(&labels, 2).unwrap();
+        let loader = Loader::new(small(), Augment::default(), 2, 2, 3).unwrap().with_sampler(Some(sampler));
+        let phase = Phase::Train { epoch: 2 };
+        let order = loader.order(8, phase);
+        assert_eq!(order.len(), 8);
+        assert_eq!(order, loader.order(8, phase));
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert!(sorted.len() < 8, "drawn with replacement: {order:?}");
+        let rare = (0..50).flat_map(|e| loader.order(8, Phase::Train { epoch: e })).filter(|&i| i >= 6).count();
+        assert!((150..250).contains(&rare), "class 1 drawn about half the time: {rare} of 400");
+        assert_eq!(loader.order(8, Phase::Eval), (0..8).collect::<Vec<_>>());
+
+        let plain = Arc::new(Loader::new(small(), Augment::default(), 2, 2, 3).unwrap());
+        let pixel = PixelAugment { policy: Some(Policy::TRIVIAL_AUGMENT_WIDE), ..Default::default() };
+        let augmented =
+            Arc::new(Loader::new(small(), Augment::default(), 2, 2, 3).unwrap().with_pixel_augment(pixel).unwrap());
+        let a: Vec<Batch> = plain.batches(Arc::clone(&samples), phase, 8).collect();
+        let b: Vec<Batch> = augmented.batches(Arc::clone(&samples), phase, 8).collect();
+        assert_eq!(a[0].samples, b[0].samples);
+        assert_ne!(a[0].images, b[0].images);
+        let none = Arc::new(
+            Loader::new(small(), Augment::default(), 2, 2, 3)
+                .unwrap()
+                .with_pixel_augment(PixelAugment::default())
+                .unwrap(),
+        );
+        let c: Vec<Batch> = none.batches(samples, phase, 8).collect();
+        assert_eq!(a[0].images, c[0].images);
+    }
+
     #[test]
     fn dropping_early_stops_the_producer() {
         let d = tempfile::tempdir().unwrap();
