@@ -457,7 +457,13 @@ impl<'a> Epochs<'a> {
         let steps_per_epoch = shard.padded_len(ds.train.len()).div_ceil(h.batch_size).max(1);
         let history: Vec<EpochRecord> = state.map(|s| s.history.clone()).unwrap_or_default();
         let ema_history = state.map(|s| s.ema_history.clone()).unwrap_or_default();
-        let recipe = RecipeParts::new(h, ds, model, steps_per_epoch, &history, ema_history)?;
+        let mut recipe = RecipeParts::new(h, ds, model, steps_per_epoch, &history, ema_history)?;
+        if let (Some(ema), Some((p, r, _))) = (recipe.ema.as_mut(), &start.resumed) {
+            if let Some((state, updates)) = &r.ema {
+                ema.load_state(state, *updates)
+                    .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
+            }
+        }
         Ok(Epochs {
             start,
             ds,
@@ -510,9 +516,10 @@ impl<'a> Epochs<'a> {
                 ));
             }
         }
-        if self.recipe.ema.is_some() && self.first_epoch > 0 {
-            // last.pt keeps the trained weights only; the average starts again from them.
-            obs.info("EMA: the moving average restarts from the resumed weights");
+        let ema_saved = self.start.resumed.as_ref().is_some_and(|(_, r, _)| r.ema.is_some());
+        if self.recipe.ema.is_some() && self.first_epoch > 0 && !ema_saved {
+            // A last.pt of a run without --ema has no average: it starts from the weights.
+            obs.info("EMA: the moving average starts from the resumed weights");
         }
         for epoch in self.first_epoch..self.start.hyper.epochs {
             if !self.epoch(epoch, obs)? {
@@ -807,7 +814,9 @@ impl<'a> Epochs<'a> {
             ema_history: self.recipe.ema_history.clone(),
         };
         let json = serde_json::to_string(&run_state).expect("run state serialises");
-        checkpoint::save_last(&self.out(LAST), self.model, &self.opt, &self.model_info(epochs_done, val_acc), &json)?;
+        let info = self.model_info(epochs_done, val_acc);
+        let ema = self.recipe.ema.as_ref();
+        checkpoint::save_last_with_ema(&self.out(LAST), self.model, &self.opt, ema, &info, &json)?;
         report::write_metrics(&self.out(METRICS), &self.history)?;
         report::write_curves(&self.out(CURVES), &self.history)?;
         report::write_summary(&self.out(SUMMARY), &self.summary(false))

@@ -109,6 +109,7 @@ fn options_are_recorded_and_restored_by_resume_and_top_losses_are_listed() {
         .output()
         .unwrap();
     assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(!stderr(&resumed).contains("EMA: the moving average starts"), "last.pt keeps the average");
     let s2 = summary(&first.out);
     assert_eq!(s2["epochs_completed"], 2);
     let (mut h1, mut h2) = (s1["hyperparameters"].clone(), s2["hyperparameters"].clone());
