@@ -83,9 +83,11 @@ pub fn cuda_dtype() -> Result<Option<AmpDtype>, ConfigError> {
     Ok([AmpDtype::Float16, AmpDtype::Bfloat16].into_iter().find(|d| d.scalar_type() == v))
 }
 
-/// Runs `f` under CUDA autocast in `amp`'s type, or in full precision when `amp` is `None`.
-pub fn autocast<T>(amp: Option<AmpDtype>, f: impl FnOnce() -> T) -> Result<T, TrainError> {
+/// Runs `f` under autocast in `amp`'s type on `device` (CUDA's, or the CPU's through
+/// [`crate::cpu_features::cpu_autocast`]), or in full precision when `amp` is `None`.
+pub fn autocast<T>(amp: Option<AmpDtype>, device: tch::Device, f: impl FnOnce() -> T) -> Result<T, TrainError> {
     match amp {
+        Some(dtype) if device == tch::Device::Cpu => crate::cpu_features::cpu_autocast(dtype, f),
         Some(dtype) => {
             set_cuda_dtype(dtype)?;
             Ok(tch::autocast(true, f))

@@ -92,17 +92,30 @@ pub fn save_last(
     info: &ModelInfo,
     run_state: &str,
 ) -> Result<(), CheckpointError> {
+    save_last_with_ema(path, model, optimizer, None, info, run_state)
+}
+
+/// [`save_last`], with the moving average of the weights (`--ema`) and its update count.
+pub fn save_last_with_ema(
+    path: &Path,
+    model: &ResNet,
+    optimizer: &Optimizer,
+    ema: Option<&crate::ema::Ema>,
+    info: &ModelInfo,
+    run_state: &str,
+) -> Result<(), CheckpointError> {
     let (opt_state, steps) = optimizer.state();
-    let obj = Obj::Dict {
-        entries: vec![
-            ("model".into(), tensors_obj(&model.state())?),
-            ("optimizer".into(), tensors_obj(&opt_state)?),
-            ("optimizer_steps".into(), Obj::Int(steps)),
-            ("run_state".into(), Obj::Str(run_state.to_string())),
-        ],
-        ordered: false,
-    };
-    write(path, &obj, info)
+    let mut entries = vec![
+        ("model".into(), tensors_obj(&model.state())?),
+        ("optimizer".into(), tensors_obj(&opt_state)?),
+        ("optimizer_steps".into(), Obj::Int(steps)),
+        ("run_state".into(), Obj::Str(run_state.to_string())),
+    ];
+    if let Some(ema) = ema {
+        entries.push(("ema".into(), tensors_obj(&ema.state())?));
+        entries.push(("ema_updates".into(), Obj::Int(ema.updates() as i64)));
+    }
+    write(path, &Obj::Dict { entries, ordered: false }, info)
 }
 
 /// Reads the [`ModelInfo`] record of a checkpoint written by this toolkit.
@@ -137,6 +150,8 @@ pub struct Resume {
     pub optimizer: HashMap<String, Tensor>,
     pub optimizer_steps: i64,
     pub run_state: String,
+    /// The moving average of the weights and its update count, when the run kept one.
+    pub ema: Option<(HashMap<String, Tensor>, u64)>,
 }
 
 /// Reads `last.pt`.
@@ -159,7 +174,11 @@ pub fn load_last(path: &Path) -> Result<Resume, CheckpointError> {
     let optimizer_steps =
         obj.get("optimizer_steps").and_then(Obj::as_int).ok_or_else(|| invalid("no optimizer step count"))?;
     let run_state = obj.get("run_state").and_then(Obj::as_str).ok_or_else(|| invalid("no run state"))?.to_string();
-    Ok(Resume { info, model, optimizer, optimizer_steps, run_state })
+    let ema = match (obj.get("ema"), obj.get("ema_updates").and_then(Obj::as_int)) {
+        (Some(o), Some(updates)) => Some((to_map(o)?, updates.max(0) as u64)),
+        _ => None,
+    };
+    Ok(Resume { info, model, optimizer, optimizer_steps, run_state, ema })
 }
 
 #[cfg(test)]
@@ -204,6 +223,20 @@ mod tests {
         let mut restored = Optimizer::new(cfg, model.trainable(true));
         restored.load_state(&back.optimizer, back.optimizer_steps).unwrap();
         assert_eq!(restored.state().1, 1);
+
+        assert!(back.ema.is_none());
+
+        // With --ema, the average and its update count come back too.
+        let mut ema = crate::ema::Ema::new(crate::ema::EmaSettings::default(), &model).unwrap();
+        let _ = tch::no_grad(|| model.trainable(false)[0].1.shallow_clone().fill_(0.5));
+        ema.update(&model, 1).unwrap();
+        ema.update(&model, 2).unwrap();
+        save_last_with_ema(&path, &model, &opt, Some(&ema), &info, "{}").unwrap();
+        let (state, updates) = load_last(&path).unwrap().ema.unwrap();
+        assert_eq!(updates, 2);
+        for (name, t) in ema.state() {
+            assert!(state[&name].equal(&t), "{name}");
+        }
 
         // A best.pt is not a resumable checkpoint, and says so.
         let best = dir.path().join("best.pt");

@@ -7,14 +7,23 @@ use std::time::Duration;
 use clap::Parser;
 use train::amp::AmpDtype;
 use train::augment::Augment;
-use train::config::{QuantizeKind, QuantizeSettings, DEFAULT_OUT};
+use train::autoaugment::{ColorJitter, PixelAugment, Policy};
+use train::cleaning::CleaningSettings;
+use train::config::{QuantizeKind, QuantizeSettings, Recipe, DEFAULT_IMAGE_SIZE, DEFAULT_OUT};
 use train::dataset::VALIDATION_DIRS;
 use train::ddp::{self, BackendChoice, DistConfig};
 use train::device::DeviceChoice;
 use train::dist::Env;
+use train::ema::EmaSettings;
 use train::export::{ExportRequest, MAX_ACCURACY_DROP, MIN_AGREEMENT};
+use train::loss::{ClassWeights, LossSettings};
+use train::lr_find::LrFindSettings;
+use train::mix::MixSettings;
 use train::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use train::quantize::{Calibration, DEFAULT_PERCENTILE};
+use train::sampler::SamplerSettings;
+use train::schedule::{FineTuneSettings, OneCycleSettings, ScheduleSettings};
+use train::stopping::{StopSettings, TimeLimit};
 use train::{ExportSettings, Hyper, Mode, TrainConfig, WeightsSource};
 
 /// Fine-tune a ResNet image classifier on a folder of labelled images, keep the best model and
@@ -47,6 +56,48 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Export a checkpoint (best.pt) to a self-describing ONNX model, verified with ONNX Runtime.
     Export(ExportArgs),
+    /// Learning-rate range test: about 100 training steps from the run's starting weights at
+    /// exponentially growing rates; writes lr_find.png (loss against rate) into --out and prints
+    /// the suggested rate as the --lr flag to pass. Takes the training options.
+    LrFind(Box<LrFindArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LrFindArgs {
+    /// The sweep's first learning rate.
+    #[arg(long, value_name = "LR", default_value_t = LrFindSettings::default().start_lr)]
+    start_lr: f64,
+
+    /// The sweep's last learning rate.
+    #[arg(long, value_name = "LR", default_value_t = LrFindSettings::default().end_lr)]
+    end_lr: f64,
+
+    /// Steps of the sweep (it stops earlier when the loss diverges).
+    #[arg(long, value_name = "N", default_value_t = LrFindSettings::default().num_steps)]
+    steps: usize,
+
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+impl LrFindArgs {
+    pub fn settings(&self) -> LrFindSettings {
+        LrFindSettings { start_lr: self.start_lr, end_lr: self.end_lr, num_steps: self.steps, ..Default::default() }
+    }
+}
+
+/// `--auto-augment`: a policy, or `none`.
+#[derive(Debug, Clone)]
+struct PolicyArg(Option<Policy>);
+
+impl std::str::FromStr for PolicyArg {
+    type Err = train::autoaugment::AutoAugmentError;
+    fn from_str(s: &str) -> Result<PolicyArg, Self::Err> {
+        match s.trim() {
+            "none" => Ok(PolicyArg(None)),
+            other => other.parse().map(|p| PolicyArg(Some(p))),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,9 +229,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = OptimConfig::default().weight_decay)]
     weight_decay: f64,
 
-    /// Learning-rate schedule, stepped once per epoch.
-    #[arg(long, value_enum, default_value_t = OptimConfig::default().schedule)]
-    scheduler: ScheduleKind,
+    /// Learning-rate schedule, stepped once per epoch [default: step; with --recipe strong: cosine].
+    #[arg(long, value_enum)]
+    scheduler: Option<ScheduleKind>,
 
     /// Epochs between learning-rate decays (step schedule).
     #[arg(long, default_value_t = OptimConfig::default().step_size)]
@@ -211,6 +262,101 @@ pub struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
 
+    /// A preset of the options below: tutorial (the PyTorch tutorial's recipe) or strong
+    /// (trivialaugment, --random-erasing 0.25, --label-smoothing 0.1, --mixup 0.2, --cutmix 1,
+    /// --ema 0.9998, --warmup-epochs 1, --scheduler cosine). Options given override it.
+    #[arg(long, value_enum, default_value_t = Recipe::default())]
+    recipe: Recipe,
+
+    /// Train at S×S pixels: random crops resized to S; validation and the exported model
+    /// resize to round(256·S/224) and crop S. Smaller is much faster on CPUs.
+    #[arg(long, value_name = "S", default_value_t = DEFAULT_IMAGE_SIZE)]
+    image_size: u32,
+
+    /// Automatic augmentation as torchvision's: trivialaugment (TrivialAugmentWide),
+    /// randaugment, randaugment:N:M, or none [default: none; strong: trivialaugment].
+    #[arg(long, value_name = "POLICY")]
+    auto_augment: Option<PolicyArg>,
+
+    /// ColorJitter strengths B[,C,S,H] (one number: brightness, contrast and saturation).
+    #[arg(long, value_name = "B[,C,S,H]")]
+    color_jitter: Option<ColorJitter>,
+
+    /// Probability of RandomErasing of each training image [default: 0; strong: 0.25].
+    #[arg(long, value_name = "P")]
+    random_erasing: Option<f64>,
+
+    /// Mixup's alpha, 0 for none (timm's --mixup) [default: 0; strong: 0.2].
+    #[arg(long, value_name = "ALPHA")]
+    mixup: Option<f64>,
+
+    /// CutMix's alpha, 0 for none (timm's --cutmix) [default: 0; strong: 1].
+    #[arg(long, value_name = "ALPHA")]
+    cutmix: Option<f64>,
+
+    /// Probability of mixing a batch (timm's --mixup-prob).
+    #[arg(long, value_name = "P", default_value_t = MixSettings::default().prob)]
+    mix_prob: f64,
+
+    /// With Mixup and CutMix both on, the probability of CutMix for a batch.
+    #[arg(long, value_name = "P", default_value_t = MixSettings::default().switch_prob)]
+    mix_switch_prob: f64,
+
+    /// Label smoothing of the loss, as CrossEntropyLoss(label_smoothing=E) [default: 0; strong: 0.1].
+    #[arg(long, value_name = "E")]
+    label_smoothing: Option<f64>,
+
+    /// Class weights of the loss: none, auto (inverse class frequency) or W1,W2,...
+    #[arg(long, value_name = "WEIGHTS", default_value = "none")]
+    class_weights: ClassWeights,
+
+    /// Draw each epoch's images with replacement in inverse class frequency
+    /// (WeightedRandomSampler), so that classes are seen equally often.
+    #[arg(long)]
+    balanced_sampler: bool,
+
+    /// Keep an exponential moving average of the weights with this decay (timm's --model-ema,
+    /// with warm-up); evaluated every epoch, best.pt keeps the better of the two. 0: none
+    /// [default: 0; strong: 0.9998].
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f64>,
+
+    /// Epochs of linear learning-rate warm-up, per step [default: 0; strong: 1].
+    #[arg(long, value_name = "EPOCHS")]
+    warmup_epochs: Option<f64>,
+
+    /// The learning rate warm-up starts from.
+    #[arg(long, value_name = "LR", default_value_t = ScheduleSettings::default().warmup_lr_init)]
+    warmup_lr: f64,
+
+    /// A one-cycle schedule (PyTorch's OneCycleLR, peaking at --lr) instead of --scheduler.
+    #[arg(long)]
+    one_cycle: bool,
+
+    /// Epochs at the start in which only the classifier trains (fastai's fine_tune).
+    #[arg(long, value_name = "N", default_value_t = FineTuneSettings::default().freeze_epochs)]
+    freeze_epochs: usize,
+
+    /// Learning-rate factor per layer group from the classifier down (layer4 lr·D, ... stem lr·D⁵).
+    #[arg(long, value_name = "D", default_value_t = FineTuneSettings::default().layer_lr_decay)]
+    layer_lr_decay: f64,
+
+    /// Stop after N epochs in a row without a better validation accuracy, and export the best model.
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
+
+    /// With --patience: the improvement in accuracy that counts as better.
+    #[arg(long, value_name = "DELTA", default_value_t = StopSettings::default().min_delta)]
+    min_delta: f64,
+
+    /// Stop before this much training time (90s, 30m, 2h, 1h30m) and export the best model.
+    #[arg(long, value_name = "DURATION")]
+    time_limit: Option<TimeLimit>,
+
+    /// Images listed in top_losses.csv and top_losses.png after training (0: no report).
+    #[arg(long, value_name = "K", default_value_t = CleaningSettings::default().top_k)]
+    top_losses: usize,
+
     /// Composite images with transparency onto this colour (white, black or #RRGGBB) instead
     /// of dropping their alpha as PIL's convert("RGB") does; the exported model carries it, so
     /// infer, infer serve and int8 calibration composite alike.
@@ -230,7 +376,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().device)]
     device: DeviceChoice,
 
-    /// Mixed precision (float16 autocast with loss scaling); CUDA only.
+    /// Mixed precision: float16 autocast with loss scaling on CUDA; bfloat16 autocast on the
+    /// CPU (fast only where the CPU has AVX512-BF16 or AMX), float32 master weights.
     #[arg(long)]
     amp: bool,
 
@@ -310,12 +457,13 @@ impl TrainArgs {
             (None, true) => WeightsSource::Scratch,
             (None, false) => WeightsSource::Pretrained,
         };
+        let recipe = self.recipe.options();
         let optim = OptimConfig {
             optimizer: self.optimizer,
             lr: self.lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
-            schedule: self.scheduler,
+            schedule: self.scheduler.unwrap_or(recipe.schedule),
             step_size: self.step_size,
             gamma: self.gamma,
             epochs,
@@ -342,6 +490,47 @@ impl TrainArgs {
                 amp_dtype: self.amp_dtype,
                 channels_last: self.channels_last,
                 sync_bn: self.sync_bn,
+                recipe: self.recipe,
+                image_size: self.image_size,
+                pixel_augment: PixelAugment {
+                    policy: self.auto_augment.clone().map_or(recipe.policy, |p| p.0),
+                    color_jitter: self.color_jitter,
+                    random_erasing: Recipe::erasing(self.random_erasing.unwrap_or(recipe.random_erasing)),
+                },
+                mix: MixSettings {
+                    mixup_alpha: self.mixup.unwrap_or(recipe.mixup),
+                    cutmix_alpha: self.cutmix.unwrap_or(recipe.cutmix),
+                    prob: self.mix_prob,
+                    switch_prob: self.mix_switch_prob,
+                    ..MixSettings::default()
+                },
+                loss: LossSettings {
+                    label_smoothing: self.label_smoothing.unwrap_or(recipe.label_smoothing),
+                    class_weights: self.class_weights.clone(),
+                },
+                ema: self
+                    .ema
+                    .or(recipe.ema)
+                    .filter(|d| *d != 0.0)
+                    .map(|decay| EmaSettings { decay, ..Default::default() }),
+                schedule: ScheduleSettings {
+                    // One-cycle warms up itself: a recipe's warm-up gives way to it.
+                    warmup_epochs: self.warmup_epochs.unwrap_or(if self.one_cycle {
+                        0.0
+                    } else {
+                        recipe.warmup_epochs
+                    }),
+                    warmup_lr_init: self.warmup_lr,
+                    one_cycle: self.one_cycle.then(OneCycleSettings::default),
+                },
+                finetune: FineTuneSettings { freeze_epochs: self.freeze_epochs, layer_lr_decay: self.layer_lr_decay },
+                sampler: SamplerSettings { balanced: self.balanced_sampler, ..Default::default() },
+                stopping: StopSettings {
+                    patience: self.patience,
+                    min_delta: self.min_delta,
+                    time_limit: self.time_limit,
+                },
+                cleaning: CleaningSettings { top_k: self.top_losses, ..Default::default() },
             },
             weights,
             resume: self.resume.clone(),

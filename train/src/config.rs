@@ -10,11 +10,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::amp::AmpDtype;
 use crate::augment::Augment;
+use crate::autoaugment::{PixelAugment, Policy, RandomErasing};
+use crate::cleaning::CleaningSettings;
 use crate::ddp::DistConfig;
 use crate::device::DeviceChoice;
+use crate::ema::EmaSettings;
+use crate::loss::LossSettings;
+use crate::mix::MixSettings;
 use crate::optim::{OptimConfig, OptimizerKind, ScheduleKind};
 use crate::quantize::Calibration;
 use crate::report::{EpochRecord, PhaseStats, Summary};
+use crate::sampler::SamplerSettings;
+use crate::schedule::{FineTuneSettings, ScheduleSettings};
+use crate::stopping::StopSettings;
 
 /// Default output folder.
 pub const DEFAULT_OUT: &str = "models";
@@ -32,9 +40,87 @@ pub const VAL_PREDICTIONS: &str = "val_predictions.png";
 pub const MODEL_ONNX: &str = "model.onnx";
 /// Written with `--quantize int8` (see [`crate::export::int8_path`]).
 pub const MODEL_INT8: &str = "model.int8.onnx";
+/// The data-cleaning report: the highest-loss images under the best model, and their picture.
+pub const TOP_LOSSES: &str = "top_losses.csv";
+pub const TOP_LOSSES_PNG: &str = "top_losses.png";
+/// `train lr-find`'s loss-against-rate picture.
+pub const LR_FIND_PNG: &str = "lr_find.png";
 /// Every file a run writes into its output folder.
-pub const OUTPUTS: [&str; 9] =
-    [BEST, LAST, METRICS, SUMMARY, CURVES, TRAIN_BATCH, VAL_PREDICTIONS, MODEL_ONNX, MODEL_INT8];
+pub const OUTPUTS: [&str; 11] = [
+    BEST,
+    LAST,
+    METRICS,
+    SUMMARY,
+    CURVES,
+    TRAIN_BATCH,
+    VAL_PREDICTIONS,
+    MODEL_ONNX,
+    MODEL_INT8,
+    TOP_LOSSES,
+    TOP_LOSSES_PNG,
+];
+
+/// The input side the seed's models train at (torchvision's ImageNet recipe).
+pub const DEFAULT_IMAGE_SIZE: u32 = 224;
+
+/// A named set of training options (`--recipe`); options given explicitly override it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Recipe {
+    /// The PyTorch transfer-learning tutorial's recipe: random resized crop and flip, plain
+    /// cross entropy, SGD with a step schedule.
+    #[default]
+    Tutorial,
+    /// timm-style regularisation: TrivialAugmentWide, random erasing 0.25, label smoothing 0.1,
+    /// Mixup 0.2 / CutMix 1.0, an EMA of the weights, one epoch of warm-up and a cosine schedule.
+    Strong,
+}
+
+/// The options a recipe sets; the command line's value for each when not given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecipeOptions {
+    pub policy: Option<Policy>,
+    pub random_erasing: f64,
+    pub label_smoothing: f64,
+    pub mixup: f64,
+    pub cutmix: f64,
+    pub ema: Option<f64>,
+    pub warmup_epochs: f64,
+    pub schedule: ScheduleKind,
+}
+
+impl Recipe {
+    pub fn options(self) -> RecipeOptions {
+        match self {
+            Recipe::Tutorial => RecipeOptions {
+                policy: None,
+                random_erasing: 0.0,
+                label_smoothing: 0.0,
+                mixup: 0.0,
+                cutmix: 0.0,
+                ema: None,
+                warmup_epochs: 0.0,
+                schedule: OptimConfig::default().schedule,
+            },
+            Recipe::Strong => RecipeOptions {
+                policy: Some(Policy::TRIVIAL_AUGMENT_WIDE),
+                random_erasing: 0.25,
+                label_smoothing: 0.1,
+                mixup: 0.2,
+                cutmix: 1.0,
+                ema: Some(EmaSettings::default().decay),
+                warmup_epochs: 1.0,
+                schedule: ScheduleKind::Cosine,
+            },
+        }
+    }
+
+    /// Random erasing with probability `p` and torchvision's other defaults; none for 0.
+    pub fn erasing(p: f64) -> Option<RandomErasing> {
+        (p != 0.0).then(|| RandomErasing { p, ..Default::default() })
+    }
+}
 
 /// The folder a run writes into: `out` when given; else, for a resumed run, the folder of its
 /// checkpoint (`.` for a bare file name); else [`DEFAULT_OUT`].
@@ -103,6 +189,44 @@ pub struct Hyper {
     /// (`torch.nn.SyncBatchNorm`); no effect in a single process. Recorded only when set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_bn: bool,
+    /// The preset the options below started from (`--recipe`).
+    #[serde(default)]
+    pub recipe: Recipe,
+    /// Side of the square model input: training crops S, evaluation resizes to
+    /// round(256·S/224) and crops S (`--image-size`). Part of the model's preprocessing contract.
+    #[serde(default = "default_image_size")]
+    pub image_size: u32,
+    /// Automatic augmentation, colour jitter and random erasing beyond the crop and flip.
+    #[serde(default)]
+    pub pixel_augment: PixelAugment,
+    /// Mixup and CutMix (label smoothing is in `loss`, not here).
+    #[serde(default)]
+    pub mix: MixSettings,
+    /// Label smoothing and class weights.
+    #[serde(default)]
+    pub loss: LossSettings,
+    /// An exponential moving average of the weights, evaluated beside them.
+    #[serde(default)]
+    pub ema: Option<EmaSettings>,
+    /// Per-step warm-up and one-cycle.
+    #[serde(default)]
+    pub schedule: ScheduleSettings,
+    /// Frozen epochs and layer-wise learning-rate decay.
+    #[serde(default)]
+    pub finetune: FineTuneSettings,
+    /// `--balanced-sampler`.
+    #[serde(default)]
+    pub sampler: SamplerSettings,
+    /// `--patience`, `--time-limit`.
+    #[serde(default)]
+    pub stopping: StopSettings,
+    /// The data-cleaning report after training.
+    #[serde(default)]
+    pub cleaning: CleaningSettings,
+}
+
+fn default_image_size() -> u32 {
+    DEFAULT_IMAGE_SIZE
 }
 
 impl Default for Hyper {
@@ -128,6 +252,17 @@ impl Default for Hyper {
             amp_dtype: AmpDtype::default(),
             channels_last: false,
             sync_bn: false,
+            recipe: Recipe::default(),
+            image_size: DEFAULT_IMAGE_SIZE,
+            pixel_augment: PixelAugment::default(),
+            mix: MixSettings::default(),
+            loss: LossSettings::default(),
+            ema: None,
+            schedule: ScheduleSettings::default(),
+            finetune: FineTuneSettings::default(),
+            sampler: SamplerSettings::default(),
+            stopping: StopSettings::default(),
+            cleaning: CleaningSettings::default(),
         }
     }
 }
@@ -136,7 +271,10 @@ impl Hyper {
     /// The deployment preprocessing these settings train for: validation runs it, the
     /// exported model carries it.
     pub fn preprocess(&self) -> infer::PreprocessConfig {
-        infer::PreprocessConfig { background: self.background, ..Default::default() }
+        let s = self.image_size;
+        // torchvision's ratio of the evaluation resize to the crop (256/224), rounded.
+        let resize = (f64::from(s) * 256.0 / 224.0).round() as u32;
+        infer::PreprocessConfig { background: self.background, crop_size: s, resize_size: resize, ..Default::default() }
     }
 
     /// Autocast's type when mixed precision is on.
@@ -278,7 +416,8 @@ pub trait Observer {
     fn batch_done(&mut self, _images: usize, _loss: f64, _acc: f64) {}
     fn phase_end(&mut self, _stats: &PhaseStats) {}
     fn epoch_end(&mut self, _record: &EpochRecord, _epochs: usize, _best: bool) {}
-    /// A picture the run made (`train_batch`, `val_predictions`, `confusion_matrix`), after
+    /// A picture the run made (`train_batch`, `val_predictions`, `confusion_matrix`,
+    /// `top_losses`), after
     /// the epoch it shows (1-based).
     fn picture(&mut self, _name: &str, _epoch: usize, _img: &image::RgbImage) {}
     /// The run's final summary (also when it was stopped early).
@@ -311,6 +450,37 @@ mod tests {
         assert_eq!(output_folder(None, Some(last)), Path::new("runs/a"));
         assert_eq!(output_folder(None, Some(Path::new("last.pt"))), Path::new("."));
         assert_eq!(output_folder(None, None), Path::new(DEFAULT_OUT));
+    }
+
+    /// Checkpoints of earlier versions have none of the recipe's settings: they load as the
+    /// tutorial's recipe at 224 pixels.
+    #[test]
+    fn settings_of_earlier_versions_load_as_the_tutorial_recipe() {
+        let mut v = serde_json::to_value(Hyper::default()).unwrap();
+        for k in [
+            "recipe",
+            "image_size",
+            "pixel_augment",
+            "mix",
+            "loss",
+            "ema",
+            "schedule",
+            "finetune",
+            "sampler",
+            "stopping",
+            "cleaning",
+        ] {
+            assert!(v.as_object_mut().unwrap().remove(k).is_some(), "{k}");
+        }
+        let h: Hyper = serde_json::from_value(v).unwrap();
+        assert_eq!(h, Hyper::default());
+        let p = h.preprocess();
+        assert_eq!((p.crop_size, p.resize_size), (224, 256));
+        let small = Hyper { image_size: 112, ..Hyper::default() }.preprocess();
+        assert_eq!((small.crop_size, small.resize_size), (112, 128));
+        let strong = Recipe::Strong.options();
+        assert!(strong.policy.is_some() && strong.ema.is_some() && strong.mixup > 0.0);
+        assert_eq!(Recipe::Tutorial.options().schedule, OptimConfig::default().schedule);
     }
 
     #[test]

@@ -115,8 +115,30 @@ pub enum ConfigError {
     ZeroEpochs,
     #[error("batch sizes must be at least 1")]
     ZeroBatchSize,
-    #[error("--amp (mixed precision) needs a CUDA device")]
-    AmpNeedsCuda,
+    #[error(transparent)]
+    AutoAugment(#[from] crate::autoaugment::AutoAugmentError),
+    #[error(transparent)]
+    Mix(#[from] crate::mix::MixError),
+    #[error(transparent)]
+    Loss(#[from] crate::loss::LossError),
+    #[error(transparent)]
+    Ema(#[from] crate::ema::EmaError),
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
+    #[error(transparent)]
+    Stop(#[from] crate::stopping::StopError),
+    #[error(transparent)]
+    Sampler(#[from] crate::sampler::SamplerError),
+    #[error(transparent)]
+    LrFind(#[from] crate::lr_find::LrFindError),
+    #[error("--image-size must be between 16 and 1024, got {0}")]
+    ImageSize(u32),
+    #[error("label smoothing belongs in the loss (--label-smoothing), not also in the mixing targets")]
+    SmoothingTwice,
+    #[error("{option} is not available in a distributed run yet")]
+    NotDistributed { option: &'static str },
+    #[error("--freeze-epochs ({freeze}) must be fewer than --epochs ({epochs})")]
+    FreezeTooLong { freeze: usize, epochs: usize },
     #[error("this libtorch has no {symbol} (bfloat16 mixed precision needs libtorch 2.3 or later)")]
     AmpUnavailable { symbol: String },
     #[error("no data folder given (and none recorded in the checkpoint)")]

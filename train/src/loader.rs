@@ -14,8 +14,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::augment::{random_resized_crop, Augment};
+use crate::autoaugment::{resized_crop_augment_into, PixelAugment};
 use crate::dataset::{Sample, Skipped};
 use crate::error::ConfigError;
+use crate::sampler::WeightedSampler;
 use crate::shard::Visits;
 
 /// Which transform a pass uses.
@@ -62,6 +64,10 @@ pub struct Loader {
     pool: Arc<rayon::ThreadPool>,
     preprocess: Arc<PreprocessConfig>,
     augment: Augment,
+    /// Policy, jitter and erasing after the crop and flip (none: the plain crop path).
+    pixel: PixelAugment,
+    /// Draws each training epoch's samples with replacement instead of shuffling them.
+    sampler: Option<WeightedSampler>,
     limits: DecodeLimits,
     seed: u64,
     /// Batches assembled ahead of the consumer.
@@ -87,20 +93,41 @@ impl Loader {
             pool: Arc::new(pool),
             preprocess: Arc::new(preprocess),
             augment,
+            pixel: PixelAugment::default(),
+            sampler: None,
             limits: DecodeLimits::default(),
             seed,
             prefetch: prefetch.max(1),
         })
     }
 
-    /// Order in which a pass visits the samples.
+    /// With pixel-level augmentation after the crop and flip.
+    pub fn with_pixel_augment(mut self, pixel: PixelAugment) -> Result<Loader, ConfigError> {
+        pixel.validate()?;
+        self.pixel = pixel;
+        Ok(self)
+    }
+
+    /// Training epochs draw their samples from `sampler` (with replacement) instead of a
+    /// shuffle of all of them; `n` draws an epoch for `n` samples.
+    pub fn with_sampler(mut self, sampler: Option<WeightedSampler>) -> Loader {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Order in which a pass visits the samples: the same on every rank of a data-parallel job
+    /// (a function of the seed and epoch), which then takes its shard of it.
     pub fn order(&self, n: usize, phase: Phase) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..n).collect();
-        if let Phase::Train { epoch } = phase {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed ^ mix(epoch as u64)));
-            order.shuffle(&mut rng);
+        let Phase::Train { epoch } = phase else { return (0..n).collect() };
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed ^ mix(epoch as u64)));
+        match &self.sampler {
+            Some(s) if s.len() == n => s.order(n, &mut rng),
+            _ => {
+                let mut order: Vec<usize> = (0..n).collect();
+                order.shuffle(&mut rng);
+                order
+            }
         }
-        order
     }
 
     /// Loads one sample into `out` (decode, then augment or the eval transform).
@@ -114,7 +141,12 @@ impl Loader {
                 let rect = random_resized_crop(img.width(), img.height(), &self.augment, &mut rng);
                 // Drawn even when flips are off, so that the crops stay those of a run with them.
                 let flip = rng.gen_bool(0.5) && self.augment.flip;
-                self.preprocess.resized_crop_into(&img, rect, flip, out)
+                if self.pixel == PixelAugment::default() {
+                    self.preprocess.resized_crop_into(&img, rect, flip, out)
+                } else {
+                    resized_crop_augment_into(&self.preprocess, &img, rect, flip, &self.pixel, &mut rng, out)
+                        .map(|_| ())
+                }
             }
             Phase::Eval => self.preprocess.eval_into(&img, out),
         }
@@ -285,6 +317,47 @@ mod tests {
                 assert_eq!((&b.samples, &b.images), (&w.samples, &w.images), "rank {rank}, visit {k}");
             }
         }
+    }
+
+    /// With a balanced sampler an epoch draws as many samples as there are, with replacement,
+    /// the same order for the same epoch (so every rank shards the same order), and pixel
+    /// augmentation changes the images but not which samples load.
+    #[test]
+    fn balanced_sampler_and_pixel_augmentation() {
+        use crate::autoaugment::Policy;
+        let d = tempfile::tempdir().unwrap();
+        let samples = Arc::new(write_images(d.path(), 8));
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1];
+        let sampler = WeightedSampler::balanced(&labels, 2).unwrap();
+        let loader = Loader::new(small(), Augment::default(), 2, 2, 3).unwrap().with_sampler(Some(sampler));
+        let phase = Phase::Train { epoch: 2 };
+        let order = loader.order(8, phase);
+        assert_eq!(order.len(), 8);
+        assert_eq!(order, loader.order(8, phase));
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert!(sorted.len() < 8, "drawn with replacement: {order:?}");
+        let rare = (0..50).flat_map(|e| loader.order(8, Phase::Train { epoch: e })).filter(|&i| i >= 6).count();
+        assert!((150..250).contains(&rare), "class 1 drawn about half the time: {rare} of 400");
+        assert_eq!(loader.order(8, Phase::Eval), (0..8).collect::<Vec<_>>());
+
+        let plain = Arc::new(Loader::new(small(), Augment::default(), 2, 2, 3).unwrap());
+        let pixel = PixelAugment { policy: Some(Policy::TRIVIAL_AUGMENT_WIDE), ..Default::default() };
+        let augmented =
+            Arc::new(Loader::new(small(), Augment::default(), 2, 2, 3).unwrap().with_pixel_augment(pixel).unwrap());
+        let a: Vec<Batch> = plain.batches(Arc::clone(&samples), phase, 8).collect();
+        let b: Vec<Batch> = augmented.batches(Arc::clone(&samples), phase, 8).collect();
+        assert_eq!(a[0].samples, b[0].samples);
+        assert_ne!(a[0].images, b[0].images);
+        let none = Arc::new(
+            Loader::new(small(), Augment::default(), 2, 2, 3)
+                .unwrap()
+                .with_pixel_augment(PixelAugment::default())
+                .unwrap(),
+        );
+        let c: Vec<Batch> = none.batches(samples, phase, 8).collect();
+        assert_eq!(a[0].images, c[0].images);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, DoctorArgs, ExportArgs, TrainArgs};
+use cli::{Cli, Command, DoctorArgs, ExportArgs, LrFindArgs, TrainArgs};
 use train::config::LAST;
 use train::console::{self, Console};
 use train::dist::Env;
@@ -92,6 +92,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Export(args)) => export(args, &mut console),
         Some(Command::Doctor(args)) => Ok(doctor(args)),
+        Some(Command::LrFind(args)) => lr_find(args, &mut console, &stop),
         None => run(&cli.train, env.clone(), &mut console, &stop),
     };
     match result {
@@ -139,6 +140,25 @@ fn export(args: &ExportArgs, console: &mut Console) -> anyhow::Result<ExitCode> 
         console::print_quantization(quantization, false);
     }
     console::print_export(&result.context("export failed")?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lr_find(args: &LrFindArgs, console: &mut Console, stop: &StopFlag) -> anyhow::Result<ExitCode> {
+    let config = args.train.config();
+    let report = train::sweep::lr_find(&config, args.settings(), console, stop).context("lr-find failed")?;
+    console.clear();
+    eprintln!(
+        "lr-find: {} steps ({:?}); loss against learning rate in {}",
+        report.steps,
+        report.ended,
+        report.picture.display()
+    );
+    match report.flag() {
+        Some(flag) => println!("suggested learning rate: {flag}"),
+        None => eprintln!(
+            "no suggestion: too few steps before the loss diverged (try a smaller --start-lr or more --steps)"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -106,6 +106,44 @@ pub struct Best {
     pub epoch: usize,
     pub val_acc: f64,
     pub val_loss: f64,
+    /// Which weights `best.pt` holds: the trained ones or their moving average (`--ema`).
+    #[serde(default)]
+    pub weights: BestWeights,
+}
+
+/// The weights kept as `best.pt`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BestWeights {
+    #[default]
+    Raw,
+    Ema,
+}
+
+/// Validation of the EMA weights in one epoch, beside the raw weights' in [`EpochRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EmaRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub val_loss: f64,
+    pub val_acc: f64,
+}
+
+/// A class pair the best model confuses, by name, in `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confused {
+    pub actual: String,
+    pub predicted: String,
+    pub count: usize,
+}
+
+/// The data-cleaning report in `summary.json`: where the highest-loss images are listed and the
+/// validation images' most confused class pairs under the best model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleaningReport {
+    pub top_losses: PathBuf,
+    pub images_ranked: usize,
+    pub most_confused: Vec<Confused>,
 }
 
 /// `summary.json`.
@@ -147,6 +185,20 @@ pub struct Summary {
     /// How a data-parallel run trained; absent from a single process's summary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distributed: Option<DistReport>,
+    /// Why the run ended before its last epoch (`--patience`, `--time-limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<String>,
+    /// The class imbalance warning of the data scan, when it fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imbalance: Option<String>,
+    /// Per-class validation recall of the last epoch (with imbalanced classes), by class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_class_recall: Option<Vec<Option<f64>>>,
+    /// The EMA weights' validation, epoch by epoch (`--ema`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ema_history: Vec<EmaRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleaning: Option<CleaningReport>,
     /// The end-of-training export, when one ran (reported by the caller, not written).
     #[serde(skip)]
     pub export: Option<ExportReport>,

@@ -30,6 +30,9 @@ pub struct RunState {
     /// The ranks of a distributed run (absent for a single process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world_size: Option<usize>,
+    /// The EMA weights' validation so far (`--ema`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ema_history: Vec<crate::report::EmaRecord>,
 }
 
 impl RunState {

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::amp::{self, AmpDtype};
@@ -15,11 +17,15 @@ use crate::config::{Mode, Observer, StopFlag};
 use crate::dataset::Sample;
 use crate::ddp::Ddp;
 use crate::dist::{DistError, Reducer};
-use crate::error::TrainError;
+use crate::ema::Ema;
+use crate::error::{ConfigError, TrainError};
 use crate::loader::{Batch, Loader, Phase};
+use crate::loss::CrossEntropy;
+use crate::mix::Mixer;
 use crate::model::{FoldedNet, ResNet};
 use crate::optim::Optimizer;
 use crate::report::PhaseStats;
+use crate::schedule::LrSchedule;
 use crate::shard::Visits;
 
 /// What a step does with one batch: returns the batch's mean loss and the logits.
@@ -65,14 +71,26 @@ impl GradScaler {
     }
 }
 
-/// Forward, cross-entropy loss, backward and an optimiser update.
+/// Forward (on Mixup/CutMix-mixed images when asked), the loss, backward, an optimiser update
+/// at the schedule's rate for this step, and the EMA's update.
 pub(crate) struct TrainStep<'a> {
     pub model: &'a ResNet,
     pub opt: &'a mut Optimizer,
     pub scaler: &'a mut Option<GradScaler>,
-    pub lr: f64,
+    pub schedule: &'a LrSchedule,
+    /// 0-based epoch, and the next step's index in it.
+    pub epoch: usize,
+    pub index: usize,
+    /// The rate of the last step taken.
+    pub last_lr: Option<f64>,
     pub mode: Mode,
+    /// Only the classifier trains this epoch (`--freeze-epochs`).
+    pub frozen: bool,
     pub amp: Option<AmpDtype>,
+    pub loss: &'a CrossEntropy,
+    /// The mixer and the seed its per-batch draws derive from.
+    pub mixer: Option<(&'a Mixer, u64)>,
+    pub ema: Option<&'a mut Ema>,
     /// In a data-parallel job: how the step keeps the replicas in step.
     pub replicas: Option<Replicas<'a>>,
 }
@@ -95,6 +113,9 @@ fn in_step(source: DistError) -> TrainError {
 
 impl TrainStep<'_> {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
+        if self.frozen {
+            return Ok(self.model.forward_frozen_backbone(x));
+        }
         match (self.mode, &mut self.replicas) {
             (Mode::FeatureExtract, _) => Ok(self.model.forward_frozen_backbone(x)),
             (Mode::Finetune, None) => Ok(self.model.forward(x, true)),
@@ -109,9 +130,27 @@ impl TrainStep<'_> {
 
 impl Step for TrainStep<'_> {
     fn step(&mut self, _batch: &Batch, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
-        let amp = self.amp;
-        let logits = amp::autocast(amp, || self.forward(x))??;
-        let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
+        let (amp, device) = (self.amp, self.model.device);
+        let lr = self.schedule.lr(self.epoch, self.index);
+        if let Some(m) = self.schedule.momentum(self.epoch, self.index) {
+            self.opt.set_momentum(m);
+        }
+        // One draw per batch from (seed, epoch, step): the same on every rank and on resumption.
+        let mixed = match self.mixer {
+            Some((mixer, seed)) => {
+                let stream = ((self.epoch as u64) << 32) | self.index as u64;
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let (images, targets, _) = mixer.mix(x, y, &mut rng).map_err(ConfigError::from)?;
+                Some((images, targets))
+            }
+            None => None,
+        };
+        let input = mixed.as_ref().map_or(x, |(images, _)| images);
+        let logits = amp::autocast(amp, device, || self.forward(input))??;
+        let loss = match &mixed {
+            Some((_, targets)) => self.loss.soft(&logits, targets)?,
+            None => self.loss.hard(&logits, y)?,
+        };
         let grads = match (&mut self.replicas, &self.scaler) {
             (None, Some(s)) => self.opt.backward(&(&loss * s.scale))?,
             (None, None) => self.opt.backward(&loss)?,
@@ -126,9 +165,15 @@ impl Step for TrainStep<'_> {
             }
         };
         match self.scaler {
-            Some(s) => s.step(self.opt, grads, self.lr)?,
-            None => self.opt.step(grads, self.lr)?,
+            Some(s) => s.step(self.opt, grads, lr)?,
+            None => self.opt.step(grads, lr)?,
         }
+        if let Some(ema) = self.ema.as_deref_mut() {
+            let step = ema.updates() + 1;
+            ema.update(self.model, step).map_err(ConfigError::from)?;
+        }
+        self.index += 1;
+        self.last_lr = Some(lr);
         Ok((loss.detach(), logits.detach()))
     }
 }
@@ -146,6 +191,7 @@ pub struct Predicted {
 /// noticeably faster on the CPU. Keeps every prediction, and each sample's loss when asked.
 pub(crate) struct EvalStep {
     net: FoldedNet,
+    device: Device,
     amp: Option<AmpDtype>,
     pub predictions: Vec<Predicted>,
     /// Each prediction's cross-entropy, in the same order (with [`EvalStep::keeping_losses`]).
@@ -154,7 +200,7 @@ pub(crate) struct EvalStep {
 
 impl EvalStep {
     pub fn new(model: &ResNet, amp: Option<AmpDtype>) -> Result<EvalStep, TrainError> {
-        Ok(EvalStep { net: model.folded()?, amp, predictions: Vec::new(), losses: None })
+        Ok(EvalStep { net: model.folded()?, device: model.device, amp, predictions: Vec::new(), losses: None })
     }
 
     /// Also keeps each sample's loss (for results gathered from several ranks).
@@ -167,7 +213,7 @@ impl EvalStep {
 impl Step for EvalStep {
     fn step(&mut self, batch: &Batch, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
         let (loss, logits) = tch::no_grad(|| -> Result<_, TrainError> {
-            let logits = amp::autocast(self.amp, || self.net.forward(x))?.to_kind(Kind::Float);
+            let logits = amp::autocast(self.amp, self.device, || self.net.forward(x))?.to_kind(Kind::Float);
             Ok((logits.cross_entropy_for_logits(y), logits))
         })?;
         if let Some(losses) = &mut self.losses {

@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use infer::decode::decode_file_with_status;
 use infer::{DecodeLimits, PreprocessConfig};
 use tch::{Device, Tensor};
 
+use crate::amp::AmpDtype;
 use crate::arch::{self, Arch};
 use crate::board::Board;
 use crate::checkpoint::{self, ModelInfo, Resume};
@@ -19,6 +20,7 @@ use crate::config::{
     Hyper, Mode, Observer, StopFlag, TrainConfig, WeightsSource, BEST, CURVES, LAST, METRICS, MODEL_ONNX, OUTPUTS,
     SUMMARY, TRAIN_BATCH, VAL_PREDICTIONS,
 };
+use crate::cpu_features::{cpu_amp_warning, Bf16Support};
 use crate::dataset::{self, Dataset, FileNotes, ScanOptions};
 use crate::ddp::{self, Ddp, DistConfig, Evaluated};
 use crate::device;
@@ -29,22 +31,24 @@ use crate::loader::{Batch, Loader, Phase};
 use crate::model::ResNet;
 use crate::optim::Optimizer;
 use crate::plot;
-use crate::report::{self, Best, DistReport, EpochRecord, PhaseStats, Summary};
+use crate::recipes::{self, RecipeParts};
+use crate::report::{self, Best, BestWeights, CleaningReport, DistReport, EmaRecord, EpochRecord, PhaseStats, Summary};
 use crate::run_state::RunState;
-use crate::shard::Shard;
+use crate::sampler::{self, WeightedSampler};
+use crate::shard::{Shard, Visits};
 use crate::steps::{AgreedGate, EvalStep, GradScaler, LocalGate, Pass, Predicted, Replicas, Tally, TrainStep};
 use crate::tensorboard::EventWriter;
 use crate::weights;
 
 /// Everything fixed before the first epoch.
-struct Start {
-    started: Instant,
-    device: Device,
+pub(crate) struct Start {
+    pub started: Instant,
+    pub device: Device,
     device_desc: String,
-    hyper: Hyper,
+    pub hyper: Hyper,
     arch: &'static Arch,
     data: PathBuf,
-    out: PathBuf,
+    pub out: PathBuf,
     resumed: Option<(PathBuf, Resume, RunState)>,
 }
 
@@ -124,7 +128,7 @@ fn join(cfg: &DistConfig, start: &Start, obs: &mut dyn Observer) -> Result<Ddp, 
 }
 
 /// Device, settings (the checkpoint's when resuming), data and output folders.
-fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError> {
+pub(crate) fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError> {
     let started = Instant::now();
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t.max(1) as i32);
@@ -146,7 +150,11 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
         hyper.epochs = e;
     }
     hyper.optim.epochs = hyper.epochs;
-    let arch = validate(&hyper, device)?;
+    // The CPU's autocast computes in bfloat16 (float16 there is neither fast nor scaled).
+    if hyper.amp && !device.is_cuda() {
+        hyper.amp_dtype = AmpDtype::Bfloat16;
+    }
+    let arch = validate(&hyper, device, cfg.distributed.is_some())?;
     let recorded = resumed.as_ref().and_then(|(_, _, s)| s.data.clone());
     let data = cfg.data.clone().or(recorded).ok_or(ConfigError::NoDataFolder)?;
     // A resumed run continues in its checkpoint's folder unless told otherwise.
@@ -156,10 +164,15 @@ fn start(cfg: &TrainConfig, obs: &mut dyn Observer) -> Result<Start, TrainError>
         tch::Cuda::cudnn_set_benchmark(true);
     }
     obs.info(&format!("device: {device_desc}"));
+    if hyper.amp && !device.is_cuda() {
+        obs.info(&cpu_amp_warning(&Bf16Support::detect()).unwrap_or_else(|| {
+            "--amp on the CPU: bfloat16 autocast (native on this CPU), float32 master weights".to_string()
+        }));
+    }
     Ok(Start { started, device, device_desc, hyper, arch, data, out, resumed })
 }
 
-fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, ConfigError> {
+fn validate(h: &Hyper, device: Device, distributed: bool) -> Result<&'static Arch, ConfigError> {
     let arch = arch::by_name(&h.arch).ok_or_else(|| ConfigError::UnknownArch { name: h.arch.clone() })?;
     if h.epochs == 0 {
         return Err(ConfigError::ZeroEpochs);
@@ -169,19 +182,20 @@ fn validate(h: &Hyper, device: Device) -> Result<&'static Arch, ConfigError> {
     }
     h.optim.validate()?;
     h.augment.validate()?;
-    if h.amp && !device.is_cuda() {
-        return Err(ConfigError::AmpNeedsCuda);
-    }
-    if h.amp {
+    if h.amp && device.is_cuda() {
         // Fails now, not at the first batch, when this libtorch cannot set the type.
         crate::amp::set_cuda_dtype(h.amp_dtype)?;
     }
+    if h.amp && !device.is_cuda() {
+        crate::cpu_features::cpu_autocast_enabled()?;
+    }
+    recipes::validate(h, distributed)?;
     Ok(arch)
 }
 
 /// Scans the data (decoding every file once), checks it against a resumed run's, and says
 /// what was found.
-fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainError> {
+pub(crate) fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainError> {
     let limits = DecodeLimits::default();
     let crop = start.hyper.preprocess().crop_size;
     let small = AtomicUsize::new(0);
@@ -230,6 +244,9 @@ fn read_data(start: &Start, obs: &mut dyn Observer) -> Result<Dataset, TrainErro
         ));
     }
     obs.info(&describe_data(&ds, start.hyper.background));
+    if let Some(w) = sampler::imbalance_warning(&Dataset::counts(&ds.train, ds.classes.len()), &ds.classes) {
+        obs.warn(&w);
+    }
     let total = ds.train.len() + ds.val.len();
     if small.load(Ordering::Relaxed) * 2 > total {
         obs.warn(&format!(
@@ -303,7 +320,7 @@ fn describe_data(ds: &Dataset, background: Option<infer::Background>) -> String 
 /// random), frozen below the classifier in feature-extraction mode.
 /// In a data-parallel job, rank 0's model is every rank's: the others neither read nor download
 /// weights files (they may not have them), they receive rank 0's.
-fn build_model(
+pub(crate) fn build_model(
     cfg: &TrainConfig,
     start: &Start,
     ds: &Dataset,
@@ -382,6 +399,8 @@ struct Epochs<'a> {
     stop: &'a StopFlag,
     /// This rank's part in a data-parallel job.
     replicated: Option<Replicated>,
+    /// The recipe's parts (see [`Recipe`](crate::config::Recipe)).
+    recipe: RecipeParts,
 }
 
 /// What a rank of a data-parallel job keeps while it trains.
@@ -445,9 +464,32 @@ impl<'a> Epochs<'a> {
             opt.load_state(&r.optimizer, r.optimizer_steps)
                 .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
         }
+        if h.finetune.layer_lr_decay != 1.0 {
+            let scales = h.finetune.lr_scales(&opt.param_names());
+            opt.set_lr_scales(scales).map_err(ConfigError::from)?;
+        }
         let preprocess = h.preprocess();
-        let loader = Arc::new(Loader::new(preprocess.clone(), h.augment, cfg.workers, cfg.prefetch, h.seed)?);
+        let labels: Vec<usize> = ds.train.iter().map(|s| s.label).collect();
+        let sampler = match h.sampler.balanced {
+            true => Some(WeightedSampler::balanced(&labels, ds.classes.len()).map_err(ConfigError::from)?),
+            false => None,
+        };
+        let loader = Loader::new(preprocess.clone(), h.augment, cfg.workers, cfg.prefetch, h.seed)?
+            .with_pixel_augment(h.pixel_augment)?
+            .with_sampler(sampler);
+        let loader = Arc::new(loader);
         let state = start.resumed.as_ref().map(|(_, _, s)| s);
+        let shard = replicated.as_ref().map_or(Shard::WHOLE, |r| r.ddp.shard());
+        let steps_per_epoch = shard.padded_len(ds.train.len()).div_ceil(h.batch_size).max(1);
+        let history: Vec<EpochRecord> = state.map(|s| s.history.clone()).unwrap_or_default();
+        let ema_history = state.map(|s| s.ema_history.clone()).unwrap_or_default();
+        let mut recipe = RecipeParts::new(h, ds, model, steps_per_epoch, &history, ema_history)?;
+        if let (Some(ema), Some((p, r, _))) = (recipe.ema.as_mut(), &start.resumed) {
+            if let Some((state, updates)) = &r.ema {
+                ema.load_state(state, *updates)
+                    .map_err(|e| CheckpointError::Invalid { path: p.clone(), reason: e.to_string() })?;
+            }
+        }
         Ok(Epochs {
             start,
             ds,
@@ -459,13 +501,14 @@ impl<'a> Epochs<'a> {
             preprocess,
             train_samples: Arc::new(ds.train.clone()),
             val_samples: Arc::new(ds.val.clone()),
-            history: state.map(|s| s.history.clone()).unwrap_or_default(),
+            history,
             best: state.and_then(|s| s.best),
             first_epoch: state.map_or(0, |s| s.epochs_done),
             prior_seconds: state.map_or(0.0, |s| s.elapsed_seconds),
             interrupted: false,
             stop,
             replicated,
+            recipe,
         })
     }
 
@@ -499,9 +542,20 @@ impl<'a> Epochs<'a> {
                 ));
             }
         }
+        let ema_saved = self.start.resumed.as_ref().is_some_and(|(_, r, _)| r.ema.is_some());
+        if self.recipe.ema.is_some() && self.first_epoch > 0 && !ema_saved {
+            // A last.pt of a run without --ema has no average: it starts from the weights.
+            obs.info("EMA: the moving average starts from the resumed weights");
+        }
         for epoch in self.first_epoch..self.start.hyper.epochs {
             if !self.epoch(epoch, obs)? {
                 self.interrupted = true;
+                break;
+            }
+            // --patience and --time-limit end the run here too, but as a finished one: the
+            // best model is exported.
+            if let Some(reason) = &self.recipe.stop_reason {
+                obs.info(reason);
                 break;
             }
             // A first stop request lets the epoch in progress (or during set-up, the first) finish.
@@ -539,8 +593,21 @@ impl<'a> Epochs<'a> {
     fn epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<bool, TrainError> {
         let start = self.start;
         let h = &start.hyper;
-        let lr = h.optim.lr_at(epoch);
+        let epoch_started = Instant::now();
         let main = self.is_main();
+        let frozen = h.finetune.frozen(epoch) && h.mode == Mode::Finetune;
+        if frozen && epoch == self.first_epoch {
+            obs.info(&format!(
+                "epochs 1 to {}: only the classifier trains (--freeze-epochs)",
+                h.finetune.freeze_epochs
+            ));
+        } else if h.finetune.freeze_epochs > 0 && epoch == h.finetune.freeze_epochs {
+            obs.info(&format!(
+                "epoch {}: every layer trains now (layer learning-rate decay {})",
+                epoch + 1,
+                h.finetune.layer_lr_decay
+            ));
+        }
         let phase = Phase::Train { epoch };
         let visits = self.shard().padded(&self.loader.order(self.train_samples.len(), phase));
         obs.phase_start(epoch + 1, h.epochs, "train", visits.len());
@@ -556,13 +623,21 @@ impl<'a> Epochs<'a> {
             crop: i64::from(self.preprocess.crop_size),
             channels_last: h.channels_last,
         };
+        let recipe = &mut self.recipe;
         let mut step = TrainStep {
             model: self.model,
             opt: &mut self.opt,
             scaler: &mut self.scaler,
-            lr,
+            schedule: &recipe.schedule,
+            epoch,
+            index: 0,
+            last_lr: None,
             mode: h.mode,
+            frozen,
             amp: h.autocast(),
+            loss: &recipe.loss,
+            mixer: recipe.mixer.as_ref().map(|m| (m, h.seed)),
+            ema: recipe.ema.as_mut(),
             replicas: None,
         };
         let samples = &self.train_samples;
@@ -581,6 +656,8 @@ impl<'a> Epochs<'a> {
                 tally
             }
         };
+        // The rate of the epoch's last step (the epoch's rate unless warm-up or one-cycle).
+        let lr = step.last_lr.unwrap_or_else(|| self.recipe.schedule.lr(epoch, 0));
         let train = match (tally, &self.replicated) {
             (None, _) => None,
             (Some(t), None) => Some(t.stats()),
@@ -643,11 +720,27 @@ impl<'a> Epochs<'a> {
         };
         obs.phase_end(&val);
         let record = EpochRecord { epoch: epoch + 1, lr, train, val };
-        let improved = self.best.is_none_or(|b| val.acc > b.val_acc);
+        self.recipe.record_recall(&predictions, &self.val_samples, self.ds.classes.len());
+        // The EMA weights are validated too; best.pt keeps whichever validates better.
+        let mut candidate = (val.acc, val.loss, BestWeights::Raw, predictions);
+        if self.recipe.ema.is_some() {
+            let Some((ema_val, ema_predictions)) = self.evaluate_ema(epoch, obs)? else { return Ok(false) };
+            self.recipe.ema_history.push(EmaRecord { epoch: epoch + 1, val_loss: ema_val.loss, val_acc: ema_val.acc });
+            obs.info(&format!("EMA weights: val loss {:.4} acc {:.4}", ema_val.loss, ema_val.acc));
+            if ema_val.acc > val.acc {
+                candidate = (ema_val.acc, ema_val.loss, BestWeights::Ema, ema_predictions);
+            }
+        }
+        let (acc, loss, weights, predictions) = candidate;
+        let improved = self.best.is_none_or(|b| acc > b.val_acc);
         if improved {
-            self.best = Some(Best { epoch: epoch + 1, val_acc: val.acc, val_loss: val.loss });
+            self.best = Some(Best { epoch: epoch + 1, val_acc: acc, val_loss: loss, weights });
             if main {
-                checkpoint::save_best(&self.out(BEST), self.model, &self.model_info(epoch + 1, val.acc))?;
+                let model = match (weights, &self.recipe.ema) {
+                    (BestWeights::Ema, Some(ema)) => ema.model(),
+                    _ => self.model,
+                };
+                checkpoint::save_best(&self.out(BEST), model, &self.model_info(epoch + 1, acc))?;
                 let gallery = self.val_predictions(&predictions);
                 if let Err(e) = report::write_png(&self.out(VAL_PREDICTIONS), &gallery) {
                     obs.warn(&e.to_string());
@@ -662,15 +755,49 @@ impl<'a> Epochs<'a> {
             }
             obs.picture("confusion_matrix", epoch + 1, &confusion.png());
         }
+        self.decide_stop(epoch, acc, epoch_started.elapsed().as_secs_f64())?;
         self.history.push(record);
         if main {
             self.save_progress(epoch + 1, val.acc)?;
         }
         obs.epoch_end(&record, h.epochs, improved);
+        if let Some(recall) = &self.recipe.recall {
+            obs.info(&recipes::describe_recall(recall, &self.ds.classes));
+        }
         if let Some(r) = &self.replicated {
             obs.info(&describe_comm(&r.report(h)));
         }
         Ok(true)
+    }
+
+    /// Validation of the EMA weights (single process); `None` when a second stop request cut it.
+    fn evaluate_ema(
+        &self,
+        epoch: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<Option<(PhaseStats, Vec<Predicted>)>, TrainError> {
+        let Some(ema) = &self.recipe.ema else { return Ok(None) };
+        let h = &self.start.hyper;
+        obs.phase_start(epoch + 1, h.epochs, "val (EMA)", self.val_samples.len());
+        let mut eval = EvalStep::new(ema.model(), h.autocast())?;
+        let mut gate = LocalGate { stop: self.stop, stops: true };
+        let visits = Visits::all((0..self.val_samples.len()).collect());
+        let phase = Phase::Eval;
+        let samples = &self.val_samples;
+        let tally =
+            self.pass().run(samples, visits, phase, h.eval_batch_size, &mut eval, &mut gate, obs, &mut |_| {})?;
+        Ok(tally.map(|t| {
+            let stats = t.stats();
+            obs.phase_end(&stats);
+            (stats, eval.predictions)
+        }))
+    }
+
+    /// `--patience` and `--time-limit` after an epoch whose best validation accuracy was `acc`.
+    fn decide_stop(&mut self, epoch: usize, acc: f64, seconds: f64) -> Result<(), TrainError> {
+        let elapsed = Duration::from_secs_f64(self.elapsed());
+        let ddp = self.replicated.as_ref().map(|r| &r.ddp);
+        self.recipe.decide_stop(&self.start.hyper.stopping, epoch, acc, seconds, elapsed, ddp)
     }
 
     fn model_info(&self, epoch: usize, val_acc: f64) -> ModelInfo {
@@ -681,7 +808,11 @@ impl<'a> Epochs<'a> {
     fn batch_grid(&self, images: &[f32], labels: &[i64]) -> image::RgbImage {
         let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
         let p = &self.preprocess;
-        let caption = format!("training augmentation: {}", self.start.hyper.augment.describe());
+        let h = &self.start.hyper;
+        let caption = match h.pixel_augment.describe().as_str() {
+            "none" => format!("training augmentation: {}", h.augment.describe()),
+            pixel => format!("training augmentation: {} + {pixel}", h.augment.describe()),
+        };
         plot::batch_grid(images, &labels, &self.ds.classes, p.crop_size, p.mean, p.std, &caption)
     }
 
@@ -716,9 +847,12 @@ impl<'a> Epochs<'a> {
             data: Some(self.start.data.clone()),
             fingerprint: Some(self.ds.fingerprint()),
             world_size: self.replicated.as_ref().map(|r| r.ddp.world_size()),
+            ema_history: self.recipe.ema_history.clone(),
         };
         let json = serde_json::to_string(&run_state).expect("run state serialises");
-        checkpoint::save_last(&self.out(LAST), self.model, &self.opt, &self.model_info(epochs_done, val_acc), &json)?;
+        let info = self.model_info(epochs_done, val_acc);
+        let ema = self.recipe.ema.as_ref();
+        checkpoint::save_last_with_ema(&self.out(LAST), self.model, &self.opt, ema, &info, &json)?;
         report::write_metrics(&self.out(METRICS), &self.history)?;
         report::write_curves(&self.out(CURVES), &self.history)?;
         report::write_summary(&self.out(SUMMARY), &self.summary(false))
@@ -754,8 +888,37 @@ impl<'a> Epochs<'a> {
             hyperparameters: self.start.hyper.describe(),
             outputs,
             distributed: self.replicated.as_ref().map(|r| r.report(&self.start.hyper)),
+            stopped_early: self.recipe.stop_reason.clone(),
+            imbalance: self.recipe.imbalance.clone(),
+            per_class_recall: self.recipe.recall.clone(),
+            ema_history: self.recipe.ema_history.clone(),
+            cleaning: self.recipe.cleaning.clone(),
             export: None,
         }
+    }
+
+    /// The data-cleaning report under the best model (see [`recipes::cleaning_report`]).
+    fn cleaning_report(&self, obs: &mut dyn Observer) -> Result<Option<CleaningReport>, TrainError> {
+        if self.start.hyper.cleaning.top_k == 0 {
+            return Ok(None);
+        }
+        let best = ResNet::new(self.start.arch, self.ds.classes.len() as i64, self.start.device);
+        best.load_state(&weights::read_state_dict(&self.out(BEST))?, false)?;
+        if self.start.hyper.channels_last {
+            best.to_channels_last();
+        }
+        let sets = [&self.val_samples, &self.train_samples];
+        recipes::cleaning_report(
+            &best,
+            &self.start.hyper,
+            &self.pass(),
+            sets,
+            &self.ds.classes,
+            &self.start.out,
+            self.history.len(),
+            self.stop,
+            obs,
+        )
     }
 }
 
@@ -809,6 +972,10 @@ fn finish(cfg: &TrainConfig, mut epochs: Epochs, obs: &mut dyn Observer) -> Resu
         }
         _ => None,
     };
+    // The report reads best.pt, which the export leaves as it is.
+    if main && !epochs.interrupted && epochs.best.is_some() {
+        epochs.recipe.cleaning = epochs.cleaning_report(obs)?;
+    }
     let mut summary = epochs.summary(epochs.interrupted);
     summary.distributed = distributed;
     summary.export = export;

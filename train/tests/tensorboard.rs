@@ -118,6 +118,10 @@ fn a_trained_run_is_logged_for_tensorboard_and_matches_metrics_csv() {
     assert_eq!(images["pictures/train_batch"].as_array().unwrap().len(), 1, "{images}");
     assert_eq!(images["pictures/confusion_matrix"].as_array().unwrap().len(), 3, "{images}");
     assert!(!images["pictures/val_predictions"].as_array().unwrap().is_empty(), "{images}");
+    // The data-cleaning report's picture, at the end of each process.
+    let top: Vec<i64> =
+        images["pictures/top_losses"].as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect();
+    assert_eq!(top, [2, 3], "{images}");
     let hp = &board["hparams"];
     assert_eq!(hp["start"]["batch_size"].as_f64(), Some(4.0), "{hp}");
     assert_eq!(hp["start"]["arch"], "resnet18", "{hp}");
