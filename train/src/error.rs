@@ -137,6 +137,8 @@ pub enum ConfigError {
     SmoothingTwice,
     #[error("{option} is not available in a distributed run yet")]
     NotDistributed { option: &'static str },
+    #[error("lr-find starts from the run's initial weights; it does not take --resume")]
+    LrFindResume,
     #[error("--freeze-epochs ({freeze}) must be fewer than --epochs ({epochs})")]
     FreezeTooLong { freeze: usize, epochs: usize },
     #[error("this libtorch has no {symbol} (bfloat16 mixed precision needs libtorch 2.3 or later)")]

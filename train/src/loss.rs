@@ -78,8 +78,10 @@ impl FromStr for ClassWeights {
                             .map_err(|_| LossError::Weights(format!("'{s}' is not auto, none or a list of numbers")))
                     })
                     .collect::<Result<_, _>>()?;
-                if w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) || w.iter().all(|v| *v == 0.0) {
-                    return Err(LossError::Weights(format!("'{s}': weights must be finite, >= 0 and not all 0")));
+                // A weight of 0 would not leave its class out: a batch of only that class would
+                // divide its loss by a zero weight sum and train on NaN.
+                if w.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                    return Err(LossError::Weights(format!("'{s}': every weight must be a number above 0")));
                 }
                 Ok(ClassWeights::Given(w))
             }
@@ -243,6 +245,8 @@ mod tests {
         assert_eq!("1,2.5".parse::<ClassWeights>().unwrap(), ClassWeights::Given(vec![1.0, 2.5]));
         assert!("1,x".parse::<ClassWeights>().is_err());
         assert!("0,0".parse::<ClassWeights>().is_err());
+        // A zero weight would make a batch of that class alone divide by zero.
+        assert!("1,0".parse::<ClassWeights>().is_err());
         let w = ClassWeights::Auto.resolve(&[6, 3, 1]).unwrap().unwrap();
         assert!((w[2] - 10.0 / 3.0).abs() < 1e-12);
         assert!(matches!(

@@ -17,7 +17,7 @@ use crate::mix::Mixer;
 use crate::optim::{OptimConfig, Optimizer, ScheduleKind};
 use crate::report;
 use crate::schedule::{LrSchedule, ScheduleSettings};
-use crate::steps::{Step, TrainStep};
+use crate::steps::{GradScaler, Step, TrainStep};
 use crate::trainer;
 
 /// What a sweep found.
@@ -49,6 +49,9 @@ pub fn lr_find(
     if cfg.distributed.is_some() {
         return Err(ConfigError::NotDistributed { option: "lr-find" }.into());
     }
+    if cfg.resume.is_some() {
+        return Err(ConfigError::LrFindResume.into());
+    }
     let mut finder = LrFinder::new(settings).map_err(ConfigError::from)?;
     let start = trainer::start(cfg, obs)?;
     let ds = trainer::read_data(&start, obs)?;
@@ -71,7 +74,8 @@ pub fn lr_find(
     let loader = Arc::new(loader);
     let samples = Arc::new(ds.train.clone());
     let crop = i64::from(preprocess.crop_size);
-    let mut scaler = None;
+    // Float16 on CUDA needs loss scaling here as in training, or small gradients vanish.
+    let mut scaler = h.autocast().filter(|d| d.needs_loss_scaling()).map(|_| GradScaler::new());
     obs.info(&format!(
         "lr-find: up to {} steps, learning rate {:e} to {:e}",
         settings.num_steps, settings.start_lr, settings.end_lr

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use infer::decode::decode_file_with_status;
 use infer::{DecodeLimits, PreprocessConfig};
@@ -795,9 +795,15 @@ impl<'a> Epochs<'a> {
 
     /// `--patience` and `--time-limit` after an epoch whose best validation accuracy was `acc`.
     fn decide_stop(&mut self, epoch: usize, acc: f64, seconds: f64) -> Result<(), TrainError> {
-        let elapsed = Duration::from_secs_f64(self.elapsed());
+        // This process's time: a resumed run gets its --time-limit again.
+        let elapsed = self.start.started.elapsed();
         let ddp = self.replicated.as_ref().map(|r| &r.ddp);
-        self.recipe.decide_stop(&self.start.hyper.stopping, epoch, acc, seconds, elapsed, ddp)
+        self.recipe.decide_stop(&self.start.hyper.stopping, epoch, acc, seconds, elapsed, ddp)?;
+        // The last epoch ends the run anyway: not an early stop.
+        if epoch + 1 >= self.start.hyper.epochs {
+            self.recipe.stop_reason = None;
+        }
+        Ok(())
     }
 
     fn model_info(&self, epoch: usize, val_acc: f64) -> ModelInfo {
@@ -973,8 +979,13 @@ fn finish(cfg: &TrainConfig, mut epochs: Epochs, obs: &mut dyn Observer) -> Resu
         _ => None,
     };
     // The report reads best.pt, which the export leaves as it is.
-    if main && !epochs.interrupted && epochs.best.is_some() {
-        epochs.recipe.cleaning = epochs.cleaning_report(obs)?;
+    // Not after a stop request: the user asked for the run to end. A failed report is told and
+    // the summary still written.
+    if main && !epochs.interrupted && epochs.stop_level() == 0 && epochs.best.is_some() {
+        match epochs.cleaning_report(obs) {
+            Ok(report) => epochs.recipe.cleaning = report,
+            Err(e) => obs.warn(&format!("no data-cleaning report: {e}")),
+        }
     }
     let mut summary = epochs.summary(epochs.interrupted);
     summary.distributed = distributed;
