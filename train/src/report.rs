@@ -35,12 +35,21 @@ pub struct Int8Report {
     pub passed: bool,
 }
 
+/// JSON has no NaN: serde_json writes a NaN figure (a diverged run's loss) as `null`, which
+/// reads back as NaN here, so such a run's `last.pt` still resumes.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Loss, accuracy and speed of one phase of one epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PhaseStats {
+    #[serde(deserialize_with = "nan_from_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub acc: f64,
     pub images: usize,
+    #[serde(deserialize_with = "nan_from_null")]
     pub seconds: f64,
 }
 
@@ -104,7 +113,9 @@ pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<(), TrainErr
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
     pub epoch: usize,
+    #[serde(deserialize_with = "nan_from_null")]
     pub val_acc: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub val_loss: f64,
     /// Which weights `best.pt` holds: the trained ones or their moving average (`--ema`).
     #[serde(default)]
@@ -125,7 +136,9 @@ pub enum BestWeights {
 pub struct EmaRecord {
     /// 1-based.
     pub epoch: usize,
+    #[serde(deserialize_with = "nan_from_null")]
     pub val_loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub val_acc: f64,
 }
 
@@ -233,4 +246,19 @@ pub struct DistReport {
 pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), TrainError> {
     let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
     atomic::write_bytes(path, &json).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diverged_epoch_round_trips_through_json() {
+        let stats = PhaseStats { loss: f64::NAN, acc: 0.5, images: 4, seconds: 1.0 };
+        let json = serde_json::to_string(&stats).unwrap();
+        assert!(json.contains("\"loss\":null"), "{json}");
+        let back: PhaseStats = serde_json::from_str(&json).unwrap();
+        assert!(back.loss.is_nan());
+        assert_eq!(back.acc, 0.5);
+    }
 }
