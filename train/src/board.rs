@@ -179,6 +179,11 @@ impl Observer for Board<'_> {
         self.inner.epoch_end(r, epochs, best);
     }
 
+    fn metric(&mut self, tag: &str, epoch: usize, value: f64) {
+        self.write(|w| w.scalar(tag, epoch as i64, value));
+        self.inner.metric(tag, epoch, value);
+    }
+
     fn picture(&mut self, name: &str, epoch: usize, img: &RgbImage) {
         self.write(|w| w.image(&format!("pictures/{name}"), epoch as i64, img).and_then(|_| w.flush()));
         self.inner.picture(name, epoch, img);

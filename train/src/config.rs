@@ -420,6 +420,10 @@ pub trait Observer {
     /// `top_losses`), after
     /// the epoch it shows (1-based).
     fn picture(&mut self, _name: &str, _epoch: usize, _img: &image::RgbImage) {}
+    /// A figure of an epoch (1-based) beyond its [`EpochRecord`]: the EMA weights' validation
+    /// (`loss/val_ema`, `accuracy/val_ema`), per-class recall when classes are imbalanced
+    /// (`recall/CLASS`).
+    fn metric(&mut self, _tag: &str, _epoch: usize, _value: f64) {}
     /// The run's final summary (also when it was stopped early).
     fn finished(&mut self, _summary: &Summary) {}
 }

@@ -726,6 +726,8 @@ impl<'a> Epochs<'a> {
         if self.recipe.ema.is_some() {
             let Some((ema_val, ema_predictions)) = self.evaluate_ema(epoch, obs)? else { return Ok(false) };
             self.recipe.ema_history.push(EmaRecord { epoch: epoch + 1, val_loss: ema_val.loss, val_acc: ema_val.acc });
+            obs.metric("loss/val_ema", epoch + 1, ema_val.loss);
+            obs.metric("accuracy/val_ema", epoch + 1, ema_val.acc);
             obs.info(&format!("EMA weights: val loss {:.4} acc {:.4}", ema_val.loss, ema_val.acc));
             if ema_val.acc > val.acc {
                 candidate = (ema_val.acc, ema_val.loss, BestWeights::Ema, ema_predictions);
@@ -763,6 +765,11 @@ impl<'a> Epochs<'a> {
         obs.epoch_end(&record, h.epochs, improved);
         if let Some(recall) = &self.recipe.recall {
             obs.info(&recipes::describe_recall(recall, &self.ds.classes));
+            for (class, r) in self.ds.classes.iter().zip(recall) {
+                if let Some(r) = r {
+                    obs.metric(&format!("recall/{class}"), epoch + 1, *r);
+                }
+            }
         }
         if let Some(r) = &self.replicated {
             obs.info(&describe_comm(&r.report(h)));

@@ -99,6 +99,12 @@ fn options_are_recorded_and_restored_by_resume_and_top_losses_are_listed() {
         "raw" => assert!(raw + 1e-6 >= ema && (best_acc - raw).abs() < 1e-6, "{s1}"),
         other => panic!("best weights {other}"),
     }
+    // TensorBoard has the EMA's curve beside the raw one.
+    let board: Value =
+        serde_json::from_str(&test_support::run_python("read_tensorboard.py", &[first.out.as_os_str()])).unwrap();
+    let ema_curve = &board["scalars"]["accuracy/val_ema"];
+    assert_eq!(ema_curve.as_array().map(Vec::len), Some(1), "{board}");
+    assert!((ema_curve[0][1].as_f64().unwrap() - ema).abs() < 1e-6, "{ema_curve} vs {ema}");
 
     // --resume takes every option from last.pt.
     let resumed = f
@@ -190,6 +196,16 @@ fn imbalance_is_noticed_and_remedies_run() {
     let s = summary(&run.out);
     assert_eq!(s["per_class_recall"].as_array().unwrap().len(), 2);
     assert!(s["imbalance"].as_str().unwrap().contains("imbalanced"));
+    let board: Value =
+        serde_json::from_str(&test_support::run_python("read_tensorboard.py", &[run.out.as_os_str()])).unwrap();
+    for (i, class) in ["common", "rare"].iter().enumerate() {
+        let curve = &board["scalars"][format!("recall/{class}")];
+        let want = &s["per_class_recall"][i];
+        if let Some(want) = want.as_f64() {
+            let last = curve.as_array().and_then(|c| c.last()).unwrap_or_else(|| panic!("no recall/{class}: {board}"));
+            assert!((last[1].as_f64().unwrap() - want).abs() < 1e-6, "{curve} vs {want}");
+        }
+    }
     // Balanced data: no warning, no recall line.
     let even = TrainFixture::new(TRAIN, &["x", "y"], 4, 2).train("out", &args(&["--top-losses", "0"]));
     assert!(!even.stderr.contains("imbalanced") && !even.stderr.contains("per-class recall"), "{}", even.stderr);
