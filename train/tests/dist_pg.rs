@@ -7,12 +7,11 @@
 //! With gloo not compiled in (no libgloo-dev when train was built), the two-process tests say so
 //! and pass without running.
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tch::{nn, nn::Module, Device, Kind, Tensor};
+use test_support::{free_port, launcher_env};
 use train::dist::{Backend, DistError, Env, GroupConfig, ProcessGroup, ReduceOp, Reducer, ReducerOptions, StoreRole};
 
 const SCENARIO: &str = "DIST_PG_SCENARIO";
@@ -23,10 +22,6 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------------
 // Parent side.
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn gloo_or_skip() -> bool {
     if Backend::Gloo.is_compiled_in() {
@@ -48,16 +43,8 @@ fn run_pair(scenario: &str) -> [Output; 2] {
     let commands = (0..2)
         .map(|rank| {
             let mut cmd = Command::new(&exe);
-            cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
-                .env(SCENARIO, scenario)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("LOCAL_RANK", rank.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env("GLOO_SOCKET_IFNAME", "lo")
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .env_remove("TORCHELASTIC_RESTART_COUNT");
+            cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"]).env(SCENARIO, scenario);
+            launcher_env(&mut cmd, rank, 2, port);
             cmd
         })
         .collect();
@@ -66,50 +53,9 @@ fn run_pair(scenario: &str) -> [Output; 2] {
 
 /// Runs the commands together; kills them all past [`DEADLINE`].
 fn run_all<const N: usize>(commands: Vec<Command>, what: &str) -> [Output; N] {
-    assert_eq!(commands.len(), N);
-    let mut children: Vec<_> = commands
-        .into_iter()
-        .map(|mut cmd| cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
-        .collect();
-    // Drain the pipes on threads, so a chatty child never blocks on a full pipe.
-    let readers: Vec<_> = children
-        .iter_mut()
-        .map(|c| {
-            let mut out = c.stdout.take().unwrap();
-            let mut err = c.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = out.read_to_string(&mut text);
-                let mut e = String::new();
-                let _ = err.read_to_string(&mut e);
-                text + &e
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let mut codes = [None; N];
-    let mut done = [false; N];
-    while done.iter().any(|d| !d) {
-        for (i, child) in children.iter_mut().enumerate() {
-            if !done[i] {
-                if let Some(status) = child.try_wait().unwrap() {
-                    codes[i] = status.code();
-                    done[i] = true;
-                }
-            }
-        }
-        if start.elapsed() > DEADLINE {
-            for child in &mut children {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            let texts: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
-            panic!("{what}: did not finish within {DEADLINE:?}:\n{}", texts.join("\n----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut texts = readers.into_iter().map(|r| r.join().unwrap());
-    codes.map(|code| Output { code, text: texts.next().unwrap() })
+    assert_eq!(commands.len(), N, "{what}");
+    let mut results = test_support::run_all(commands, DEADLINE).into_iter();
+    [(); N].map(|_| results.next().map(|(code, text)| Output { code, text }).expect("one result per command"))
 }
 
 fn assert_both_ok(scenario: &str) {

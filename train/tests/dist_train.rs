@@ -7,15 +7,12 @@
 //! Without gloo in this build (no libgloo-dev when train was built), the tests say so and pass.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tch::{Kind, Tensor};
-use test_support::{TrainFixture, TrainedRun};
+use test_support::{free_port, launcher_env, run_all, Running, TrainFixture, TrainedRun};
 use train::config::{Observer, StopFlag, TrainConfig, WeightsSource};
 use train::ddp::{BackendChoice, DistConfig};
 use train::dist::{Backend, Env};
@@ -26,10 +23,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_train");
 /// What any launch of ranks may take, start-up included, before it is killed.
 const DEADLINE: Duration = Duration::from_secs(240);
 const CHILD: &str = "DIST_TRAIN_CHILD";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn gloo_or_skip() -> bool {
     if Backend::Gloo.is_compiled_in() {
@@ -73,120 +66,11 @@ fn rank_command(f: &TrainFixture, out: &Path, rank: usize, world: usize, port: u
     cmd
 }
 
-fn launcher_env(cmd: &mut Command, rank: usize, world: usize, port: u16) {
-    cmd.env("RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        .env("GLOO_SOCKET_IFNAME", "lo")
-        .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-        .env_remove("TORCHELASTIC_RESTART_COUNT");
-}
-
-/// A started process whose output (stdout and stderr) is collected as it comes.
-struct Running {
-    child: Child,
-    text: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let text = Arc::new(Mutex::new(String::new()));
-        let pipes: Vec<Box<dyn Read + Send>> =
-            vec![Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        let readers = pipes
-            .into_iter()
-            .map(|pipe| {
-                let text = Arc::clone(&text);
-                std::thread::spawn(move || {
-                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                        let mut t = text.lock().unwrap();
-                        t.push_str(&line);
-                        t.push('\n');
-                    }
-                })
-            })
-            .collect();
-        Running { child, text, readers }
-    }
-
-    fn text(&self) -> String {
-        self.text.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits until the output contains `needle`; false if the process ended or `limit` passed first.
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.text().contains(needle) {
-                return true;
-            }
-            if self.child.try_wait().unwrap().is_some() {
-                std::thread::sleep(Duration::from_millis(100));
-                return self.text().contains(needle);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Exit code (None when killed by a signal) and output; kills the process past `limit`.
-    fn finish(mut self, limit: Duration) -> (Option<i32>, String, Duration) {
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if started.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let took = started.elapsed();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        let text = self.text();
-        match status {
-            Some(s) => (s.code(), text, took),
-            None => panic!("still running after {limit:?}, killed:\n{text}"),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the commands together and returns each one's exit code and output.
-fn run_all(commands: Vec<Command>) -> Vec<(Option<i32>, String)> {
-    let running: Vec<Running> = commands.into_iter().map(Running::spawn).collect();
-    running
-        .into_iter()
-        .map(|r| {
-            let (code, text, _) = r.finish(DEADLINE);
-            (code, text)
-        })
-        .collect()
-}
-
 /// `world` ranks of the binary into `out`; asserts that each succeeded and returns their output.
 fn train_ranks(f: &TrainFixture, out: &Path, world: usize, extra: &[&str]) -> Vec<String> {
     let port = free_port();
     let commands = (0..world).map(|rank| rank_command(f, out, rank, world, port, extra)).collect();
-    let results = run_all(commands);
+    let results = run_all(commands, DEADLINE);
     for (rank, (code, text)) in results.iter().enumerate() {
         assert_eq!(*code, Some(0), "rank {rank} failed:\n{text}");
     }
@@ -289,7 +173,7 @@ fn two_ranks_at_batch_b_train_and_validate_as_one_process_at_2b() {
             cmd
         })
         .collect();
-    let results = run_all(commands);
+    let results = run_all(commands, DEADLINE);
     let mut reported = Vec::new();
     for (rank, (code, text)) in results.iter().enumerate() {
         assert_eq!(*code, Some(0), "rank {rank} failed:\n{text}");
@@ -514,7 +398,7 @@ fn bad_launches_fail_at_once_with_one_line() {
         .into_iter()
         .map(|(b, rank)| rank_command(&f, &f.path("mixed"), rank, 2, port, &["--batch-size", b]))
         .collect();
-    for (rank, (code, text)) in run_all(commands).into_iter().enumerate() {
+    for (rank, (code, text)) in run_all(commands, DEADLINE).into_iter().enumerate() {
         assert_eq!(code, Some(1), "rank {rank}:\n{text}");
         assert!(text.contains("the ranks do not run the same training: rank 1's settings"), "rank {rank}:\n{text}");
     }

@@ -1,10 +1,14 @@
 //! Helpers shared by the tests of every crate of the workspace, as a dev-dependency: paths
-//! into the repository, the venv's Python, the seed data, fixtures and generated images.
+//! into the repository, the venv's Python, the seed data, fixtures and generated images, and
+//! processes started under a deadline ([`Running`]).
 //! It depends on neither `infer` nor `train`, so both can use it; the `train` binary's runs are
 //! given its path ([`TrainFixture`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+mod process;
+pub use process::{free_port, launcher_env, run_all, Running};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
